@@ -1,0 +1,255 @@
+"""The ``airscene`` command: verbs as thin layers over the public Python API.
+
+Flags are derived from the config dataclasses (``airscene.config``): each field becomes
+``--field-name`` with its type, default and help, so the hyperparameters are listed once.
+Errors the user can fix (``AirsceneError``) end in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from airscene.config import DataConfig
+from airscene.errors import AirsceneError
+
+EXIT_USAGE = 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags from dataclasses
+
+
+def _scalar_parser(kind: type) -> Callable[[str], Any]:
+    if kind is bool:
+        return _parse_bool
+    return kind
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _value_parser(hint: Any) -> tuple[Callable[[str], Any], str]:
+    """A string -> value parser for a field's type hint, and a metavar for its help."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        parse, metavar = _value_parser(inner[0])
+
+        def parse_optional(text: str) -> Any:
+            return None if text.strip().lower() in ("none", "") else parse(text)
+
+        return parse_optional, metavar
+    if origin is tuple:
+        element = _scalar_parser(args[0])
+
+        def parse_tuple(text: str) -> tuple:
+            try:
+                values = tuple(element(part) for part in text.split(",") if part.strip())
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"expected a comma-separated list, got {text!r}"
+                ) from None
+            if args[-1] is not Ellipsis and len(values) != len(args):
+                raise argparse.ArgumentTypeError(
+                    f"expected {len(args)} comma-separated values, got {text!r}"
+                )
+            return values
+
+        return parse_tuple, "A,B,..." if args[-1] is Ellipsis else ",".join("AB"[: len(args)])
+    if origin is typing.Literal:
+        return str, "{" + ",".join(map(str, args)) + "}"
+    return _scalar_parser(hint), hint.__name__.upper()
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()
+) -> None:
+    """Add one ``--flag`` per field of dataclass ``cls`` (its help text, type and default)."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(
+        f"{cls.__name__} ({(cls.__doc__ or '').strip().splitlines()[0]})"
+    )
+    for field in dataclasses.fields(cls):
+        if field.name in exclude:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        help_text = field.metadata.get("help", "")
+        if "default" not in help_text:
+            help_text += f" (default: {_show_default(field.default)})"
+        hint = hints[field.name]
+        if hint is bool:
+            group.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+            continue
+        parse, metavar = _value_parser(hint)
+        choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+        group.add_argument(
+            flag, type=parse, default=None, metavar=metavar, choices=choices, help=help_text
+        )
+
+
+def _show_default(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
+    """Build ``cls`` from parsed flags: fields not given on the command line keep their default."""
+    given = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(cls)
+        if getattr(args, field.name, None) is not None
+    }
+    return cls(**{**given, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------
+# Verbs
+
+
+def _data_make(args: argparse.Namespace) -> int:
+    from airscene.data.scenes import cache_dir, export_png, load_scenes, save_npz
+
+    config = config_from_args(DataConfig, args)
+    splits = ("train", "test") if args.split == "both" else (args.split,)
+    out = Path(args.out) if args.out else (Path("multi-mnist") if args.format == "png" else None)
+    if out is not None and args.format == "npz":
+        existing = [out / f"{split}.npz" for split in splits if (out / f"{split}.npz").exists()]
+        if existing and not args.force:
+            raise AirsceneError(f"{existing[0]}: already exists; pass --force to replace it")
+    if out is not None and args.format == "png":
+        for split in splits:
+            target = out / split
+            if target.exists() and any(target.iterdir()):
+                raise AirsceneError(f"{target}: exists and is not empty; choose another --out")
+    for split in splits:
+        started = time.perf_counter()
+        scenes = load_scenes(config, split, n=args.n)
+        seconds = time.perf_counter() - started
+        histogram = np.bincount(scenes.counts, minlength=config.max_count + 1)
+        summary = ", ".join(f"{k}: {int(c)}" for k, c in enumerate(histogram) if k in config.counts)
+        if args.format == "png":
+            where = export_png(scenes, out / split, config)
+        elif out is not None:
+            where = out / f"{split}.npz"
+            save_npz(scenes, where, config)
+        else:
+            where = cache_dir()
+        print(f"{split}: {len(scenes)} scenes ({summary}) in {seconds:.1f}s -> {where}")
+    return 0
+
+
+def _data_show(args: argparse.Namespace) -> int:
+    from airscene.data.scenes import load_npz, load_scenes
+    from airscene.visualise import scene_grid
+
+    if args.input:
+        scenes = load_npz(args.input)
+    else:
+        scenes = load_scenes(config_from_args(DataConfig, args), args.split, n=args.n)
+    shown = scenes[: args.num]
+    boxes = [
+        [tuple(b) for b in s_boxes[:count]]
+        for s_boxes, count in zip(shown.boxes, shown.counts, strict=True)
+    ]
+    captions = [
+        f"n={count}: " + " ".join(str(int(label)) for label in labels[:count])
+        for labels, count in zip(shown.labels, shown.counts, strict=True)
+    ]
+    path = scene_grid(
+        shown.images,
+        args.out,
+        boxes=boxes,
+        captions=captions,
+        title="Multi-MNIST: ink boxes and labels",
+    )
+    print(f"wrote {path} ({len(shown)} scenes)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``airscene`` argument parser (verbs as sub-commands)."""
+    from airscene import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="airscene",
+        description="Attend, Infer, Repeat: find, count and describe the objects in an image.",
+    )
+    parser.add_argument("--version", action="version", version=f"airscene {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+
+    data = verbs.add_parser("data", help="make and look at Multi-MNIST scenes")
+    data_verbs = data.add_subparsers(dest="data_verb", metavar="ACTION")
+    data_verbs.required = True
+
+    make = data_verbs.add_parser(
+        "make",
+        help="generate Multi-MNIST scenes (cached; optionally exported as .npz or PNG files)",
+        description="Generate Multi-MNIST scenes with their ground truth (count, ink boxes, labels).",
+    )
+    make.add_argument("--split", choices=("train", "test", "both"), default="both")
+    make.add_argument(
+        "--n", type=int, default=None, help="scenes per split (overrides --n-train/--n-test)"
+    )
+    make.add_argument(
+        "--format",
+        choices=("npz", "png"),
+        default="npz",
+        help="npz: arrays (cached, and written to --out if given); png: one PNG per scene plus "
+        "ground_truth.json and counts.csv in --out/SPLIT (default --out: ./multi-mnist)",
+    )
+    make.add_argument("--out", default=None, help="output directory")
+    make.add_argument("--force", action="store_true", help="replace existing .npz files in --out")
+    add_config_arguments(make, DataConfig)
+    make.set_defaults(handler=_data_make)
+
+    show = data_verbs.add_parser(
+        "show", help="save a PNG grid of scenes with their ground-truth boxes and counts"
+    )
+    show.add_argument("--split", choices=("train", "test"), default="train")
+    show.add_argument(
+        "--n", type=int, default=None, help="scenes in the split (as given to data make)"
+    )
+    show.add_argument("--num", type=int, default=36, help="how many scenes to draw")
+    show.add_argument("--input", default=None, help="an .npz written by `data make --out`")
+    show.add_argument("--out", default="scenes.png", help="PNG file to write")
+    add_config_arguments(show, DataConfig)
+    show.set_defaults(handler=_data_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``airscene`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except AirsceneError as error:
+        print(f"airscene: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("airscene: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

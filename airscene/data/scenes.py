@@ -1,0 +1,329 @@
+"""Multi-MNIST scenes (Eslami et al. 2016, sec. 3.1): n MNIST digits on a blank 50x50 canvas.
+
+Generation is vectorised over scenes (one numpy pass per object slot), seeded through an
+explicit ``np.random.Generator``, and cached on disk as a pickle-free ``.npz`` keyed by
+everything that determines the result (config, split, size, MNIST files, generator version).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from airscene.config import DataConfig, to_dict
+from airscene.data.mnist import load_mnist
+from airscene.errors import AirsceneError
+
+# Bump when the generator's output for a given config changes: old caches are then ignored.
+GENERATOR_VERSION = 1
+_SPLIT_STREAM = {"train": 0, "test": 1}
+_MAX_PLACEMENT_ROUNDS = 2_000
+_REDRAW_DIGITS_EVERY = 10
+
+
+@dataclass(frozen=True)
+class Scenes:
+    """A batch of scenes with their ground truth.
+
+    ``images`` (B, H, W) uint8; ``counts`` (B,) int64; per object slot k < max_count:
+    ``boxes`` (B, K, 4) int16 ink box ``x0, y0, x1, y1`` in canvas pixels (end exclusive),
+    ``labels`` (B, K) int8 digit class, ``digit_index`` (B, K) int32 index into the MNIST
+    split; empty slots hold -1.
+    """
+
+    images: np.ndarray
+    counts: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+    digit_index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: slice | np.ndarray) -> Scenes:
+        return Scenes(
+            images=self.images[index],
+            counts=self.counts[index],
+            boxes=self.boxes[index],
+            labels=self.labels[index],
+            digit_index=self.digit_index[index],
+        )
+
+    def float_images(self) -> np.ndarray:
+        """Images as float32 in [0, 1], shape (B, H, W)."""
+        return self.images.astype(np.float32) / 255.0
+
+
+def _ink_boxes(patches: np.ndarray) -> np.ndarray:
+    """Ink box (x0, y0, x1, y1), end exclusive, of each (M, S, S) patch; blank patches get the full box."""
+    ink = patches > 0
+    rows, cols = ink.any(axis=2), ink.any(axis=1)  # (M, S) each
+    size = patches.shape[1]
+    has_ink = rows.any(axis=1)
+    y0 = np.where(has_ink, rows.argmax(axis=1), 0)
+    y1 = np.where(has_ink, size - rows[:, ::-1].argmax(axis=1), size)
+    x0 = np.where(has_ink, cols.argmax(axis=1), 0)
+    x1 = np.where(has_ink, size - cols[:, ::-1].argmax(axis=1), size)
+    return np.stack([x0, y0, x1, y1], axis=1).astype(np.int64)
+
+
+def _resize(patches: np.ndarray, size: int) -> np.ndarray:
+    """Resize (M, 28, 28) uint8 digits to (M, size, size) with antialiased bilinear filtering."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(patches.astype(np.float32)).unsqueeze(1)
+    y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return y.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _patches(
+    images: np.ndarray,
+    digit_index: np.ndarray,
+    sizes: np.ndarray,
+    rows: np.ndarray | None = None,
+    present_rows: np.ndarray | None = None,
+):
+    """Yield ``(size, flat slot ids, patches)`` per digit size, for all slots of ``rows`` or
+    for the present slots (``present_rows`` mask); grouping by size keeps resizing vectorised."""
+    k_max = digit_index.shape[1]
+    if present_rows is not None:
+        slots = np.flatnonzero(present_rows.ravel())
+    else:
+        slots = (rows[:, None] * k_max + np.arange(k_max)).ravel()
+    slot_sizes = sizes.ravel()[slots]
+    for size in np.unique(slot_sizes):
+        group = slots[slot_sizes == size]
+        patches = images[digit_index.ravel()[group]]
+        yield int(size), group, (patches if size == 28 else _resize(patches, int(size)))
+
+
+def _boxes_intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Whether boxes (..., 4) intersect in a region of positive area (touching edges do not)."""
+    return (
+        (a[..., 0] < b[..., 2])
+        & (b[..., 0] < a[..., 2])
+        & (a[..., 1] < b[..., 3])
+        & (b[..., 1] < a[..., 3])
+    )
+
+
+def generate_scenes(config: DataConfig, split: str, n: int, rng: np.random.Generator) -> Scenes:
+    """Draw ``n`` scenes for ``split`` ('train' digits or 'test' digits) with generator ``rng``."""
+    mnist = load_mnist(split, config.mnist_dir)
+    canvas = config.canvas_size
+    k_max = config.max_count
+
+    counts = rng.choice(np.asarray(config.counts), size=n, p=np.asarray(config.probabilities))
+    present = np.arange(k_max)[None, :] < counts[:, None]  # (B, K)
+    digit_index = np.zeros((n, k_max), dtype=np.int64)
+    sizes = np.full((n, k_max), 28, dtype=np.int64)
+    local_boxes = np.zeros((n, k_max, 4), dtype=np.int64)  # ink box inside the digit's patch
+    corners = np.zeros((n, k_max, 2), dtype=np.int64)  # (x, y) of each patch's top-left pixel
+
+    def draw_digits(rows: np.ndarray) -> None:
+        digit_index[rows] = rng.integers(0, len(mnist.images), size=(len(rows), k_max))
+        if config.scale_range is not None:
+            factors = rng.uniform(*config.scale_range, size=(len(rows), k_max))
+            sizes[rows] = np.clip(np.round(28 * factors).astype(np.int64), 1, canvas)
+        for _size, slots, patches in _patches(mnist.images, digit_index, sizes, rows):
+            local_boxes.reshape(-1, 4)[slots] = _ink_boxes(patches)
+
+    def draw_corners(rows: np.ndarray) -> None:
+        # Uniform over positions that keep the whole patch inside the canvas.
+        room = canvas - sizes[rows] + 1  # (R, K)
+        corners[rows] = (rng.random((len(rows), k_max, 2)) * room[..., None]).astype(np.int64)
+
+    # With overlap disallowed, a scene whose ink boxes intersect is redrawn whole (uniform over
+    # the valid placements of its digits); a scene still stuck after a while also redraws its
+    # digits, since some triples of wide digits cannot share a 50x50 canvas at all.
+    pending = np.arange(n)
+    pairs = [(i, j) for i in range(k_max) for j in range(i + 1, k_max)]
+    for round_ in range(_MAX_PLACEMENT_ROUNDS):
+        if round_ % _REDRAW_DIGITS_EVERY == 0:
+            draw_digits(pending)
+        draw_corners(pending)
+        if config.overlap or not pairs:
+            break
+        boxes = local_boxes[pending] + np.tile(corners[pending], 2)
+        clash = np.zeros(len(pending), dtype=bool)
+        for i, j in pairs:
+            both = present[pending, i] & present[pending, j]
+            clash |= both & _boxes_intersect(boxes[:, i], boxes[:, j])
+        pending = pending[clash]
+        if len(pending) == 0:
+            break
+    else:
+        raise AirsceneError(
+            f"could not place {config.max_count} non-overlapping digits on a {canvas}px canvas "
+            f"for {len(pending)} scenes; allow overlap (--overlap) or use a larger canvas"
+        )
+
+    boxes = np.where(present[..., None], local_boxes + np.tile(corners, 2), -1)
+    accumulated = np.zeros((n, canvas, canvas), dtype=np.uint16)
+    flat_corners = corners.reshape(-1, 2)
+    for size, slots, patches in _patches(mnist.images, digit_index, sizes, present_rows=present):
+        scene, slot_k = slots // k_max, slots % k_max
+        offsets = np.arange(size)
+        rows = (flat_corners[slots, 1, None] + offsets)[:, :, None]  # (M, S, 1)
+        cols = (flat_corners[slots, 0, None] + offsets)[:, None, :]  # (M, 1, S)
+        # Drawn one object slot at a time: each scene then appears once per assignment,
+        # so no index repeats and a plain fancy-indexed += is exact.
+        for k in np.unique(slot_k):
+            m = slot_k == k
+            accumulated[scene[m, None, None], rows[m], cols[m]] += patches[m]
+    images = np.minimum(accumulated, 255).astype(np.uint8)
+
+    return Scenes(
+        images=images,
+        counts=counts.astype(np.int64),
+        boxes=boxes.astype(np.int16),
+        labels=np.where(present, mnist.labels[digit_index], -1).astype(np.int8),
+        digit_index=np.where(present, digit_index, -1).astype(np.int32),
+    )
+
+
+def scene_rng(config: DataConfig, split: str) -> np.random.Generator:
+    """The generator for ``split``: train and test draw from independent streams of ``config.seed``."""
+    return np.random.default_rng(np.random.SeedSequence([config.seed, _SPLIT_STREAM[split]]))
+
+
+def split_size(config: DataConfig, split: str) -> int:
+    return config.n_train if split == "train" else config.n_test
+
+
+def cache_dir() -> Path:
+    """Where scenes are cached: ``$AIRSCENE_CACHE`` or ``~/.cache/airscene``."""
+    root = os.environ.get("AIRSCENE_CACHE") or Path.home() / ".cache" / "airscene"
+    return Path(root) / "scenes"
+
+
+def cache_key(config: DataConfig, split: str) -> str:
+    """Digest of everything that determines the scenes of ``split``."""
+    fields = to_dict(config)
+    fields.pop("mnist_dir")  # the files' content counts, not where they lie
+    fields.pop("n_train" if split == "test" else "n_test")
+    fields["split"] = split
+    fields["mnist"] = load_mnist(split, config.mnist_dir).fingerprint
+    fields["generator_version"] = GENERATOR_VERSION
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def save_npz(scenes: Scenes, path: Path, config: DataConfig | None = None) -> None:
+    """Write scenes as an uncompressed ``.npz`` (no pickled objects), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "images": scenes.images,
+        "counts": scenes.counts,
+        "boxes": scenes.boxes,
+        "labels": scenes.labels,
+        "digit_index": scenes.digit_index,
+    }
+    if config is not None:
+        arrays["config_json"] = np.array(json.dumps(to_dict(config)))
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, **arrays)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_npz(path: str | Path) -> Scenes:
+    """Read scenes written by ``save_npz``; a missing or malformed file raises ``AirsceneError``."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return Scenes(
+                images=data["images"],
+                counts=data["counts"],
+                boxes=data["boxes"],
+                labels=data["labels"],
+                digit_index=data["digit_index"],
+            )
+    except FileNotFoundError:
+        raise AirsceneError(f"{path}: no such scenes file") from None
+    except (OSError, ValueError, KeyError) as error:
+        raise AirsceneError(f"{path}: not a readable airscene scenes file ({error})") from None
+
+
+def load_scenes(
+    config: DataConfig, split: str = "train", n: int | None = None, use_cache: bool = True
+) -> Scenes:
+    """The scenes of ``split`` for ``config`` (``n`` overrides the config's split size).
+
+    Generated once, then read back from the on-disk cache, so every call with the same
+    arguments returns identical arrays.
+    """
+    if split not in _SPLIT_STREAM:
+        raise AirsceneError(f"split must be 'train' or 'test', got {split!r}")
+    if n is not None:
+        field = "n_train" if split == "train" else "n_test"
+        config = dataclasses.replace(config, **{field: n})
+    size = split_size(config, split)
+    path = cache_dir() / f"{split}-{size}-{cache_key(config, split)[:20]}.npz"
+    if use_cache and path.is_file():
+        try:
+            return load_npz(path)
+        except AirsceneError as error:
+            warnings.warn(f"regenerating scenes: {error}", stacklevel=2)
+    scenes = generate_scenes(config, split, size, scene_rng(config, split))
+    if use_cache:
+        try:
+            save_npz(scenes, path, config)
+        except OSError as error:  # a read-only or full cache is not fatal: the data is in memory
+            warnings.warn(f"could not cache scenes at {path}: {error}", stacklevel=2)
+    return scenes
+
+
+def ground_truth_records(scenes: Scenes, names: list[str]) -> list[dict]:
+    """One JSON-ready record per scene: file name, count, and each object's box and label."""
+    records = []
+    for i, name in enumerate(names):
+        k = int(scenes.counts[i])
+        objects = [
+            {"box": [int(v) for v in scenes.boxes[i, j]], "label": int(scenes.labels[i, j])}
+            for j in range(k)
+        ]
+        records.append({"file": name, "count": k, "objects": objects})
+    return records
+
+
+def export_png(scenes: Scenes, out_dir: str | Path, config: DataConfig | None = None) -> Path:
+    """Write each scene as an 8-bit greyscale PNG, plus ``ground_truth.json`` and ``counts.csv``.
+
+    Refuses a non-empty ``out_dir`` so nothing already there is overwritten.
+    """
+    from PIL import Image
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AirsceneError(f"{out}: exists and is not empty; choose a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    width = max(5, len(str(len(scenes) - 1)))
+    names = [f"{i:0{width}d}.png" for i in range(len(scenes))]
+    for name, image in zip(names, scenes.images, strict=True):
+        Image.fromarray(image).save(out / name)
+    truth = {
+        "config": to_dict(config) if config else None,
+        "images": ground_truth_records(scenes, names),
+    }
+    (out / "ground_truth.json").write_text(json.dumps(truth, indent=1))
+    with open(out / "counts.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["file", "count"])
+        writer.writerows((name, int(c)) for name, c in zip(names, scenes.counts, strict=True))
+    return out
