@@ -5,13 +5,32 @@ Find, count and describe the objects in an image without labels.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from airscene.config import DataConfig
+from airscene.checkpoint import load_model
+from airscene.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from airscene.data import Scenes, load_mnist, load_scenes
 from airscene.errors import AirsceneError
+from airscene.evaluate import Evaluation, evaluate
+from airscene.model import AIR
+from airscene.train import train
 
 try:
     __version__ = version("airscene")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["AirsceneError", "DataConfig", "Scenes", "__version__", "load_mnist", "load_scenes"]
+__all__ = [
+    "AIR",
+    "AirsceneError",
+    "DataConfig",
+    "Evaluation",
+    "ModelConfig",
+    "RunConfig",
+    "Scenes",
+    "TrainConfig",
+    "__version__",
+    "evaluate",
+    "load_mnist",
+    "load_model",
+    "load_scenes",
+    "train",
+]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from airscene.config import DataConfig
+from airscene.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from airscene.errors import AirsceneError
 
 EXIT_USAGE = 2
@@ -78,9 +78,13 @@ def _value_parser(hint: Any) -> tuple[Callable[[str], Any], str]:
 
 
 def add_config_arguments(
-    parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()
+    parser: argparse.ArgumentParser,
+    cls: type,
+    exclude: Sequence[str] = (),
+    rename: dict[str, str] | None = None,
 ) -> None:
-    """Add one ``--flag`` per field of dataclass ``cls`` (its help text, type and default)."""
+    """Add one ``--flag`` per field of dataclass ``cls`` (its help text, type and default);
+    ``rename`` gives a field another flag name where two configs share a field name."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(
         f"{cls.__name__} ({(cls.__doc__ or '').strip().splitlines()[0]})"
@@ -88,7 +92,8 @@ def add_config_arguments(
     for field in dataclasses.fields(cls):
         if field.name in exclude:
             continue
-        flag = "--" + field.name.replace("_", "-")
+        dest = (rename or {}).get(field.name, field.name)
+        flag = "--" + dest.replace("_", "-")
         help_text = field.metadata.get("help", "")
         if "default" not in help_text:
             help_text += f" (default: {_show_default(field.default)})"
@@ -101,7 +106,13 @@ def add_config_arguments(
         parse, metavar = _value_parser(hint)
         choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
         group.add_argument(
-            flag, type=parse, default=None, metavar=metavar, choices=choices, help=help_text
+            flag,
+            dest=dest,
+            type=parse,
+            default=None,
+            metavar=metavar,
+            choices=choices,
+            help=help_text,
         )
 
 
@@ -111,13 +122,22 @@ def _show_default(value: Any) -> str:
     return str(value)
 
 
-def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
-    """Build ``cls`` from parsed flags: fields not given on the command line keep their default."""
-    given = {
-        field.name: getattr(args, field.name)
-        for field in dataclasses.fields(cls)
-        if getattr(args, field.name, None) is not None
-    }
+def config_from_args(
+    cls: type,
+    args: argparse.Namespace,
+    base: Any = None,
+    rename: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Any:
+    """Build ``cls`` from parsed flags; fields not given keep their value in ``base`` (or the
+    default)."""
+    given = {}
+    for field in dataclasses.fields(cls):
+        value = getattr(args, (rename or {}).get(field.name, field.name), None)
+        if value is not None:
+            given[field.name] = value
+    if base is not None:
+        return dataclasses.replace(base, **given, **overrides)
     return cls(**{**given, **overrides})
 
 
@@ -131,6 +151,8 @@ def _data_make(args: argparse.Namespace) -> int:
     config = config_from_args(DataConfig, args)
     splits = ("train", "test") if args.split == "both" else (args.split,)
     out = Path(args.out) if args.out else (Path("multi-mnist") if args.format == "png" else None)
+    if out is not None and out.exists() and not out.is_dir():
+        raise AirsceneError(f"{out}: exists and is not a directory; choose another --out")
     if out is not None and args.format == "npz":
         existing = [out / f"{split}.npz" for split in splits if (out / f"{split}.npz").exists()]
         if existing and not args.force:
@@ -185,6 +207,97 @@ def _data_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# Flags shared by two configs: the model's canvas size sets the data's, the data seed is --data-seed.
+_DATA_RENAME = {"seed": "data_seed"}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from airscene.train import train
+
+    model = config_from_args(ModelConfig, args)
+    data = config_from_args(DataConfig, args, rename=_DATA_RENAME, canvas_size=model.canvas_size)
+    config = RunConfig(data=data, model=model, train=config_from_args(TrainConfig, args))
+    run_dir = Path(args.run_dir or time.strftime("runs/air-%Y%m%d-%H%M%S"))
+    print(
+        f"training {'DAIR' if model.dair else 'AIR'} for {config.train.steps} steps -> {run_dir}",
+        file=sys.stderr,
+    )
+    result = train(config, run_dir, overwrite=args.force, command=["airscene", *sys.argv[1:]])
+    summary = {k: v for k, v in result.final_metrics.items() if v is not None}
+    print(f"done: {result.steps} steps in {result.train_seconds:.0f}s; {summary}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from airscene.checkpoint import load_model
+    from airscene.data.scenes import load_scenes
+    from airscene.evaluate import evaluate
+
+    model, checkpoint = load_model(args.model)
+    data = config_from_args(DataConfig, args, base=checkpoint.config.data, rename=_DATA_RENAME)
+    scenes = load_scenes(data, "test", n=args.n)
+    generator = torch_generator(args.seed)
+    result = evaluate(model, scenes, iw_samples=args.iw_samples, generator=generator)
+    report = {"model": str(checkpoint.path), "step": checkpoint.step, **result.to_dict()}
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def torch_generator(seed: int):
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from airscene.checkpoint import load_model
+    from airscene.spatial import z_where_to_box
+    from airscene.visualise import scene_grid
+
+    model, _ = load_model(args.model)
+    drawn = model.sample(args.n, generator=torch_generator(args.seed))
+    boxes = z_where_to_box(drawn.z_where, model.config.canvas_size).numpy()
+    present = drawn.z_pres.numpy() > 0
+    path = scene_grid(
+        drawn.images.numpy(),
+        args.out,
+        boxes=[[tuple(b) for b in boxes[i][present[i]]] for i in range(args.n)],
+        captions=[f"n={int(c)}" for c in drawn.count],
+        title="scenes drawn from the prior",
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from airscene.checkpoint import load_model
+    from airscene.data.scenes import load_scenes
+    from airscene.evaluate import images_to_tensor
+    from airscene.spatial import z_where_to_box
+    from airscene.visualise import inference_figure
+
+    model, checkpoint = load_model(args.model)
+    data = config_from_args(DataConfig, args, base=checkpoint.config.data, rename=_DATA_RENAME)
+    scenes = load_scenes(data, "test")[: args.n]
+    x = images_to_tensor(scenes.images)
+    inference = model(x, sample=False)
+    path = inference_figure(
+        x.numpy(),
+        inference.canvas.detach().numpy(),
+        inference.z_pres.numpy(),
+        z_where_to_box(inference.z_where, model.config.canvas_size).detach().numpy(),
+        args.out,
+        true_counts=scenes.counts,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``airscene`` argument parser (verbs as sub-commands)."""
     from airscene import __version__
@@ -234,6 +347,57 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--out", default="scenes.png", help="PNG file to write")
     add_config_arguments(show, DataConfig)
     show.set_defaults(handler=_data_show)
+
+    train = verbs.add_parser(
+        "train",
+        help="train AIR (or DAIR with --dair) on Multi-MNIST",
+        description="Train AIR. Every hyperparameter is a flag; the resolved config, metrics, "
+        "TensorBoard scalars and checkpoints go into --run-dir.",
+    )
+    train.add_argument(
+        "--run-dir", default=None, help="output directory (default: runs/air-TIMESTAMP)"
+    )
+    train.add_argument("--force", action="store_true", help="replace a non-empty --run-dir")
+    add_config_arguments(train, TrainConfig)
+    add_config_arguments(train, ModelConfig)
+    add_config_arguments(train, DataConfig, exclude=("canvas_size",), rename=_DATA_RENAME)
+    train.set_defaults(handler=_train)
+
+    evaluate = verbs.add_parser(
+        "eval",
+        help="count accuracy, count confusion, box IoU, ELBO and log p(x) on held-out scenes",
+        description="Evaluate a trained model on test scenes (MNIST test digits). Data flags "
+        "default to the model's training data.",
+    )
+    evaluate.add_argument("--model", required=True, help="checkpoint or run directory")
+    evaluate.add_argument("--n", type=int, default=10_000, help="test scenes")
+    evaluate.add_argument(
+        "--iw-samples", type=int, default=100, help="samples for log p(x) (0: skip)"
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    evaluate.add_argument("--out", default=None, help="also write the report as JSON here")
+    add_config_arguments(
+        evaluate, DataConfig, exclude=("canvas_size", "n_train", "n_test"), rename=_DATA_RENAME
+    )
+    evaluate.set_defaults(handler=_eval)
+
+    sample = verbs.add_parser("sample", help="PNG grid of scenes drawn from the model's prior")
+    sample.add_argument("--model", required=True, help="checkpoint or run directory")
+    sample.add_argument("--n", type=int, default=36, help="scenes to draw")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--out", default="samples.png", help="PNG file to write")
+    sample.set_defaults(handler=_sample)
+
+    show = verbs.add_parser(
+        "show", help="PNG of test images, reconstructions, inferred boxes and counts"
+    )
+    show.add_argument("--model", required=True, help="checkpoint or run directory")
+    show.add_argument("--n", type=int, default=10, help="images to show")
+    show.add_argument("--out", default="inference.png", help="PNG file to write")
+    add_config_arguments(
+        show, DataConfig, exclude=("canvas_size", "n_train", "n_test"), rename=_DATA_RENAME
+    )
+    show.set_defaults(handler=_show)
     return parser
 
 

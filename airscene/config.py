@@ -12,7 +12,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from airscene.errors import AirsceneError
 
@@ -126,3 +126,138 @@ def _coerce(hint: Any, value: Any) -> Any:
     if origin is tuple and isinstance(value, list):
         return tuple(value)
     return value
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The AIR model: generative model p(x, z) and inference network q(z | x)."""
+
+    canvas_size: int = param(50, "side of the square image the model explains, in pixels")
+    max_steps: int = param(
+        3, "N: the most objects (inference steps) per image; the paper uses 3 for 0-2 digits"
+    )
+    dair: bool = param(False, "DAIR: the network reads the residual x - canvas-so-far instead of x")
+    glimpse_size: int = param(28, "side of a glimpse (read by the encoder, drawn by the decoder)")
+    z_what_dim: int = param(50, "dimensions of z_what, an object's appearance code")
+    lstm_size: int = param(256, "units of the inference network's LSTM")
+    encoder_hidden: int = param(200, "hidden units of the glimpse encoder (glimpse -> z_what)")
+    decoder_hidden: int = param(200, "hidden units of the glimpse decoder (z_what -> glimpse)")
+    predictor_hidden: int = param(
+        200, "hidden units of the z_pres / z_where predictor on the LSTM state"
+    )
+    baseline_lstm_size: int = param(256, "units of the NVIL baseline network's own LSTM")
+    decoder_output_bias: float = param(
+        -2.0,
+        "initial bias before the decoder's sigmoid: glimpses start near blank (avoids collapse to 0 objects)",
+    )
+    z_pres_prior: float = param(
+        0.01,
+        "rho: prior probability that another object is present (see TrainConfig for annealing)",
+    )
+    z_where_prior_loc: tuple[float, float, float] = param(
+        (0.55, 0.0, 0.0),
+        "prior mean of z_where = (scale, x, y); scale is the glimpse's width as a fraction of the canvas",
+    )
+    z_where_prior_scale: tuple[float, float, float] = param(
+        (0.1, 1.0, 1.0), "prior standard deviation of z_where"
+    )
+    likelihood: Literal["normal", "bernoulli"] = param("normal", "pixel likelihood p(x | z)")
+    likelihood_sigma: float = param(0.3, "standard deviation of the normal pixel likelihood")
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        _check(
+            self.canvas_size >= 8 and self.glimpse_size >= 4,
+            "canvas_size >= 8 and glimpse_size >= 4",
+        )
+        for name in (
+            "z_what_dim",
+            "lstm_size",
+            "encoder_hidden",
+            "decoder_hidden",
+            "predictor_hidden",
+            "baseline_lstm_size",
+        ):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        _check(
+            0 < self.z_pres_prior < 1, f"z_pres_prior must lie in (0, 1), got {self.z_pres_prior}"
+        )
+        _check(self.z_where_prior_loc[0] > 0, "the prior mean of the z_where scale must be > 0")
+        _check(all(s > 0 for s in self.z_where_prior_scale), "z_where_prior_scale must be > 0")
+        _check(
+            self.likelihood in ("normal", "bernoulli"), f"unknown likelihood {self.likelihood!r}"
+        )
+        _check(
+            self.likelihood_sigma > 0, f"likelihood_sigma must be > 0, got {self.likelihood_sigma}"
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation: the recipe that trains AIR quickly and from every seed."""
+
+    steps: int = param(30_000, "training steps (minibatches)")
+    batch_size: int = param(64, "images per step")
+    learning_rate: float = param(
+        1e-4, "Adam learning rate of the model (generative and inference networks)"
+    )
+    baseline_learning_rate: float = param(
+        1e-3, "Adam learning rate of the NVIL baseline network (larger: it must track the signal)"
+    )
+    grad_clip: float | None = param(
+        None, "clip the model's gradient norm to this value (default: no clipping)"
+    )
+    z_pres_prior_start: float | None = param(
+        None,
+        "anneal rho geometrically from this value to the model's z_pres_prior (default: no annealing)",
+    )
+    z_pres_prior_anneal_steps: int = param(0, "steps over which rho is annealed")
+    normalise_signal: bool = param(
+        False, "NVIL: centre and scale the learning signal by running moments"
+    )
+    seed: int = param(0, "seed of the model's initialisation, minibatch order and sampling noise")
+    eval_every: int = param(
+        1000, "evaluate count accuracy on held-out scenes every this many steps (0: never)"
+    )
+    eval_scenes: int = param(1000, "held-out test scenes used by the evaluations during training")
+    checkpoint_every: int = param(2000, "write a checkpoint every this many steps")
+    log_every: int = param(50, "append to the metrics CSV and TensorBoard every this many steps")
+    device: Literal["auto", "cpu", "cuda"] = param(
+        "auto", "where to train: auto picks cuda when available"
+    )
+    threads: int | None = param(None, "CPU threads for PyTorch (default: PyTorch's choice)")
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(
+            self.learning_rate > 0 and self.baseline_learning_rate > 0, "learning rates must be > 0"
+        )
+        _check(self.grad_clip is None or self.grad_clip > 0, "grad_clip must be > 0")
+        if self.z_pres_prior_start is not None:
+            _check(0 < self.z_pres_prior_start < 1, "z_pres_prior_start must lie in (0, 1)")
+        _check(self.z_pres_prior_anneal_steps >= 0, "z_pres_prior_anneal_steps must be >= 0")
+        _check(
+            self.eval_every >= 0 and self.eval_scenes >= 1, "eval_every >= 0 and eval_scenes >= 1"
+        )
+        _check(
+            self.checkpoint_every >= 1 and self.log_every >= 1,
+            "checkpoint_every and log_every must be >= 1",
+        )
+        _check(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
+        _check(self.threads is None or self.threads >= 1, "threads must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run depends on; written as config.json in the run directory."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.data.canvas_size == self.model.canvas_size,
+            f"data canvas_size {self.data.canvas_size} != model canvas_size {self.model.canvas_size}",
+        )

@@ -58,3 +58,39 @@ def scene_grid(
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def inference_figure(
+    images: np.ndarray,
+    reconstructions: np.ndarray,
+    z_pres: np.ndarray,
+    boxes: np.ndarray,
+    path: str | Path,
+    true_counts: np.ndarray | None = None,
+) -> Path:
+    """Images (top row) and reconstructions (bottom row) with the inferred boxes (B, N, 4),
+    coloured by inference step, and the inferred count against the truth."""
+    count = len(images)
+    step_boxes = [
+        [tuple(boxes[i, t]) for t in range(boxes.shape[1]) if z_pres[i, t] > 0]
+        for i in range(count)
+    ]
+    step_colours = [
+        [STEP_COLOURS[t % len(STEP_COLOURS)] for t in range(boxes.shape[1]) if z_pres[i, t] > 0]
+        for i in range(count)
+    ]
+    inferred = z_pres.sum(1).astype(int)
+    captions = [
+        f"found {inferred[i]}"
+        + (f" / true {int(true_counts[i])}" if true_counts is not None else "")
+        for i in range(count)
+    ]
+    return scene_grid(
+        np.concatenate([images, np.clip(reconstructions, 0, 1)]),
+        path,
+        boxes=step_boxes + step_boxes,
+        box_colours=step_colours + step_colours,
+        captions=captions + ["reconstruction"] * count,
+        columns=count,
+        title="AIR: inferred objects (box colour = inference step)",
+    )

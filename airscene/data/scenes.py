@@ -10,10 +10,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,10 @@ from airscene.errors import AirsceneError
 # Bump when the generator's output for a given config changes: old caches are then ignored.
 GENERATOR_VERSION = 1
 _SPLIT_STREAM = {"train": 0, "test": 1}
-_MAX_PLACEMENT_ROUNDS = 2_000
+# Give up once this many placement rounds in a row place no scene. Not a cap on all rounds: a
+# 3-digit scene is placed in only ~0.5% of rounds, so among 10,000 scenes one often needs
+# over 2,000 rounds; a stall of 5,000 rounds has odds ~e^-25 unless the config is impossible.
+_STALL_ROUNDS = 5_000
 _REDRAW_DIGITS_EVERY = 10
 
 
@@ -122,6 +127,12 @@ def generate_scenes(config: DataConfig, split: str, n: int, rng: np.random.Gener
     mnist = load_mnist(split, config.mnist_dir)
     canvas = config.canvas_size
     k_max = config.max_count
+    if config.scale_range is None and k_max > 0 and canvas < 28:
+        # Placement assumes the whole 28px patch fits; otherwise indices run off the canvas.
+        raise AirsceneError(
+            f"a {canvas}px canvas cannot hold a 28x28 MNIST digit; use --canvas-size >= 28 "
+            "or shrink the digits with --scale-range"
+        )
 
     counts = rng.choice(np.asarray(config.counts), size=n, p=np.asarray(config.probabilities))
     present = np.arange(k_max)[None, :] < counts[:, None]  # (B, K)
@@ -148,7 +159,8 @@ def generate_scenes(config: DataConfig, split: str, n: int, rng: np.random.Gener
     # digits, since some triples of wide digits cannot share a 50x50 canvas at all.
     pending = np.arange(n)
     pairs = [(i, j) for i in range(k_max) for j in range(i + 1, k_max)]
-    for round_ in range(_MAX_PLACEMENT_ROUNDS):
+    stalled = 0
+    for round_ in itertools.count():
         if round_ % _REDRAW_DIGITS_EVERY == 0:
             draw_digits(pending)
         draw_corners(pending)
@@ -159,14 +171,15 @@ def generate_scenes(config: DataConfig, split: str, n: int, rng: np.random.Gener
         for i, j in pairs:
             both = present[pending, i] & present[pending, j]
             clash |= both & _boxes_intersect(boxes[:, i], boxes[:, j])
+        stalled = stalled + 1 if clash.all() else 0
         pending = pending[clash]
         if len(pending) == 0:
             break
-    else:
-        raise AirsceneError(
-            f"could not place {config.max_count} non-overlapping digits on a {canvas}px canvas "
-            f"for {len(pending)} scenes; allow overlap (--overlap) or use a larger canvas"
-        )
+        if stalled >= _STALL_ROUNDS:
+            raise AirsceneError(
+                f"could not place {config.max_count} non-overlapping digits on a {canvas}px "
+                f"canvas for {len(pending)} scenes; allow overlap (--overlap) or use a larger canvas"
+            )
 
     boxes = np.where(present[..., None], local_boxes + np.tile(corners, 2), -1)
     accumulated = np.zeros((n, canvas, canvas), dtype=np.uint16)
@@ -256,7 +269,8 @@ def load_npz(path: str | Path) -> Scenes:
             )
     except FileNotFoundError:
         raise AirsceneError(f"{path}: no such scenes file") from None
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        # A truncated or bit-flipped .npz raises BadZipFile (not an OSError); an empty one EOFError.
         raise AirsceneError(f"{path}: not a readable airscene scenes file ({error})") from None
 
 

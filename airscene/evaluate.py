@@ -1,0 +1,119 @@
+"""Evaluation: count accuracy and its confusion matrix, box IoU, ELBO and log p(x)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from airscene.data.scenes import Scenes
+from airscene.model import AIR
+from airscene.objective import importance_weighted_log_px
+from airscene.spatial import z_where_to_box
+
+
+@dataclass
+class Evaluation:
+    """Metrics of a model on a set of scenes."""
+
+    scenes: int
+    count_accuracy: float  # fraction of images whose inferred count equals the true count
+    confusion: list[list[int]]  # [true count][inferred count] -> images
+    accuracy_by_count: dict[int, float]  # true count -> accuracy on those images
+    mean_iou: float  # over true objects: IoU with the inferred box matched to it (0 if none)
+    elbo: float  # mean single-sample ELBO per image (nats)
+    log_px: float | None  # mean importance-weighted log p(x) per image (nats), if computed
+    iw_samples: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def images_to_tensor(
+    images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """uint8 (B, H, W) or float images -> float32 (B, H, W) in [0, 1] on ``device``."""
+    tensor = torch.as_tensor(images)
+    if tensor.dtype == torch.uint8:
+        return tensor.to(device).float().div_(255.0)
+    return tensor.to(device=device, dtype=torch.float32)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` (M, 4) with every box in ``b`` (K, 4), boxes x0, y0, x1, y1."""
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def matched_iou(true_boxes: list[np.ndarray], inferred_boxes: list[np.ndarray]) -> float:
+    """Mean over all true objects of the IoU with their inferred box under the optimal
+    one-to-one matching (Hungarian, per image); a true object left unmatched scores 0."""
+    from scipy.optimize import linear_sum_assignment
+
+    total, objects = 0.0, 0
+    for truth, inferred in zip(true_boxes, inferred_boxes, strict=True):
+        objects += len(truth)
+        if len(truth) == 0 or len(inferred) == 0:
+            continue
+        iou = box_iou(truth.astype(np.float64), inferred.astype(np.float64))
+        rows, cols = linear_sum_assignment(-iou)
+        total += float(iou[rows, cols].sum())
+    return total / max(objects, 1)
+
+
+def confusion_matrix(true_counts: np.ndarray, inferred_counts: np.ndarray, size: int) -> np.ndarray:
+    """(size, size) matrix: [true count, inferred count] -> number of images."""
+    matrix = np.zeros((size, size), dtype=np.int64)
+    np.add.at(matrix, (np.clip(true_counts, 0, size - 1), np.clip(inferred_counts, 0, size - 1)), 1)
+    return matrix
+
+
+@torch.no_grad()
+def evaluate(
+    model: AIR,
+    scenes: Scenes,
+    batch_size: int = 1000,
+    iw_samples: int = 0,
+    generator: torch.Generator | None = None,
+) -> Evaluation:
+    """Count accuracy, confusion, box IoU and ELBO of ``model`` on ``scenes``; with
+    ``iw_samples`` > 0 also the importance-weighted log p(x) with that many samples."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    counts, boxes, elbos, log_px = [], [], [], []
+    for start in range(0, len(scenes), batch_size):
+        x = images_to_tensor(scenes.images[start : start + batch_size], device)
+        mode = model(x, sample=False)  # the deterministic answer: count and boxes
+        counts.append(mode.count.cpu().numpy())
+        window = z_where_to_box(mode.z_where, model.config.canvas_size).cpu().numpy()
+        present = mode.z_pres.cpu().numpy() > 0
+        boxes.extend(window[i][present[i]] for i in range(len(x)))
+        elbos.append(model(x, generator=generator).elbo.cpu().numpy())
+        if iw_samples > 0:
+            log_px.append(importance_weighted_log_px(model, x, iw_samples, generator).cpu().numpy())
+    model.train(was_training)
+
+    inferred = np.concatenate(counts)
+    truth = scenes.counts
+    size = int(max(truth.max(initial=0), inferred.max(initial=0), model.config.max_steps)) + 1
+    confusion = confusion_matrix(truth, inferred, size)
+    by_count = {int(k): float((inferred[truth == k] == k).mean()) for k in np.unique(truth)}
+    true_boxes = [scenes.boxes[i, : scenes.counts[i]] for i in range(len(scenes))]
+    return Evaluation(
+        scenes=len(scenes),
+        count_accuracy=float((inferred == truth).mean()),
+        confusion=confusion.tolist(),
+        accuracy_by_count=by_count,
+        mean_iou=matched_iou(true_boxes, boxes),
+        elbo=float(np.concatenate(elbos).mean()),
+        log_px=float(np.concatenate(log_px).mean()) if log_px else None,
+        iw_samples=iw_samples,
+    )

@@ -1,0 +1,107 @@
+"""The objective: the ELBO, its gradient estimator, and evaluation bounds.
+
+Gradients of the single-sample ELBO (paper sec. 2.2):
+  * continuous latents (z_where, z_what) are reparameterised, so -ELBO backpropagates directly;
+  * the discrete z_pres^i get the likelihood-ratio (REINFORCE) term
+        (L_i - b_i) * d log q(z_pres^i | ...)
+    with NVIL variance reduction (Mnih & Gregor 2014): L_i is the learning signal of step i,
+    only the terms z_pres^i influences (that step's and every later step's log p - log q, and
+    log p(x | z)), b_i a learned data-dependent baseline regressed onto L_i, and optionally
+    (L_i - b_i) centred and scaled by running moments.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from airscene.model import AIR, Inference
+
+
+def learning_signals(inference: Inference) -> torch.Tensor:
+    """L_i = log p(x | z) + sum_{j >= i} (log p - log q)_j, detached, (B, N).
+
+    Terms of steps before i do not depend on z_pres^i, so they are left out (per-step credit
+    assignment); what they would add is noise with zero mean.
+    """
+    weights = inference.step_log_weight.detach()
+    later_or_same = weights.flip(1).cumsum(1).flip(1)
+    return inference.log_likelihood.detach().unsqueeze(1) + later_or_same
+
+
+class SignalNormaliser(nn.Module):
+    """NVIL's running centring and scaling of the residual learning signal L - b."""
+
+    def __init__(self, momentum: float = 0.9) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("variance", torch.ones(()))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def forward(self, residual: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Update the moments with the masked ``residual`` (B, N) and return it normalised."""
+        count = mask.sum().clamp_min(1.0)
+        mean = (residual * mask).sum() / count
+        variance = (((residual - mean) ** 2) * mask).sum() / count
+        if self.training:
+            keep = torch.where(self.initialised, self.momentum, 0.0)
+            self.mean.copy_(keep * self.mean + (1 - keep) * mean)
+            self.variance.copy_(keep * self.variance + (1 - keep) * variance)
+            self.initialised.fill_(True)
+        return (residual - self.mean) / self.variance.clamp_min(1.0).sqrt()
+
+
+@dataclass
+class Objective:
+    """What one training step optimises, and what it reports."""
+
+    loss: torch.Tensor  # scalar: -(ELBO + REINFORCE surrogate), for the model's parameters
+    baseline_loss: torch.Tensor  # scalar: squared error of the baselines, for the baseline network
+    elbo: torch.Tensor  # (B,) detached
+
+
+def air_objective(
+    inference: Inference,
+    baselines: torch.Tensor,
+    normaliser: SignalNormaliser | None = None,
+) -> Objective:
+    """The AIR training objective for one batch.
+
+    ``baselines`` (B, N) come from ``BaselineNetwork`` on detached inputs; they enter the
+    model's loss only detached, so the baseline is trained by ``baseline_loss`` alone.
+    """
+    decided = torch.cat([torch.ones_like(inference.z_pres[:, :1]), inference.z_pres[:, :-1]], dim=1)
+    signals = learning_signals(inference)
+    residual = signals - baselines.detach()
+    if normaliser is not None:
+        residual = normaliser(residual, decided)
+    surrogate = (decided * residual * inference.log_q_z_pres).sum(1)
+    elbo = inference.elbo
+    loss = -(elbo + surrogate).mean()
+    baseline_loss = (decided * (baselines - signals) ** 2).sum(1).mean()
+    return Objective(loss=loss, baseline_loss=baseline_loss, elbo=elbo.detach())
+
+
+@torch.no_grad()
+def importance_weighted_log_px(
+    model: AIR,
+    x: torch.Tensor,
+    samples: int = 100,
+    generator: torch.Generator | None = None,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """log p(x) estimated by importance sampling with q as proposal (the IWAE bound), (B,):
+    log (1/K) sum_k p(x, z_k) / q(z_k | x). Tighter than the ELBO, and equal to it at K = 1."""
+    rows_per_chunk = max(1, chunk // samples)
+    estimates = []
+    for start in range(0, x.shape[0], rows_per_chunk):
+        block = x[start : start + rows_per_chunk]
+        repeated = block.repeat_interleave(samples, dim=0)
+        elbo = model(repeated, generator=generator).elbo.view(block.shape[0], samples)
+        estimates.append(torch.logsumexp(elbo, dim=1) - math.log(samples))
+    return torch.cat(estimates)

@@ -1,0 +1,143 @@
+"""The model: shapes, masking of steps after z_pres = 0, DAIR, prior samples, determinism."""
+
+import pytest
+import torch
+
+from airscene.config import ModelConfig
+from airscene.model import AIR, bernoulli_log_prob, normal_log_prob
+
+SMALL = dict(
+    lstm_size=32,
+    encoder_hidden=32,
+    decoder_hidden=32,
+    predictor_hidden=32,
+    z_what_dim=6,
+    baseline_lstm_size=16,
+)
+
+
+def small_model(seed: int = 0, **overrides) -> AIR:
+    torch.manual_seed(seed)
+    model = AIR(ModelConfig(**{**SMALL, **overrides}))
+    with torch.no_grad():  # z_pres probability about 1/2: every count shows up in a batch
+        model.predictor.net[-1].bias[0] = 0.0
+    return model
+
+
+def images(batch: int = 64, seed: int = 1) -> torch.Tensor:
+    return torch.rand(batch, 50, 50, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("dair", [False, True])
+def test_shapes_and_counts(dair):
+    model = small_model(dair=dair)
+    out = model(images(), generator=torch.Generator().manual_seed(0))
+    b, n = 64, model.config.max_steps
+    assert (
+        out.z_pres.shape == (b, n)
+        and out.z_where.shape == (b, n, 3)
+        and out.z_what.shape == (b, n, 6)
+    )
+    assert (
+        out.canvas.shape == (b, 50, 50)
+        and out.log_likelihood.shape == (b,)
+        and out.elbo.shape == (b,)
+    )
+    # Once z_pres is 0 it stays 0, and every count 0..N occurs for p = 1/2.
+    assert torch.all(out.z_pres[:, 1:] <= out.z_pres[:, :-1])
+    assert set(out.count.tolist()) == set(range(n + 1))
+    assert torch.isfinite(out.elbo).all()
+
+
+@pytest.mark.parametrize("dair", [False, True])
+def test_steps_after_z_pres_zero_contribute_nothing(dair):
+    model = small_model(dair=dair)
+    x = images()
+    out = model(x, generator=torch.Generator().manual_seed(3))
+    decided = torch.cat([torch.ones_like(out.z_pres[:, :1]), out.z_pres[:, :-1]], dim=1)
+    # z_pres terms exist only where the step's z_pres was decided (all earlier objects present)
+    assert torch.all(out.log_q_z_pres[decided == 0] == 0) and torch.all(
+        out.log_p_z_pres[decided == 0] == 0
+    )
+    assert torch.all(out.log_q_z_pres[decided == 1] < 0)
+    # z_where/z_what terms exist only for present objects
+    absent = out.z_pres == 0
+    assert torch.all(out.log_q_object[absent] == 0) and torch.all(out.log_p_object[absent] == 0)
+    assert torch.all(out.log_q_object[~absent] != 0)
+    # the canvas is the sum of the present objects only
+    rendered = torch.stack(
+        [
+            model.objects.render(out.z_what[:, t], out.z_where[:, t], 50)
+            for t in range(out.z_pres.shape[1])
+        ],
+        1,
+    )
+    torch.testing.assert_close(out.canvas, (out.z_pres[..., None, None] * rendered).sum(1))
+
+
+@pytest.mark.parametrize("dair", [False, True])
+def test_absent_objects_get_no_gradient_from_the_bound(dair):
+    model = small_model(dair=dair)
+    appearance = list(model.objects.parameters())
+    for bias, expect_gradient in ((-30.0, False), (30.0, True)):
+        with torch.no_grad():
+            model.predictor.net[-1].bias[0] = bias  # z_pres never / always 1
+        out = model(images(16), generator=torch.Generator().manual_seed(4))
+        assert set(out.count.tolist()) == ({3} if expect_gradient else {0})
+        grads = torch.autograd.grad(out.elbo.sum(), appearance, allow_unused=True)
+        touched = any(g is not None and bool(g.abs().sum() > 0) for g in grads)
+        assert touched == expect_gradient
+
+
+def test_deterministic_mode_and_seeded_sampling():
+    model = small_model()
+    x = images(8)
+    a = model(x, sample=False)
+    b = model(x, sample=False)
+    torch.testing.assert_close(a.z_where, b.z_where)
+    torch.testing.assert_close(a.z_pres, (a.z_pres_prob >= 0.5).float().cumprod(1))
+    s1 = model(x, generator=torch.Generator().manual_seed(9))
+    s2 = model(x, generator=torch.Generator().manual_seed(9))
+    s3 = model(x, generator=torch.Generator().manual_seed(10))
+    torch.testing.assert_close(s1.elbo, s2.elbo)
+    assert not torch.allclose(s1.z_what, s3.z_what)
+
+
+def test_dair_reads_the_residual():
+    # With DAIR the second step's network input changes when the first object changes;
+    # plain AIR's second-step gates see only x and the previous latents.
+    air, dair = small_model(dair=False), small_model(dair=True)
+    dair.load_state_dict(air.state_dict())
+    x = images(4)
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    a, d = air(x, generator=gen()), dair(x, generator=gen())
+    # Same weights and noise: step 1 is identical, later steps differ only through the residual.
+    torch.testing.assert_close(a.z_where[:, 0], d.z_where[:, 0])
+    assert not torch.allclose(a.z_where[:, 1], d.z_where[:, 1])
+
+
+def test_prior_samples():
+    model = small_model()
+    drawn = model.sample(500, generator=torch.Generator().manual_seed(0), z_pres_prior=0.5)
+    assert drawn.images.shape == (500, 50, 50)
+    assert float(drawn.images.min()) >= 0 and float(drawn.images.max()) <= 1
+    histogram = torch.bincount(drawn.count, minlength=4).float() / 500
+    # Bernoulli(1/2) chain: p(n) = 1/2, 1/4, 1/8, 1/8
+    torch.testing.assert_close(
+        histogram, torch.tensor([0.5, 0.25, 0.125, 0.125]), atol=0.06, rtol=0
+    )
+    blank = drawn.count == 0
+    assert float(drawn.images[blank].abs().max()) == 0.0
+    # z_where's prior reaches off the canvas, so a few objects fall outside it; most are seen.
+    assert float((drawn.images[~blank].amax(dim=(1, 2)) > 0).float().mean()) > 0.8
+
+
+def test_log_probs():
+    value, loc, scale = torch.tensor([0.3]), torch.tensor([0.1]), torch.tensor([0.5])
+    torch.testing.assert_close(
+        normal_log_prob(value, loc, scale), torch.distributions.Normal(loc, scale).log_prob(value)
+    )
+    logit = torch.tensor([-30.0, 0.3, 30.0])
+    for z in (0.0, 1.0):
+        expected = torch.distributions.Bernoulli(logits=logit).log_prob(torch.full_like(logit, z))
+        torch.testing.assert_close(bernoulli_log_prob(torch.full_like(logit, z), logit), expected)
