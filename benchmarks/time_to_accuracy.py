@@ -1,0 +1,134 @@
+"""Time to accuracy: train from scratch with the default recipe, evaluating count accuracy on
+10,000 held-out test scenes (MNIST test digits) at fixed intervals.
+
+Writes the curve (step, training seconds, ELBO, count accuracy) as JSON, and appends one line
+per run to a results file so seeds can be run across sessions (or on a GPU) and collected:
+
+    python benchmarks/time_to_accuracy.py --seed 0            # AIR, default recipe
+    python benchmarks/time_to_accuracy.py --seed 0 --dair     # DAIR, same recipe plus its switch
+
+Wall-clock figures count training steps only; evaluation time is excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+import airscene
+from airscene.config import RunConfig
+from airscene.train import git_revision, train
+
+HERE = Path(__file__).resolve().parent
+
+
+def hardware() -> dict:
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "airscene": airscene.__version__,
+    }
+
+
+def first_reaching(curve: list[dict], threshold: float) -> dict | None:
+    """The first evaluation point at or above ``threshold`` count accuracy."""
+    return next((p for p in curve if p["count_accuracy"] >= threshold), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dair", action="store_true", help="train DAIR instead of AIR")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: the recipe's)"
+    )
+    parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument("--eval-scenes", type=int, default=10_000)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--run-dir", default=None, help="default: runs/tta-{air,dair}-seedN")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="curve JSON (default: benchmarks/results/tta-{air,dair}-seedN.json)",
+    )
+    parser.add_argument("--results", default=str(HERE / "results" / "time_to_accuracy_runs.jsonl"))
+    args = parser.parse_args(argv)
+
+    name = f"{'dair' if args.dair else 'air'}-seed{args.seed}"
+    base = RunConfig()
+    train_config = dataclasses.replace(
+        base.train,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        eval_scenes=args.eval_scenes,
+        device=args.device,
+        **({"steps": args.steps} if args.steps else {}),
+    )
+    config = dataclasses.replace(
+        base, model=dataclasses.replace(base.model, dair=args.dair), train=train_config
+    )
+    run_dir = Path(args.run_dir or f"runs/tta-{name}")
+    result = train(config, run_dir, overwrite=True, command=[sys.executable, *sys.argv])
+
+    curve = [
+        {
+            "step": row["step"],
+            "train_seconds": row["train_seconds"],
+            "elbo": row.get("eval_elbo"),
+            "count_accuracy": row["eval_count_accuracy"],
+            "mean_iou": row.get("eval_mean_iou"),
+        }
+        for row in result.history
+        if row.get("eval_count_accuracy") is not None
+    ]
+    reached = {f"{t:.2f}": first_reaching(curve, t) for t in (0.95, 0.98)}
+    summary = {
+        "benchmark": "time_to_accuracy",
+        "name": name,
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_revision": git_revision(),
+        "hardware": hardware(),
+        "config": airscene.config.to_dict(config),
+        "final_count_accuracy": curve[-1]["count_accuracy"] if curve else None,
+        "best_count_accuracy": max((p["count_accuracy"] for p in curve), default=None),
+        "seconds_to": {k: (v["train_seconds"] if v else None) for k, v in reached.items()},
+        "steps_to": {k: (v["step"] if v else None) for k, v in reached.items()},
+        "total_train_seconds": result.train_seconds,
+        "curve": curve,
+    }
+    out = Path(args.out or HERE / "results" / f"tta-{name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1))
+    line = {k: v for k, v in summary.items() if k not in ("curve", "config")}
+    with open(args.results, "a") as file:
+        file.write(json.dumps(line) + "\n")
+
+    print(f"{'step':>7} {'seconds':>9} {'elbo':>9} {'count acc':>10}")
+    for point in curve:
+        print(
+            f"{point['step']:>7} {point['train_seconds']:>9.0f} {point['elbo']:>9.1f} {point['count_accuracy']:>10.4f}"
+        )
+    print(
+        f"{name}: final {summary['final_count_accuracy']:.4f}; seconds to 95%: {summary['seconds_to']['0.95']}, "
+        f"to 98%: {summary['seconds_to']['0.98']}  -> {out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

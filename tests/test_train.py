@@ -1,0 +1,167 @@
+"""Training loop, checkpoints and the train/eval/show/sample verbs, on tiny configs."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from airscene.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from airscene.cli import main
+from airscene.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from airscene.model import AIR
+from airscene.train import train, z_pres_prior_at
+
+TINY_MODEL = dict(
+    lstm_size=16,
+    encoder_hidden=16,
+    decoder_hidden=16,
+    predictor_hidden=16,
+    z_what_dim=4,
+    baseline_lstm_size=8,
+)
+TINY_FLAGS = [
+    "--lstm-size", "16", "--encoder-hidden", "16", "--decoder-hidden", "16", "--predictor-hidden", "16",
+    "--z-what-dim", "4", "--baseline-lstm-size", "8", "--n-train", "200", "--n-test", "100",
+]  # fmt: skip
+
+
+def tiny_config(**train_overrides) -> RunConfig:
+    return RunConfig(
+        data=DataConfig(n_train=200, n_test=100),
+        model=ModelConfig(**TINY_MODEL),
+        train=TrainConfig(
+            **{
+                "steps": 12,
+                "batch_size": 8,
+                "eval_every": 6,
+                "eval_scenes": 50,
+                "checkpoint_every": 6,
+                "log_every": 3,
+                **train_overrides,
+            }
+        ),
+    )
+
+
+def test_train_writes_run_directory(tmp_path):
+    run = tmp_path / "run"
+    result = train(tiny_config(), run, progress=False)
+    assert result.steps == 12
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["config"]["model"]["lstm_size"] == 16 and "git_revision" in saved
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [3, 6, 9, 12]
+    assert rows[1]["eval_count_accuracy"] != "" and rows[0]["eval_count_accuracy"] == ""
+    assert all(float(r["loss"]) == float(r["loss"]) for r in rows)  # finite, not NaN
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == ["step-000000006", "step-000000012"]
+    assert any((run / "tensorboard").iterdir())
+    checkpoint = read_checkpoint(run)
+    assert checkpoint.step == 12 and checkpoint.config == tiny_config()
+    assert set(checkpoint.trainer_state()) >= {"model_optimiser", "baseline_optimiser", "noise_rng"}
+
+
+def test_train_refuses_non_empty_run_dir(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("mine")
+    with pytest.raises(Exception, match="not empty"):
+        train(tiny_config(), run, progress=False)
+    assert (run / "keep.txt").read_text() == "mine"
+
+
+def test_z_pres_prior_annealing_is_geometric():
+    config = TrainConfig(z_pres_prior_start=0.5, z_pres_prior_anneal_steps=100)
+    assert z_pres_prior_at(0, 1e-4, config) == pytest.approx(0.5)
+    assert z_pres_prior_at(50, 1e-4, config) == pytest.approx((0.5 * 1e-4) ** 0.5)
+    assert z_pres_prior_at(100, 1e-4, config) == pytest.approx(1e-4)
+    assert z_pres_prior_at(1000, 1e-4, config) == pytest.approx(1e-4)
+    assert z_pres_prior_at(10, 1e-4, TrainConfig()) == 1e-4
+
+
+@pytest.mark.parametrize("dair", [False, True])
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, dair):
+    torch.manual_seed(0)
+    config = RunConfig(model=ModelConfig(dair=dair, **TINY_MODEL))
+    model = AIR(config.model)
+    save_checkpoint(tmp_path / "ckpt", config, model, step=7, metrics={"count_accuracy": 0.5})
+    loaded, checkpoint = load_model(tmp_path / "ckpt")
+    assert checkpoint.step == 7 and checkpoint.metrics == {"count_accuracy": 0.5}
+    x = torch.rand(4, 50, 50)
+    a = model(x, generator=torch.Generator().manual_seed(1))
+    b = loaded(x, generator=torch.Generator().manual_seed(1))
+    for name in ("z_pres", "z_where", "z_what", "canvas", "elbo"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=0)
+
+
+def test_corrupt_and_mismatched_checkpoints_are_rejected(tmp_path):
+    torch.manual_seed(0)
+    config = RunConfig(model=ModelConfig(**TINY_MODEL))
+    path = save_checkpoint(tmp_path / "ckpt", config, AIR(config.model), step=1)
+    weights = (path / "model.safetensors").read_bytes()
+
+    (path / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(CheckpointError, match="corrupt weights"):
+        load_model(path)
+
+    (path / "model.safetensors").write_bytes(weights)
+    meta = json.loads((path / "checkpoint.json").read_text())
+    meta["config"]["model"]["lstm_size"] = 32  # weights no longer fit the config
+    (path / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="shape"):
+        load_model(path)
+
+    meta["format_version"] = 99
+    (path / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="format 99"):
+        load_model(path)
+
+    (path / "checkpoint.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_model(path)
+    with pytest.raises(CheckpointError, match="no such"):
+        load_model(tmp_path / "missing")
+
+
+def test_cli_train_eval_show_sample(tmp_path, capsys):
+    run = tmp_path / "run"
+    flags = [
+        "--steps",
+        "6",
+        "--batch-size",
+        "8",
+        "--eval-every",
+        "3",
+        "--eval-scenes",
+        "20",
+        "--log-every",
+        "3",
+    ]
+    assert main(["train", "--run-dir", str(run), *flags, *TINY_FLAGS]) == 0
+    assert main(["train", "--run-dir", str(run), *flags, *TINY_FLAGS]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+    report = tmp_path / "eval.json"
+    assert (
+        main(["eval", "--model", str(run), "--n", "40", "--iw-samples", "3", "--out", str(report)])
+        == 0
+    )
+    result = json.loads(report.read_text())
+    assert result["scenes"] == 40 and 0.0 <= result["count_accuracy"] <= 1.0
+    assert sum(map(sum, result["confusion"])) == 40 and result["log_px"] is not None
+
+    for verb in ("show", "sample"):
+        figure = tmp_path / f"{verb}.png"
+        assert main([verb, "--model", str(run), "--n", "4", "--out", str(figure)]) == 0
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert main(["eval", "--model", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("airscene: error:")
+
+
+def test_cli_rejects_bad_config_values(tmp_path, capsys):
+    assert main(["train", "--run-dir", str(tmp_path / "r"), "--z-pres-prior", "1.5"]) == 2
+    assert "z_pres_prior" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
