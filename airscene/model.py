@@ -199,7 +199,10 @@ class AIR(nn.Module):
         self.latent_dim = 3 + self.objects.z_what_dim + 1  # z_where, z_what, z_pres of last step
         self.core = RecurrentCore(image_dim, self.latent_dim, config.lstm_size)
         self.predictor = WherePredictor(
-            config.lstm_size, config.predictor_hidden, config.z_where_prior_loc
+            config.lstm_size,
+            config.predictor_hidden,
+            config.z_where_prior_loc,
+            config.z_where_max_scale,
         )
         self.register_buffer(
             "z_where_prior_loc", torch.tensor(config.z_where_prior_loc), persistent=False

@@ -67,9 +67,14 @@ class WherePredictor(nn.Module):
     """LSTM state -> z_pres logit and the Normal posterior over z_where (loc, scale)."""
 
     def __init__(
-        self, hidden: int, mlp_hidden: int, z_where_loc_init: tuple[float, float, float]
+        self,
+        hidden: int,
+        mlp_hidden: int,
+        z_where_loc_init: tuple[float, float, float],
+        z_where_max_scale: float | None = None,
     ) -> None:
         super().__init__()
+        self.z_where_max_scale = z_where_max_scale
         self.net = mlp([hidden, mlp_hidden, 1 + 3 + 3])
         last = self.net[-1]
         # Start at the prior's z_where with a small spread, and with objects likely present:
@@ -85,7 +90,10 @@ class WherePredictor(nn.Module):
         out = self.net(h)
         z_pres_logit = out[:, 0]
         z_where_loc = out[:, 1:4]
-        z_where_scale = F.softplus(out[:, 4:7]) + 1e-4
+        if self.z_where_max_scale is None:
+            z_where_scale = F.softplus(out[:, 4:7]) + 1e-4
+        else:
+            z_where_scale = self.z_where_max_scale * torch.sigmoid(out[:, 4:7]) + 1e-4
         return z_pres_logit, z_where_loc, z_where_scale
 
 

@@ -141,3 +141,17 @@ def test_log_probs():
     for z in (0.0, 1.0):
         expected = torch.distributions.Bernoulli(logits=logit).log_prob(torch.full_like(logit, z))
         torch.testing.assert_close(bernoulli_log_prob(torch.full_like(logit, z), logit), expected)
+
+
+def test_z_where_posterior_scale_is_bounded():
+    model = small_model(z_where_max_scale=0.1)
+    with torch.no_grad():
+        model.predictor.net[-1].bias[4:7] = 50.0  # would be a huge spread without the bound
+    with torch.no_grad():
+        out = model(images(8), generator=torch.Generator().manual_seed(0))
+    assert float(out.z_where_scale.max()) <= 0.1 + 2e-4
+    unbounded = small_model(z_where_max_scale=None)
+    with torch.no_grad():
+        unbounded.predictor.net[-1].bias[4:7] = 50.0
+    with torch.no_grad():
+        assert float(unbounded(images(8)).z_where_scale.min()) > 10
