@@ -61,6 +61,17 @@ def z_pres_prior_at(step: int, final: float, config: TrainConfig) -> float:
     )
 
 
+def learning_rate_at(step: int, config: TrainConfig) -> float:
+    """The model's learning rate at ``step`` (1-based) under the configured schedule."""
+    if config.lr_schedule == "constant" or config.steps <= 1:
+        return config.learning_rate
+    progress = (step - 1) / (config.steps - 1)
+    fraction = config.final_lr_fraction + (1 - config.final_lr_fraction) * 0.5 * (
+        1 + math.cos(math.pi * progress)
+    )
+    return config.learning_rate * fraction
+
+
 def git_revision() -> str | None:
     """The git commit of the source tree, if it is a git checkout."""
     try:
@@ -129,8 +140,11 @@ def train(
         config.model.canvas_size**2, model.latent_dim, config.model.baseline_lstm_size
     ).to(device)
     normaliser = SignalNormaliser().to(device) if tc.normalise_signal else None
-    model_optimiser = torch.optim.Adam(model.parameters(), lr=tc.learning_rate)
-    baseline_optimiser = torch.optim.Adam(baseline.parameters(), lr=tc.baseline_learning_rate)
+    # The fused Adam kernel updates all parameters in one pass: a third of a CPU step otherwise.
+    model_optimiser = torch.optim.Adam(model.parameters(), lr=tc.learning_rate, fused=True)
+    baseline_optimiser = torch.optim.Adam(
+        baseline.parameters(), lr=tc.baseline_learning_rate, fused=True
+    )
     noise = torch.Generator(device=device).manual_seed(tc.seed + 1)
     batch_order = np.random.default_rng(np.random.SeedSequence([tc.seed, 2]))
 
@@ -168,6 +182,8 @@ def train(
         for step in range(1, tc.steps + 1):
             started = time.perf_counter()
             rho = z_pres_prior_at(step, config.model.z_pres_prior, tc)
+            for group in model_optimiser.param_groups:
+                group["lr"] = learning_rate_at(step, tc)
             index = torch.from_numpy(batch_order.integers(0, len(train_images), tc.batch_size)).to(
                 device
             )

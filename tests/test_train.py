@@ -165,3 +165,15 @@ def test_cli_rejects_bad_config_values(tmp_path, capsys):
     assert main(["train", "--run-dir", str(tmp_path / "r"), "--z-pres-prior", "1.5"]) == 2
     assert "z_pres_prior" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_cosine_learning_rate_schedule():
+    from airscene.train import learning_rate_at
+
+    config = TrainConfig(steps=101, learning_rate=1e-3, final_lr_fraction=0.1)
+    assert learning_rate_at(1, config) == pytest.approx(1e-3)
+    assert learning_rate_at(51, config) == pytest.approx(0.55e-3)
+    assert learning_rate_at(101, config) == pytest.approx(1e-4)
+    rates = [learning_rate_at(s, config) for s in range(1, 102)]
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+    assert learning_rate_at(60, TrainConfig(lr_schedule="constant", learning_rate=3e-4)) == 3e-4
