@@ -130,9 +130,21 @@ class Checkpoint:
             raise CheckpointError(f"{file}: unreadable trainer state ({error})") from None
 
 
+PRETRAINED = {"default": "air-multi-mnist"}  # names of the models shipped in airscene/pretrained
+
+
+def pretrained_dir(name: str) -> Path:
+    """The directory of a model shipped inside the package."""
+    from importlib import resources
+
+    return Path(str(resources.files("airscene") / "pretrained" / PRETRAINED.get(name, name)))
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from a checkpoint directory, its checkpoint.json, or a run
-    directory (its newest checkpoint)."""
+    """A checkpoint directory from a checkpoint directory, its checkpoint.json, a run
+    directory (its newest checkpoint), or the name of a shipped model ('default')."""
+    if isinstance(path, str) and path in PRETRAINED:
+        path = pretrained_dir(path)
     path = Path(path)
     if path.is_file() and path.name in (META_FILE, MODEL_FILE):
         path = path.parent

@@ -21,7 +21,10 @@ class Evaluation:
     count_accuracy: float  # fraction of images whose inferred count equals the true count
     confusion: list[list[int]]  # [true count][inferred count] -> images
     accuracy_by_count: dict[int, float]  # true count -> accuracy on those images
-    mean_iou: float  # over true objects: IoU with the inferred box matched to it (0 if none)
+    mean_iou: (
+        float  # over true objects: IoU of the ink box with the matched inferred ink box (0 if none)
+    )
+    mean_window_iou: float  # the same with the inferred glimpse windows instead of their ink
     elbo: float  # mean single-sample ELBO per image (nats)
     log_px: float | None  # mean importance-weighted log p(x) per image (nats), if computed
     iw_samples: int
@@ -38,6 +41,29 @@ def images_to_tensor(
     if tensor.dtype == torch.uint8:
         return tensor.to(device).float().div_(255.0)
     return tensor.to(device=device, dtype=torch.float32)
+
+
+@torch.no_grad()
+def ink_boxes(model: AIR, inference, threshold: float = 0.1) -> torch.Tensor:
+    """The tight pixel box (B, N, 4) of what each inferred object draws (pixels above
+    ``threshold``), comparable with the ground truth's ink boxes; an object that draws nothing
+    above it gets its window."""
+    size = model.config.canvas_size
+    boxes = z_where_to_box(inference.z_where, size).clone()
+    for t in range(inference.z_where.shape[1]):
+        drawn = (
+            model.objects.render(inference.z_what[:, t], inference.z_where[:, t], size) > threshold
+        )
+        rows, cols = drawn.any(dim=2), drawn.any(dim=1)  # (B, H), (B, W)
+        has_ink = rows.any(dim=1)
+        index = torch.arange(size, device=drawn.device)
+        y0 = torch.where(rows, index, size).amin(1)
+        y1 = torch.where(rows, index + 1, 0).amax(1)
+        x0 = torch.where(cols, index, size).amin(1)
+        x1 = torch.where(cols, index + 1, 0).amax(1)
+        tight = torch.stack([x0, y0, x1, y1], dim=1).to(boxes.dtype)
+        boxes[:, t] = torch.where(has_ink[:, None], tight, boxes[:, t])
+    return boxes
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -88,14 +114,16 @@ def evaluate(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    counts, boxes, elbos, log_px = [], [], [], []
+    counts, windows, inks, elbos, log_px = [], [], [], [], []
     for start in range(0, len(scenes), batch_size):
         x = images_to_tensor(scenes.images[start : start + batch_size], device)
         mode = model(x, sample=False)  # the deterministic answer: count and boxes
         counts.append(mode.count.cpu().numpy())
         window = z_where_to_box(mode.z_where, model.config.canvas_size).cpu().numpy()
+        ink = ink_boxes(model, mode).cpu().numpy()
         present = mode.z_pres.cpu().numpy() > 0
-        boxes.extend(window[i][present[i]] for i in range(len(x)))
+        windows.extend(window[i][present[i]] for i in range(len(x)))
+        inks.extend(ink[i][present[i]] for i in range(len(x)))
         elbos.append(model(x, generator=generator).elbo.cpu().numpy())
         if iw_samples > 0:
             log_px.append(importance_weighted_log_px(model, x, iw_samples, generator).cpu().numpy())
@@ -112,7 +140,8 @@ def evaluate(
         count_accuracy=float((inferred == truth).mean()),
         confusion=confusion.tolist(),
         accuracy_by_count=by_count,
-        mean_iou=matched_iou(true_boxes, boxes),
+        mean_iou=matched_iou(true_boxes, inks),
+        mean_window_iou=matched_iou(true_boxes, windows),
         elbo=float(np.concatenate(elbos).mean()),
         log_px=float(np.concatenate(log_px).mean()) if log_px else None,
         iw_samples=iw_samples,

@@ -23,7 +23,7 @@ from airscene.checkpoint import save_checkpoint
 from airscene.config import RunConfig, TrainConfig, to_dict
 from airscene.data.scenes import load_scenes
 from airscene.errors import AirsceneError
-from airscene.evaluate import evaluate
+from airscene.evaluate import evaluate, images_to_tensor
 from airscene.model import AIR
 from airscene.networks import BaselineNetwork
 from airscene.objective import SignalNormaliser, air_objective
@@ -242,6 +242,8 @@ def train(
                         eval_elbo=result.elbo,
                         eval_mean_iou=result.mean_iou,
                     )
+                    if writer is not None:
+                        _log_reconstructions(writer, model, eval_scenes.images[:8], step)
                 metrics_csv.writerow(row)
                 metrics_file.flush()
                 history.append(row)
@@ -274,6 +276,18 @@ def train(
         final_metrics=row,
         history=history,
     )
+
+
+@torch.no_grad()
+def _log_reconstructions(writer, model: AIR, images: np.ndarray, step: int) -> None:
+    """TensorBoard image: held-out scenes (top row) above their reconstructions (bottom row)."""
+    was_training = model.training
+    model.eval()
+    x = images_to_tensor(images, next(model.parameters()).device)
+    canvas = model(x, sample=False).canvas.clamp(0, 1)
+    grid = torch.cat([torch.cat(list(x), dim=1), torch.cat(list(canvas), dim=1)], dim=0)  # (2H, 8W)
+    writer.add_image("reconstructions", grid.unsqueeze(0).cpu(), step)
+    model.train(was_training)
 
 
 def _progress(total: int, enabled: bool):

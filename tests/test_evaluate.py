@@ -1,0 +1,67 @@
+"""Evaluation metrics on known inputs."""
+
+import numpy as np
+import pytest
+import torch
+
+from airscene.config import ModelConfig
+from airscene.evaluate import box_iou, confusion_matrix, ink_boxes, matched_iou
+from airscene.model import AIR
+
+
+def test_box_iou_known_values():
+    a = np.array([[0, 0, 10, 10], [0, 0, 4, 4]], dtype=float)
+    b = np.array([[5, 0, 15, 10], [0, 0, 10, 10], [20, 20, 30, 30]], dtype=float)
+    iou = box_iou(a, b)
+    assert iou[0, 0] == pytest.approx(50 / 150)
+    assert iou[0, 1] == pytest.approx(1.0)
+    assert iou[0, 2] == 0.0
+    assert iou[1, 1] == pytest.approx(16 / 100)
+
+
+def test_matched_iou_is_permutation_invariant_and_counts_misses():
+    truth = [
+        np.array([[0, 0, 10, 10], [20, 20, 30, 30]]),
+        np.zeros((0, 4)),
+        np.array([[0, 0, 10, 10]]),
+    ]
+    inferred = [
+        np.array([[20, 20, 30, 30], [0, 0, 10, 10]]),
+        np.array([[1, 1, 5, 5]]),
+        np.zeros((0, 4)),
+    ]
+    # two perfect matches, one extra inference (no penalty in this recall-style metric), one miss
+    assert matched_iou(truth, inferred) == pytest.approx(2 / 3)
+
+
+def test_confusion_matrix():
+    true = np.array([0, 1, 1, 2, 2, 2])
+    inferred = np.array([0, 1, 2, 2, 2, 3])
+    matrix = confusion_matrix(true, inferred, 4)
+    assert matrix.tolist() == [[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 2, 1], [0, 0, 0, 0]]
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(4 / 6)
+
+
+def test_ink_boxes_of_a_known_object():
+    torch.manual_seed(0)
+    model = AIR(
+        ModelConfig(
+            max_steps=1, lstm_size=8, encoder_hidden=8, decoder_hidden=8, predictor_hidden=8
+        )
+    )
+
+    class Square(
+        torch.nn.Module
+    ):  # a decoder that draws a bright 10x10 square in its 28x28 glimpse
+        def forward(self, z_what):
+            glimpse = torch.zeros(z_what.shape[0], 28, 28)
+            glimpse[:, 9:19, 9:19] = 1.0
+            return glimpse
+
+    model.objects.decoder = Square()
+    # window 28 px wide (s = 0.56) centred on the canvas: glimpse pixels map 1:1 to canvas pixels
+    inference = type("I", (), {})()
+    inference.z_where = torch.tensor([[[0.56, 0.0, 0.0]]])
+    inference.z_what = torch.zeros(1, 1, model.config.z_what_dim)
+    boxes = ink_boxes(model, inference, threshold=0.5)
+    torch.testing.assert_close(boxes[0, 0], torch.tensor([20.0, 20.0, 30.0, 30.0]))
