@@ -11,6 +11,7 @@ from airscene.data import Scenes, load_mnist, load_scenes
 from airscene.errors import AirsceneError
 from airscene.evaluate import Evaluation, evaluate
 from airscene.model import AIR
+from airscene.pipeline import Pipeline, load
 from airscene.train import train
 
 try:
@@ -24,11 +25,13 @@ __all__ = [
     "DataConfig",
     "Evaluation",
     "ModelConfig",
+    "Pipeline",
     "RunConfig",
     "Scenes",
     "TrainConfig",
     "__version__",
     "evaluate",
+    "load",
     "load_mnist",
     "load_model",
     "load_scenes",

@@ -298,6 +298,56 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _infer(args: argparse.Namespace) -> int:
+    import json
+
+    from airscene.data.images import find_images, read_image
+    from airscene.pipeline import load
+    from airscene.visualise import draw_overlay
+
+    paths = find_images(args.paths)
+    out_path = Path(args.out) if args.out else None
+    if out_path is not None and out_path.exists() and not args.force:
+        raise AirsceneError(f"{out_path}: already exists; pass --force to replace it")
+    overlay = Path(args.overlay) if args.overlay else None
+    if overlay is not None:
+        if overlay.exists() and (not overlay.is_dir() or any(overlay.iterdir())) and not args.force:
+            raise AirsceneError(f"{overlay}: exists and is not an empty directory; pass --force")
+        overlay.mkdir(parents=True, exist_ok=True)
+    pipeline = load(args.model, args.device)
+    invert = {"auto": None, "yes": True, "no": False}[args.invert]
+    width = max(5, len(str(len(paths))))
+    failed = 0
+    stream = open(out_path, "w") if out_path is not None else sys.stdout
+    try:
+        for index, result in enumerate(
+            pipeline.iter_infer(
+                paths, batch_size=args.batch_size, invert=invert, progress=not args.quiet
+            )
+        ):
+            stream.write(json.dumps(result.to_record()) + "\n")
+            if result.error is not None:
+                failed += 1
+            elif overlay is not None:
+                image = read_image(result.path)
+                name = f"{index:0{width}d}-{Path(result.path).stem}.png"
+                draw_overlay(
+                    1.0 - image if result.inverted else image,
+                    [o.box for o in result.objects],
+                    overlay / name,
+                )
+    finally:
+        if stream is not sys.stdout:
+            stream.close()
+    if failed:
+        print(
+            f"airscene: error: {failed} of {len(paths)} images could not be read (see their records)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``airscene`` argument parser (verbs as sub-commands)."""
     from airscene import __version__
@@ -398,6 +448,35 @@ def build_parser() -> argparse.ArgumentParser:
         show, DataConfig, exclude=("canvas_size", "n_train", "n_test"), rename=_DATA_RENAME
     )
     show.set_defaults(handler=_show)
+
+    infer = verbs.add_parser(
+        "infer",
+        help="find, count and describe the objects in your images (JSON Lines)",
+        description="Run a trained model on image files, directories or globs (any Pillow "
+        "format, any size). One JSON record per image: path, count, and per object its box in "
+        "the image's pixels, presence probability, z_where and z_what.",
+    )
+    infer.add_argument("paths", nargs="+", help="image files, directories or glob patterns")
+    infer.add_argument(
+        "--model", default="default", help="'default' (shipped), a checkpoint or a run directory"
+    )
+    infer.add_argument("--out", default=None, help="write JSON Lines here instead of stdout")
+    infer.add_argument(
+        "--overlay", default=None, help="directory for PNGs with the boxes drawn and numbered"
+    )
+    infer.add_argument(
+        "--invert",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="dark objects on a light background: auto detects them from the image border",
+    )
+    infer.add_argument("--batch-size", type=int, default=256)
+    infer.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    infer.add_argument(
+        "--force", action="store_true", help="replace an existing --out / non-empty --overlay"
+    )
+    infer.add_argument("--quiet", action="store_true", help="no progress bar")
+    infer.set_defaults(handler=_infer)
     return parser
 
 

@@ -94,3 +94,27 @@ def inference_figure(
         columns=count,
         title="AIR: inferred objects (box colour = inference step)",
     )
+
+
+def draw_overlay(
+    image: np.ndarray, boxes: Sequence[Box], path: str | Path, min_side: int = 256
+) -> Path:
+    """Save a grey image (H, W) in [0, 1] with ``boxes`` (its own pixels) drawn and numbered
+    1, 2, ... in inference order, enlarged (nearest neighbour) to at least ``min_side``."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    height, width = image.shape
+    zoom = max(1, int(np.ceil(min_side / max(1, min(height, width)))))
+    grey = Image.fromarray(np.clip(image * 255, 0, 255).astype(np.uint8))
+    canvas = grey.resize((width * zoom, height * zoom), Image.Resampling.NEAREST).convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=max(10, min(canvas.size) // 16))
+    for number, (x0, y0, x1, y1) in enumerate(boxes, start=1):
+        colour = STEP_COLOURS[(number - 1) % len(STEP_COLOURS)]
+        draw.rectangle(
+            [x0 * zoom, y0 * zoom, x1 * zoom - 1, y1 * zoom - 1], outline=colour, width=2
+        )
+        draw.text((x0 * zoom + 3, y0 * zoom + 1), str(number), fill=colour, font=font)
+    path = Path(path)
+    canvas.save(path)
+    return path

@@ -1,0 +1,170 @@
+"""Users' own images: finding them, reading them, and fitting them to the model's canvas.
+
+Any Pillow format is read and converted to grey in [0, 1]. An image that fits the canvas is
+padded around (objects keep their size in pixels); a larger one is shrunk to fit first. The
+``CanvasFit`` of each image maps boxes on the canvas back to the image's own pixels.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from airscene.errors import AirsceneError
+
+IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".pgm",
+    ".ppm",
+    ".pbm",
+)
+
+
+class ImageError(AirsceneError):
+    """An image that cannot be read, or an input path that names no images."""
+
+
+def find_images(inputs: list[str | Path]) -> list[Path]:
+    """Expand files, directories (their image files, sorted) and glob patterns into paths.
+
+    A path that does not exist, or a directory or pattern with no images, is an error.
+    """
+    paths: list[Path] = []
+    for item in inputs:
+        text = str(item)
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                raise ImageError(
+                    f"{path}: directory holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)"
+                )
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        elif glob.has_magic(text):
+            found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not found:
+                raise ImageError(f"{text}: pattern matches no files")
+            paths.extend(found)
+        else:
+            raise ImageError(f"{path}: no such file or directory")
+    return paths
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as grey float32 (H, W) in [0, 1]; unreadable files raise ``ImageError``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_grey(image)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise ImageError(f"{path}: not a readable image ({error})") from None
+
+
+def to_grey(image) -> np.ndarray:
+    """A PIL image, numpy array or tensor as grey float32 (H, W) in [0, 1].
+
+    Arrays may be (H, W), (H, W, 1|3|4) or (1|3|4, H, W); integer arrays are read as 0..255,
+    float arrays as 0..1.
+    """
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            array = np.asarray(image, dtype=np.float32)
+            return np.clip(array / max(float(array.max()), 1.0), 0, 1)
+        if image.mode in ("RGBA", "LA", "PA") or (
+            image.mode == "P" and "transparency" in image.info
+        ):
+            # transparent pixels count as background: composite onto black
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+            image = Image.alpha_composite(background, rgba)
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        array = array.astype(np.float32) / (1.0 if array.dtype == np.bool_ else 255.0)
+    if array.ndim == 3:
+        if array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+            array = np.moveaxis(array, 0, -1)  # channels first -> last
+        if array.shape[-1] == 1:
+            array = array[..., 0]
+        elif array.shape[-1] in (3, 4):
+            array = array[..., :3].astype(np.float32) @ np.array(
+                [0.299, 0.587, 0.114], dtype=np.float32
+            )
+    if array.ndim != 2 or min(array.shape) == 0:
+        raise ImageError(
+            f"expected a 2-D grey or colour image, got an array of shape {np.shape(image)}"
+        )
+    array = np.asarray(array, dtype=np.float32)
+    if not np.all(np.isfinite(array)):
+        raise ImageError("image holds NaN or infinite values")
+    return np.clip(array, 0.0, 1.0)
+
+
+def looks_dark_on_light(image: np.ndarray) -> bool:
+    """Whether objects are dark on a light background: the border is mostly bright."""
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    return float(np.median(border)) > 0.5
+
+
+@dataclass(frozen=True)
+class CanvasFit:
+    """How an image was placed on the canvas: canvas pixel = image pixel * scale + offset."""
+
+    scale_x: float
+    scale_y: float
+    offset_x: float
+    offset_y: float
+    width: int  # the image's own size
+    height: int
+
+    def to_image(self, boxes: np.ndarray) -> np.ndarray:
+        """Boxes ``x0, y0, x1, y1`` (..., 4) on the canvas -> in the image's pixels, clipped to it."""
+        out = np.array(boxes, dtype=np.float64, copy=True)
+        out[..., 0::2] = (out[..., 0::2] - self.offset_x) / self.scale_x
+        out[..., 1::2] = (out[..., 1::2] - self.offset_y) / self.scale_y
+        out[..., 0::2] = np.clip(out[..., 0::2], 0, self.width)
+        out[..., 1::2] = np.clip(out[..., 1::2], 0, self.height)
+        return out
+
+
+def fit_to_canvas(image: np.ndarray, canvas_size: int) -> tuple[np.ndarray, CanvasFit]:
+    """Place a grey image (H, W) on a blank square canvas: shrunk (keeping its aspect ratio)
+    only if larger than the canvas, then centred and padded with background (0)."""
+    import torch
+    import torch.nn.functional as F
+
+    height, width = image.shape
+    scale = min(1.0, canvas_size / max(height, width))
+    if scale < 1.0:
+        new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+        tensor = torch.from_numpy(np.ascontiguousarray(image))[None, None]
+        image = F.interpolate(
+            tensor, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
+        )[0, 0].numpy()
+        scale_x, scale_y = new_w / width, new_h / height
+    else:
+        new_h, new_w, scale_x, scale_y = height, width, 1.0, 1.0
+    top, left = (canvas_size - new_h) // 2, (canvas_size - new_w) // 2
+    canvas = np.zeros((canvas_size, canvas_size), dtype=np.float32)
+    canvas[top : top + new_h, left : left + new_w] = image
+    return canvas, CanvasFit(scale_x, scale_y, float(left), float(top), width, height)
