@@ -214,15 +214,35 @@ _DATA_RENAME = {"seed": "data_seed"}
 def _train(args: argparse.Namespace) -> int:
     from airscene.train import train
 
-    model = config_from_args(ModelConfig, args)
-    data = config_from_args(DataConfig, args, rename=_DATA_RENAME, canvas_size=model.canvas_size)
-    config = RunConfig(data=data, model=model, train=config_from_args(TrainConfig, args))
-    run_dir = Path(args.run_dir or time.strftime("runs/air-%Y%m%d-%H%M%S"))
-    print(
-        f"training {'DAIR' if model.dair else 'AIR'} for {config.train.steps} steps -> {run_dir}",
-        file=sys.stderr,
-    )
-    result = train(config, run_dir, overwrite=args.force, command=["airscene", *sys.argv[1:]])
+    command = ["airscene", *sys.argv[1:]]
+    if args.resume:
+        given = [
+            name
+            for cls, rename in (
+                (ModelConfig, None),
+                (TrainConfig, None),
+                (DataConfig, _DATA_RENAME),
+            )
+            for name in (f.name for f in dataclasses.fields(cls))
+            if getattr(args, (rename or {}).get(name, name), None) is not None
+        ]
+        if given or args.run_dir or args.force:
+            extra = ", ".join(f"--{n.replace('_', '-')}" for n in given) or "--run-dir/--force"
+            raise AirsceneError(f"--resume continues a run with its own config; drop {extra}")
+        print(f"resuming {args.resume}", file=sys.stderr)
+        result = train(None, args.resume, resume=True, command=command)
+    else:
+        model = config_from_args(ModelConfig, args)
+        data = config_from_args(
+            DataConfig, args, rename=_DATA_RENAME, canvas_size=model.canvas_size
+        )
+        config = RunConfig(data=data, model=model, train=config_from_args(TrainConfig, args))
+        run_dir = Path(args.run_dir or time.strftime("runs/air-%Y%m%d-%H%M%S"))
+        print(
+            f"training {'DAIR' if model.dair else 'AIR'} for {config.train.steps} steps -> {run_dir}",
+            file=sys.stderr,
+        )
+        result = train(config, run_dir, overwrite=args.force, command=command)
     summary = {k: v for k, v in result.final_metrics.items() if v is not None}
     print(f"done: {result.steps} steps in {result.train_seconds:.0f}s; {summary}")
     return 0
@@ -408,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-dir", default=None, help="output directory (default: runs/air-TIMESTAMP)"
     )
     train.add_argument("--force", action="store_true", help="replace a non-empty --run-dir")
+    train.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its newest checkpoint, exactly as if never stopped",
+    )
     add_config_arguments(train, TrainConfig)
     add_config_arguments(train, ModelConfig)
     add_config_arguments(train, DataConfig, exclude=("canvas_size",), rename=_DATA_RENAME)

@@ -231,6 +231,12 @@ class TrainConfig:
         True, "NVIL: centre and scale the learning signal by running moments"
     )
     seed: int = param(0, "seed of the model's initialisation, minibatch order and sampling noise")
+    max_nonfinite_steps: int = param(
+        10, "stop the run after this many non-finite losses or gradients in a row (each is skipped)"
+    )
+    keep_checkpoints: int = param(
+        3, "keep the newest this many checkpoints (the newest is never deleted)"
+    )
     eval_every: int = param(
         1000, "evaluate count accuracy on held-out scenes every this many steps (0: never)"
     )
@@ -265,6 +271,8 @@ class TrainConfig:
         )
         _check(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
         _check(self.threads is None or self.threads >= 1, "threads must be >= 1")
+        _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1")
+        _check(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from airscene.checkpoint import save_checkpoint
+from airscene.checkpoint import (
+    BASELINE_FILE,
+    MODEL_FILE,
+    Checkpoint,
+    CheckpointError,
+    load_state,
+    read_checkpoint,
+    save_checkpoint,
+)
 from airscene.config import RunConfig, TrainConfig, to_dict
 from airscene.data.scenes import load_scenes
 from airscene.errors import AirsceneError
@@ -39,6 +48,7 @@ METRIC_FIELDS = (
     "eval_count_accuracy",
     "eval_elbo",
     "eval_mean_iou",
+    "skipped_steps",
 )
 
 
@@ -99,25 +109,218 @@ class TrainResult:
 
 
 def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise AirsceneError(
-            f"{run_dir}: run directory exists and is not empty; pass --force to replace it"
-        )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise AirsceneError(f"{run_dir}: exists and is not a directory")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise AirsceneError(
+                f"{run_dir}: run directory exists and is not empty; pass --resume to continue it "
+                "or --force to replace it"
+            )
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
+class Trainer:
+    """The optimisation state of one run, and one step of it.
+
+    Everything a step depends on (weights, optimiser moments, the noise and minibatch random
+    streams, the NVIL signal moments, the running metric sums) is in ``state()``, so a run
+    resumed from a checkpoint continues bit for bit as if it had never stopped.
+    """
+
+    def __init__(self, config: RunConfig, device: torch.device) -> None:
+        tc = self.train_config = config.train
+        self.config = config
+        self.device = device
+        torch.manual_seed(tc.seed)  # parameter initialisation
+        self.model = AIR(config.model).to(device)
+        self.baseline = BaselineNetwork(
+            config.model.canvas_size**2, self.model.latent_dim, config.model.baseline_lstm_size
+        ).to(device)
+        self.normaliser = SignalNormaliser().to(device) if tc.normalise_signal else None
+        # The fused Adam kernel updates all parameters in one pass: a third of a CPU step otherwise.
+        self.model_optimiser = torch.optim.Adam(
+            self.model.parameters(), lr=tc.learning_rate, fused=True
+        )
+        self.baseline_optimiser = torch.optim.Adam(
+            self.baseline.parameters(), lr=tc.baseline_learning_rate, fused=True
+        )
+        self.noise = torch.Generator(device=device).manual_seed(tc.seed + 1)
+        self.batch_order = np.random.default_rng(np.random.SeedSequence([tc.seed, 2]))
+        self.step = 0
+        self.sums = torch.zeros(3, device=device)  # loss, elbo, count hits since the last log
+        self.summed_steps = 0
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+        self.train_seconds = 0.0
+
+    def train_step(self, images: torch.Tensor, counts: torch.Tensor | None) -> bool:
+        """One optimisation step on the next minibatch; False if it was skipped as non-finite."""
+        tc = self.train_config
+        self.step += 1
+        rho = z_pres_prior_at(self.step, self.config.model.z_pres_prior, tc)
+        for group in self.model_optimiser.param_groups:
+            group["lr"] = learning_rate_at(self.step, tc)
+        index = torch.from_numpy(self.batch_order.integers(0, len(images), tc.batch_size)).to(
+            self.device
+        )
+        x = images[index].float().div_(255.0)
+
+        inference = self.model(x, generator=self.noise, z_pres_prior=rho)
+        baselines = self.baseline(x.flatten(1), inference.previous_latents().detach())
+        objective = air_objective(inference, baselines, self.normaliser)
+        self.model_optimiser.zero_grad(set_to_none=True)
+        self.baseline_optimiser.zero_grad(set_to_none=True)
+        objective.loss.backward()
+        objective.baseline_loss.backward()
+        # The gradient norm is needed anyway to catch a non-finite step; clip only if asked.
+        max_norm = tc.grad_clip if tc.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        finite = bool(
+            torch.isfinite(objective.loss)
+            & torch.isfinite(objective.baseline_loss)
+            & torch.isfinite(grad_norm)
+        )
+        if not finite:
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_total += 1
+            return False
+        self.nonfinite_in_a_row = 0
+        self.model_optimiser.step()
+        self.baseline_optimiser.step()
+        with torch.no_grad():
+            hits = (
+                (inference.count == counts[index]).float().mean()
+                if counts is not None
+                else torch.tensor(float("nan"))
+            )
+            self.sums += torch.stack(
+                [objective.loss.detach(), objective.elbo.mean(), hits.to(self.device)]
+            )
+        self.summed_steps += 1
+        return True
+
+    def take_means(self) -> tuple[float, float, float]:
+        """Mean loss, ELBO and count accuracy since the last call (NaN where nothing was summed)."""
+        means = (
+            (self.sums / max(self.summed_steps, 1)).tolist()
+            if self.summed_steps
+            else [math.nan] * 3
+        )
+        self.sums.zero_()
+        self.summed_steps = 0
+        return means[0], means[1], means[2]
+
+    # -- checkpointing ---------------------------------------------------------------------
+
+    def trainer_state(self) -> dict[str, Any]:
+        """Tensors and plain containers only: loaded back with ``torch.load(weights_only=True)``."""
+        return {
+            "model_optimiser": self.model_optimiser.state_dict(),
+            "baseline_optimiser": self.baseline_optimiser.state_dict(),
+            "noise_rng": self.noise.get_state(),
+            "normaliser": self.normaliser.state_dict() if self.normaliser is not None else {},
+            "sums": self.sums.detach().cpu(),
+        }
+
+    def counters(self) -> dict[str, Any]:
+        """JSON-ready scalars of the state (the numpy minibatch stream's state included)."""
+        return {
+            "step": self.step,
+            "summed_steps": self.summed_steps,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "nonfinite_total": self.nonfinite_total,
+            "train_seconds": self.train_seconds,
+            "batch_rng": self.batch_order.bit_generator.state,
+        }
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Continue from ``checkpoint`` exactly where it was written."""
+        load_state(self.model, checkpoint.model_state, checkpoint.path / MODEL_FILE)
+        if checkpoint.baseline_state is None:
+            raise CheckpointError(
+                f"{checkpoint.path}: holds no baseline weights, so it cannot be resumed"
+            )
+        load_state(self.baseline, checkpoint.baseline_state, checkpoint.path / BASELINE_FILE)
+        state = checkpoint.trainer_state()
+        counters = checkpoint.meta.get("trainer")
+        if state is None or counters is None:
+            raise CheckpointError(
+                f"{checkpoint.path}: holds no trainer state, so it cannot be resumed"
+            )
+        try:
+            self.model_optimiser.load_state_dict(state["model_optimiser"])
+            self.baseline_optimiser.load_state_dict(state["baseline_optimiser"])
+            self.noise.set_state(state["noise_rng"])
+            if self.normaliser is not None:
+                self.normaliser.load_state_dict(state["normaliser"])
+            self.sums.copy_(state["sums"])
+            self.batch_order.bit_generator.state = counters["batch_rng"]
+            self.step = int(counters["step"])
+            self.summed_steps = int(counters["summed_steps"])
+            self.nonfinite_in_a_row = int(counters["nonfinite_in_a_row"])
+            self.nonfinite_total = int(counters["nonfinite_total"])
+            self.train_seconds = float(counters["train_seconds"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise CheckpointError(
+                f"{checkpoint.path}: trainer state does not fit this run ({error})"
+            ) from None
+
+
+def _checkpoint_dirs(run_dir: Path) -> list[Path]:
+    folder = run_dir / "checkpoints"
+    return sorted(folder.glob("step-*")) if folder.is_dir() else []
+
+
+def _prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints (the newest is always kept)."""
+    complete = [p for p in _checkpoint_dirs(run_dir) if (p / "checkpoint.json").is_file()]
+    for old in complete[: -max(keep, 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_metric_rows(path: Path, up_to_step: int) -> list[dict[str, Any]]:
+    """Rows of a metrics CSV up to ``up_to_step`` (later rows belong to the lost part of a run)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as file:
+        rows = [
+            row
+            for row in csv.DictReader(file)
+            if row.get("step") and int(row["step"]) <= up_to_step
+        ]
+    return [
+        {k: (float(v) if k != "step" else int(v)) for k, v in row.items() if v not in ("", None)}
+        for row in rows
+    ]
+
+
 def train(
-    config: RunConfig,
+    config: RunConfig | None,
     run_dir: str | Path,
     overwrite: bool = False,
     progress: bool = True,
     command: list[str] | None = None,
+    resume: bool = False,
 ) -> TrainResult:
     """Train AIR (or DAIR) with ``config``, writing config, metrics, TensorBoard scalars and
-    checkpoints into ``run_dir``. Returns the run's summary."""
-    tc = config.train
+    checkpoints into ``run_dir``. With ``resume`` the run in ``run_dir`` continues from its
+    newest checkpoint with its own config (``config`` may then be None). Returns the summary."""
     run_dir = Path(run_dir)
-    _prepare_run_dir(run_dir, overwrite)
+    checkpoint = None
+    if resume:
+        checkpoint = read_checkpoint(run_dir)
+        if config is not None and config != checkpoint.config:
+            raise AirsceneError(
+                f"{run_dir}: the run's config differs from the one given; resume takes the run's own"
+            )
+        config = checkpoint.config
+    elif config is None:
+        raise AirsceneError("a config is needed to start a run")
+    else:
+        _prepare_run_dir(run_dir, overwrite)
+    tc = config.train
     device = resolve_device(tc.device)
     if tc.threads is not None:
         torch.set_num_threads(tc.threads)
@@ -125,125 +328,96 @@ def train(
         "command": command if command is not None else sys.argv,
         "git_revision": git_revision(),
     }
-    (run_dir / "config.json").write_text(
-        json.dumps({"config": to_dict(config), **provenance}, indent=2)
-    )
+    if not resume:
+        (run_dir / "config.json").write_text(
+            json.dumps({"config": to_dict(config), **provenance}, indent=2)
+        )
 
     train_scenes = load_scenes(config.data, "train")
     eval_scenes = load_scenes(config.data, "test")[: tc.eval_scenes]
     train_images = torch.from_numpy(train_scenes.images).to(device)  # uint8, (N, H, W)
     train_counts = torch.from_numpy(train_scenes.counts).to(device)
 
-    torch.manual_seed(tc.seed)  # parameter initialisation
-    model = AIR(config.model).to(device)
-    baseline = BaselineNetwork(
-        config.model.canvas_size**2, model.latent_dim, config.model.baseline_lstm_size
-    ).to(device)
-    normaliser = SignalNormaliser().to(device) if tc.normalise_signal else None
-    # The fused Adam kernel updates all parameters in one pass: a third of a CPU step otherwise.
-    model_optimiser = torch.optim.Adam(model.parameters(), lr=tc.learning_rate, fused=True)
-    baseline_optimiser = torch.optim.Adam(
-        baseline.parameters(), lr=tc.baseline_learning_rate, fused=True
-    )
-    noise = torch.Generator(device=device).manual_seed(tc.seed + 1)
-    batch_order = np.random.default_rng(np.random.SeedSequence([tc.seed, 2]))
+    trainer = Trainer(config, device)
+    history: list[dict[str, Any]] = []
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+        history = _read_metric_rows(run_dir / "metrics.csv", trainer.step)
+    last_good = checkpoint.path if checkpoint is not None else None
 
     writer = _tensorboard(run_dir / "tensorboard")
     metrics_file = open(run_dir / "metrics.csv", "w", newline="")
     metrics_csv = csv.DictWriter(metrics_file, fieldnames=METRIC_FIELDS)
     metrics_csv.writeheader()
-    history: list[dict[str, Any]] = []
-    sums = torch.zeros(3, device=device)  # loss, elbo, count hits since the last log line
-    logged_images = 0
-    train_seconds = 0.0
-    last_log_time, last_log_step = 0.0, 0
-    skipped = 0
-    bar = _progress(tc.steps, progress)
-    row: dict[str, Any] = {}
+    metrics_csv.writerows(history)
+    metrics_file.flush()
+    row: dict[str, Any] = history[-1] if history else {}
+    last_log_time, last_log_step = trainer.train_seconds, trainer.step
+    bar = _progress(tc.steps, progress, initial=trainer.step)
 
-    def checkpoint(step: int, metrics: dict[str, Any]) -> None:
-        save_checkpoint(
-            run_dir / "checkpoints" / f"step-{step:09d}",
-            config,
-            model,
-            step,
-            metrics,
-            baseline=baseline,
-            trainer_state={
-                "model_optimiser": model_optimiser.state_dict(),
-                "baseline_optimiser": baseline_optimiser.state_dict(),
-                "noise_rng": noise.get_state(),
-                "normaliser": normaliser.state_dict() if normaliser is not None else {},
-            },
-            extra=provenance,
-        )
+    def save(step: int) -> Path:
+        nonlocal last_good
+        target = run_dir / "checkpoints" / f"step-{step:09d}"
+        try:
+            save_checkpoint(
+                target, config, trainer.model, step, row, baseline=trainer.baseline,
+                trainer_state=trainer.trainer_state(), extra={**provenance, "trainer": trainer.counters()},
+            )  # fmt: skip
+        except OSError as error:
+            where = (
+                f"the last good checkpoint is {last_good}"
+                if last_good
+                else "no checkpoint was written"
+            )
+            raise AirsceneError(
+                f"could not write checkpoint {target} ({error.strerror or error}); {where}"
+            ) from None
+        last_good = target
+        _prune_checkpoints(run_dir, tc.keep_checkpoints)
+        return target
 
     try:
-        for step in range(1, tc.steps + 1):
+        while trainer.step < tc.steps:
             started = time.perf_counter()
-            rho = z_pres_prior_at(step, config.model.z_pres_prior, tc)
-            for group in model_optimiser.param_groups:
-                group["lr"] = learning_rate_at(step, tc)
-            index = torch.from_numpy(batch_order.integers(0, len(train_images), tc.batch_size)).to(
-                device
-            )
-            x = train_images[index].float().div_(255.0)
-
-            inference = model(x, generator=noise, z_pres_prior=rho)
-            baselines = baseline(x.flatten(1), inference.previous_latents().detach())
-            objective = air_objective(inference, baselines, normaliser)
-            if not torch.isfinite(objective.loss) or not torch.isfinite(objective.baseline_loss):
-                skipped += 1
-                if skipped > 10:
-                    raise AirsceneError(
-                        f"training diverged: {skipped} non-finite losses in a row at step {step}"
-                    )
-                continue
-            skipped = 0
-            model_optimiser.zero_grad(set_to_none=True)
-            baseline_optimiser.zero_grad(set_to_none=True)
-            objective.loss.backward()
-            objective.baseline_loss.backward()
-            if tc.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            model_optimiser.step()
-            baseline_optimiser.step()
-
-            with torch.no_grad():
-                sums += torch.stack(
-                    [
-                        objective.loss.detach(),
-                        objective.elbo.mean(),
-                        (inference.count == train_counts[index]).float().mean(),
-                    ]
+            trainer.train_step(train_images, train_counts)
+            trainer.train_seconds += time.perf_counter() - started
+            step = trainer.step
+            if trainer.nonfinite_in_a_row >= tc.max_nonfinite_steps:
+                where = (
+                    f"the last good checkpoint is {last_good}"
+                    if last_good
+                    else "no checkpoint was written yet"
                 )
-            logged_images += 1
-            train_seconds += time.perf_counter() - started
-
+                raise AirsceneError(
+                    f"training stopped at step {step}: {trainer.nonfinite_in_a_row} non-finite losses or "
+                    f"gradients in a row; {where}"
+                )
             if step % tc.log_every == 0 or step == tc.steps:
-                loss, elbo, accuracy = (sums / logged_images).tolist()
-                speed = (step - last_log_step) / max(train_seconds - last_log_time, 1e-9)
+                loss, elbo, accuracy = trainer.take_means()
+                speed = (step - last_log_step) / max(trainer.train_seconds - last_log_time, 1e-9)
                 row = {
                     "step": step,
-                    "train_seconds": round(train_seconds, 3),
+                    "train_seconds": round(trainer.train_seconds, 3),
                     "loss": loss,
                     "elbo": elbo,
                     "count_accuracy": accuracy,
-                    "z_pres_prior": rho,
+                    "z_pres_prior": z_pres_prior_at(step, config.model.z_pres_prior, tc),
                     "steps_per_second": speed,
+                    "skipped_steps": trainer.nonfinite_total,
                 }
-                sums.zero_()
-                logged_images = 0
-                last_log_time, last_log_step = train_seconds, step
+                last_log_time, last_log_step = trainer.train_seconds, step
                 if tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):
-                    result = evaluate(model, eval_scenes)
+                    # A generator of its own keeps evaluation from touching any training stream.
+                    result = evaluate(
+                        trainer.model, eval_scenes, generator=torch.Generator(device).manual_seed(0)
+                    )
                     row.update(
                         eval_count_accuracy=result.count_accuracy,
                         eval_elbo=result.elbo,
                         eval_mean_iou=result.mean_iou,
                     )
                     if writer is not None:
-                        _log_reconstructions(writer, model, eval_scenes.images[:8], step)
+                        _log_reconstructions(writer, trainer.model, eval_scenes.images[:8], step)
                 metrics_csv.writerow(row)
                 metrics_file.flush()
                 history.append(row)
@@ -251,19 +425,13 @@ def train(
                     for key, value in row.items():
                         if key != "step":
                             writer.add_scalar(key, value, step)
-                bar.set_postfix(
-                    loss=f"{loss:.1f}",
-                    acc=f"{accuracy:.3f}",
-                    **(
-                        {"eval": f"{row['eval_count_accuracy']:.3f}"}
-                        if "eval_count_accuracy" in row
-                        else {}
-                    ),
-                    sps=f"{speed:.1f}",
-                )
+                postfix = {"loss": f"{loss:.1f}", "acc": f"{accuracy:.3f}", "sps": f"{speed:.1f}"}
+                if "eval_count_accuracy" in row:
+                    postfix["eval"] = f"{row['eval_count_accuracy']:.3f}"
+                bar.set_postfix(postfix)
             bar.update(1)
             if step % tc.checkpoint_every == 0 or step == tc.steps:
-                checkpoint(step, row)
+                save(step)
     finally:
         bar.close()
         metrics_file.close()
@@ -272,7 +440,7 @@ def train(
     return TrainResult(
         run_dir=run_dir,
         steps=tc.steps,
-        train_seconds=train_seconds,
+        train_seconds=trainer.train_seconds,
         final_metrics=row,
         history=history,
     )
@@ -290,10 +458,17 @@ def _log_reconstructions(writer, model: AIR, images: np.ndarray, step: int) -> N
     model.train(was_training)
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, dynamic_ncols=True, desc="train", file=sys.stderr)
+    return tqdm(
+        total=total,
+        initial=initial,
+        disable=not enabled,
+        dynamic_ncols=True,
+        desc="train",
+        file=sys.stderr,
+    )
 
 
 def _tensorboard(directory: Path):
