@@ -54,6 +54,20 @@ class DataConfig:
     mnist_dir: str | None = param(
         None, "directory with the four standard MNIST idx(.gz) files (default: the embedded copy)"
     )
+    data_path: str | None = param(
+        None,
+        "train on your own images instead of Multi-MNIST: a folder of images (any Pillow format) or "
+        "a .npy/.npz array (N, H, W); each is fitted to the canvas",
+    )
+    data_array: str = param("x", "name of the image array inside a .npz given as the data path")
+    data_counts: str | None = param(
+        None,
+        "ground-truth counts for the data path: a CSV (file,count), a JSON list/mapping, or an array "
+        "name inside the .npz (default: counts.csv or ground_truth.json beside a folder, 'counts' in a .npz)",
+    )
+    holdout_fraction: float = param(
+        0.1, "with a data path: this fraction (the last images) is held out for evaluation"
+    )
 
     def __post_init__(self) -> None:
         _check(self.canvas_size >= 8, f"canvas_size must be >= 8, got {self.canvas_size}")
@@ -77,6 +91,7 @@ class DataConfig:
                 f"scale_range max {high} makes digits larger than the {self.canvas_size}px canvas",
             )
         _check(self.n_train >= 0 and self.n_test >= 0, "n_train and n_test must be >= 0")
+        _check(0 <= self.holdout_fraction < 1, "holdout_fraction must lie in [0, 1)")
 
     @property
     def max_count(self) -> int:

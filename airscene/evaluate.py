@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -131,17 +132,27 @@ def evaluate(
 
     inferred = np.concatenate(counts)
     truth = scenes.counts
+    known = bool(len(truth)) and bool((truth >= 0).all())  # own images may come without counts
     size = int(max(truth.max(initial=0), inferred.max(initial=0), model.config.max_steps)) + 1
-    confusion = confusion_matrix(truth, inferred, size)
-    by_count = {int(k): float((inferred[truth == k] == k).mean()) for k in np.unique(truth)}
-    true_boxes = [scenes.boxes[i, : scenes.counts[i]] for i in range(len(scenes))]
+    confusion = (
+        confusion_matrix(truth, inferred, size) if known else np.zeros((0, 0), dtype=np.int64)
+    )
+    by_count = (
+        {int(k): float((inferred[truth == k] == k).mean()) for k in np.unique(truth)}
+        if known
+        else {}
+    )
+    has_boxes = known and scenes.boxes.shape[1] > 0
+    true_boxes = (
+        [scenes.boxes[i, : scenes.counts[i]] for i in range(len(scenes))] if has_boxes else []
+    )
     return Evaluation(
         scenes=len(scenes),
-        count_accuracy=float((inferred == truth).mean()),
+        count_accuracy=float((inferred == truth).mean()) if known else math.nan,
         confusion=confusion.tolist(),
         accuracy_by_count=by_count,
-        mean_iou=matched_iou(true_boxes, inks),
-        mean_window_iou=matched_iou(true_boxes, windows),
+        mean_iou=matched_iou(true_boxes, inks) if has_boxes else math.nan,
+        mean_window_iou=matched_iou(true_boxes, windows) if has_boxes else math.nan,
         elbo=float(np.concatenate(elbos).mean()),
         log_px=float(np.concatenate(log_px).mean()) if log_px else None,
         iw_samples=iw_samples,

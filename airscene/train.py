@@ -30,7 +30,8 @@ from airscene.checkpoint import (
     save_checkpoint,
 )
 from airscene.config import RunConfig, TrainConfig, to_dict
-from airscene.data.scenes import load_scenes
+from airscene.data.images import load_image_dataset
+from airscene.data.scenes import Scenes, load_scenes
 from airscene.errors import AirsceneError
 from airscene.evaluate import evaluate, images_to_tensor
 from airscene.model import AIR
@@ -268,6 +269,28 @@ class Trainer:
             ) from None
 
 
+def training_data(config: RunConfig) -> tuple[np.ndarray, np.ndarray | None, Scenes]:
+    """Training images (N, S, S) uint8, their counts if known, and the held-out scenes.
+
+    Multi-MNIST: train scenes from MNIST train digits, held-out scenes from test digits. A data
+    path: the user's images, the last ``holdout_fraction`` of them held out (counts, if given,
+    turn on count accuracy; they never reach the model's objective).
+    """
+    data = config.data
+    if data.data_path is None:
+        train_scenes = load_scenes(data, "train")
+        return train_scenes.images, train_scenes.counts, load_scenes(data, "test")
+    images, counts = load_image_dataset(
+        data.data_path, config.model.canvas_size, data.data_array, data.data_counts
+    )
+    held = int(round(len(images) * data.holdout_fraction))
+    if len(images) - held < 1:
+        raise AirsceneError(f"{data.data_path}: {len(images)} images leave none to train on")
+    split = len(images) - held
+    held_out = Scenes.unlabelled(images[split:], counts[split:] if counts is not None else None)
+    return images[:split], (counts[:split] if counts is not None else None), held_out
+
+
 def _checkpoint_dirs(run_dir: Path) -> list[Path]:
     folder = run_dir / "checkpoints"
     return sorted(folder.glob("step-*")) if folder.is_dir() else []
@@ -318,7 +341,9 @@ def train(
         config = checkpoint.config
     elif config is None:
         raise AirsceneError("a config is needed to start a run")
-    else:
+    # Data first: a bad data path must not leave a half-made run directory behind.
+    images, counts, eval_scenes = training_data(config)
+    if not resume:
         _prepare_run_dir(run_dir, overwrite)
     tc = config.train
     device = resolve_device(tc.device)
@@ -333,10 +358,9 @@ def train(
             json.dumps({"config": to_dict(config), **provenance}, indent=2)
         )
 
-    train_scenes = load_scenes(config.data, "train")
-    eval_scenes = load_scenes(config.data, "test")[: tc.eval_scenes]
-    train_images = torch.from_numpy(train_scenes.images).to(device)  # uint8, (N, H, W)
-    train_counts = torch.from_numpy(train_scenes.counts).to(device)
+    eval_scenes = eval_scenes[: tc.eval_scenes]
+    train_images = torch.from_numpy(images).to(device)  # uint8, (N, H, W)
+    train_counts = torch.from_numpy(counts).to(device) if counts is not None else None
 
     trainer = Trainer(config, device)
     history: list[dict[str, Any]] = []
@@ -406,7 +430,11 @@ def train(
                     "skipped_steps": trainer.nonfinite_total,
                 }
                 last_log_time, last_log_step = trainer.train_seconds, step
-                if tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):
+                if (
+                    tc.eval_every
+                    and len(eval_scenes)
+                    and (step % tc.eval_every == 0 or step == tc.steps)
+                ):
                     # A generator of its own keeps evaluation from touching any training stream.
                     result = evaluate(
                         trainer.model, eval_scenes, generator=torch.Generator(device).manual_seed(0)

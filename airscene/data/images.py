@@ -168,3 +168,124 @@ def fit_to_canvas(image: np.ndarray, canvas_size: int) -> tuple[np.ndarray, Canv
     canvas = np.zeros((canvas_size, canvas_size), dtype=np.float32)
     canvas[top : top + new_h, left : left + new_w] = image
     return canvas, CanvasFit(scale_x, scale_y, float(left), float(top), width, height)
+
+
+# ---------------------------------------------------------------------------------------------
+# A training set of the user's own images
+
+
+def _to_uint8(canvas: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(canvas * 255.0), 0, 255).astype(np.uint8)
+
+
+def _read_counts_file(path: Path, names: list[str]) -> np.ndarray:
+    """Counts aligned with ``names`` from a CSV (file,count), a JSON list, a JSON mapping
+    file -> count, or an airscene ground_truth.json ({"images": [{"file", "count"}]})."""
+    import csv
+    import json
+
+    try:
+        if path.suffix.lower() == ".csv":
+            with open(path, newline="") as file:
+                mapping = {row["file"]: int(row["count"]) for row in csv.DictReader(file)}
+        else:
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and "images" in data:
+                data = {item["file"]: int(item["count"]) for item in data["images"]}
+            if isinstance(data, list):
+                if len(data) != len(names):
+                    raise ImageError(f"{path}: {len(data)} counts for {len(names)} images")
+                return np.asarray(data, dtype=np.int64)
+            mapping = {str(k): int(v) for k, v in data.items()}
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        raise ImageError(f"{path}: not a readable counts file ({error})") from None
+    missing = [name for name in names if name not in mapping]
+    if missing:
+        raise ImageError(f"{path}: no count for {len(missing)} images (first: {missing[0]})")
+    return np.asarray([mapping[name] for name in names], dtype=np.int64)
+
+
+def _array_images(array: np.ndarray, source: str, canvas_size: int) -> np.ndarray:
+    """(N, H, W[, C]) or (N, C, H, W) images -> (N, S, S) uint8 on the canvas."""
+    if array.ndim == 4 and array.shape[1] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 1, -1)
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (3, 4) or len(array) == 0:
+        raise ImageError(
+            f"{source}: expected images (N, H, W) or (N, H, W, C), got shape {array.shape}"
+        )
+    if (
+        array.ndim == 3
+        and array.shape[1:] == (canvas_size, canvas_size)
+        and array.dtype == np.uint8
+    ):
+        return np.ascontiguousarray(array)
+    return np.stack([_to_uint8(fit_to_canvas(to_grey(image), canvas_size)[0]) for image in array])
+
+
+def load_image_dataset(
+    path: str | Path, canvas_size: int, array_name: str = "x", counts: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The user's training images as (N, S, S) uint8 on the canvas, and their counts if known.
+
+    ``path``: a folder of images (dark-on-light ones are inverted, each is fitted to the canvas)
+    or a ``.npy``/``.npz`` array; arrays that need pickle are never loaded.
+    """
+    path = Path(path)
+    count_array = None
+    if path.is_dir():
+        files = find_images([path])
+        images = []
+        for file in files:
+            grey = read_image(file)
+            grey = 1.0 - grey if looks_dark_on_light(grey) else grey
+            images.append(_to_uint8(fit_to_canvas(grey, canvas_size)[0]))
+        names = [file.name for file in files]
+        counts_file = (
+            Path(counts)
+            if counts
+            else next(
+                (path / n for n in ("counts.csv", "ground_truth.json") if (path / n).is_file()),
+                None,
+            )
+        )
+        if counts_file is not None:
+            count_array = _read_counts_file(counts_file, names)
+        return np.stack(images), count_array
+    if path.suffix.lower() not in (".npy", ".npz"):
+        raise ImageError(f"{path}: expected a folder of images or a .npy/.npz file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except ValueError as error:  # object arrays would need pickle, which is never loaded
+        raise ImageError(
+            f"{path}: cannot be read without pickle, which is never loaded ({error})"
+        ) from None
+    except (OSError, EOFError) as error:
+        raise ImageError(f"{path}: not a readable .npy/.npz file ({error})") from None
+    try:
+        if isinstance(loaded, np.ndarray):
+            array = loaded
+        else:
+            with loaded:
+                if array_name not in loaded.files:
+                    raise ImageError(
+                        f"{path}: no array {array_name!r} (it holds {', '.join(loaded.files)})"
+                    )
+                array = loaded[array_name]
+                counts_name = counts or ("counts" if "counts" in loaded.files else None)
+                if counts_name is not None and counts_name in loaded.files:
+                    count_array = np.asarray(loaded[counts_name]).astype(np.int64).reshape(-1)
+                    counts = None
+    except ValueError as error:
+        raise ImageError(
+            f"{path}: array {array_name!r} cannot be read without pickle ({error})"
+        ) from None
+    images = _array_images(array, str(path), canvas_size)
+    if counts is not None:
+        count_array = _read_counts_file(Path(counts), [str(i) for i in range(len(images))])
+    if count_array is not None and len(count_array) != len(images):
+        raise ImageError(f"{path}: {len(count_array)} counts for {len(images)} images")
+    return images, count_array

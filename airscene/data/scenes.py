@@ -63,6 +63,19 @@ class Scenes:
             digit_index=self.digit_index[index],
         )
 
+    @classmethod
+    def unlabelled(cls, images: np.ndarray, counts: np.ndarray | None = None) -> Scenes:
+        """Images without boxes or labels (e.g. a user's own), with counts if known (else -1)."""
+        n = len(images)
+        known = counts if counts is not None else np.full(n, -1, dtype=np.int64)
+        return cls(
+            images=images,
+            counts=np.asarray(known, dtype=np.int64),
+            boxes=np.zeros((n, 0, 4), dtype=np.int16),
+            labels=np.zeros((n, 0), dtype=np.int8),
+            digit_index=np.zeros((n, 0), dtype=np.int32),
+        )
+
     def float_images(self) -> np.ndarray:
         """Images as float32 in [0, 1], shape (B, H, W)."""
         return self.images.astype(np.float32) / 255.0
