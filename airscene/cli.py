@@ -529,6 +529,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AirsceneError as error:
         print(f"airscene: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as error:  # e.g. an output path that cannot be written
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"airscene: error: {where}{error.strerror or error}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("airscene: interrupted", file=sys.stderr)
         return 130
