@@ -69,7 +69,10 @@ def save_checkpoint(
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is not
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
             staging / MODEL_FILE,
@@ -91,6 +94,7 @@ def save_checkpoint(
         }
         (staging / META_FILE).write_text(json.dumps(meta, indent=2))
         for file in staging.iterdir():
+            os.chmod(file, 0o666 & ~umask)
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
         if directory.exists():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import TINY_MODEL
 
 from airscene.checkpoint import save_checkpoint
 from airscene.cli import main
@@ -21,20 +22,11 @@ from airscene.data.images import (
 from airscene.model import AIR
 from airscene.pipeline import Pipeline, load
 
-TINY = dict(
-    lstm_size=16,
-    encoder_hidden=16,
-    decoder_hidden=16,
-    predictor_hidden=16,
-    z_what_dim=4,
-    baseline_lstm_size=8,
-)
-
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
     torch.manual_seed(0)
-    config = RunConfig(model=ModelConfig(**TINY))
+    config = RunConfig(model=ModelConfig(**TINY_MODEL))
     return save_checkpoint(tmp_path / "tiny", config, AIR(config.model), step=1)
 
 

@@ -4,16 +4,14 @@ import json
 
 import numpy as np
 import pytest
+from tiny import TINY_FLAGS
 
 from airscene.cli import main
 from airscene.config import DataConfig
 from airscene.data.images import ImageError, load_image_dataset
 from airscene.data.scenes import export_png, load_scenes
 
-TINY_FLAGS = [
-    "--lstm-size", "16", "--encoder-hidden", "16", "--decoder-hidden", "16", "--predictor-hidden", "16",
-    "--z-what-dim", "4", "--baseline-lstm-size", "8", "--batch-size", "8", "--threads", "1",
-]  # fmt: skip
+TINY_FLAGS = [*TINY_FLAGS, "--batch-size", "8", "--threads", "1"]
 
 
 @pytest.fixture

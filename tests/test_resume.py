@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import TINY_FLAGS, TINY_MODEL
 
 import airscene
 import airscene.checkpoint
@@ -23,14 +24,6 @@ from airscene.train import train
 
 # ``airscene.train`` is also the name of the function the package exports; take the module.
 train_module = importlib.import_module("airscene.train")
-TINY_MODEL = dict(
-    lstm_size=16,
-    encoder_hidden=16,
-    decoder_hidden=16,
-    predictor_hidden=16,
-    z_what_dim=4,
-    baseline_lstm_size=8,
-)
 TIMING = ("train_seconds", "steps_per_second")
 
 
@@ -87,8 +80,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     flags = [
         "--steps", "400", "--batch-size", "8", "--checkpoint-every", "20", "--log-every", "10",
         "--eval-every", "100", "--eval-scenes", "20", "--threads", "1", "--n-train", "100", "--n-test", "40",
-        "--lstm-size", "16", "--encoder-hidden", "16", "--decoder-hidden", "16", "--predictor-hidden", "16",
-        "--z-what-dim", "4", "--baseline-lstm-size", "8",
+        *TINY_FLAGS,
     ]  # fmt: skip
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(Path(airscene.__file__).parents[1])}

@@ -5,25 +5,13 @@ import json
 
 import pytest
 import torch
+from tiny import TINY_FLAGS, TINY_MODEL
 
 from airscene.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from airscene.cli import main
 from airscene.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from airscene.model import AIR
 from airscene.train import train, z_pres_prior_at
-
-TINY_MODEL = dict(
-    lstm_size=16,
-    encoder_hidden=16,
-    decoder_hidden=16,
-    predictor_hidden=16,
-    z_what_dim=4,
-    baseline_lstm_size=8,
-)
-TINY_FLAGS = [
-    "--lstm-size", "16", "--encoder-hidden", "16", "--decoder-hidden", "16", "--predictor-hidden", "16",
-    "--z-what-dim", "4", "--baseline-lstm-size", "8", "--n-train", "200", "--n-test", "100",
-]  # fmt: skip
 
 
 def tiny_config(**train_overrides) -> RunConfig:
@@ -138,8 +126,9 @@ def test_cli_train_eval_show_sample(tmp_path, capsys):
         "--log-every",
         "3",
     ]
-    assert main(["train", "--run-dir", str(run), *flags, *TINY_FLAGS]) == 0
-    assert main(["train", "--run-dir", str(run), *flags, *TINY_FLAGS]) == 2
+    data = ["--n-train", "200", "--n-test", "100"]
+    assert main(["train", "--run-dir", str(run), *flags, *data, *TINY_FLAGS]) == 0
+    assert main(["train", "--run-dir", str(run), *flags, *data, *TINY_FLAGS]) == 2
     assert "not empty" in capsys.readouterr().err
 
     report = tmp_path / "eval.json"

@@ -1,0 +1,56 @@
+"""The model shipped inside the package: provenance, size, and counts on fresh images."""
+
+import csv
+import json
+
+from PIL import Image
+
+import airscene
+from airscene.checkpoint import MODEL_FILE, pretrained_dir, read_checkpoint
+from airscene.cli import main
+from airscene.config import DataConfig
+from airscene.data.scenes import export_png, load_scenes
+
+
+def test_shipped_model_describes_itself():
+    directory = pretrained_dir("default")
+    checkpoint = read_checkpoint("default")
+    assert checkpoint.path == directory
+    assert (directory / MODEL_FILE).stat().st_size < 20 * 2**20
+    assert (
+        checkpoint.meta["command"][:2] == ["airscene", "train"] and checkpoint.meta["git_revision"]
+    )
+    assert checkpoint.config.train.seed == 0 and checkpoint.step == checkpoint.config.train.steps
+
+
+def fresh_pngs(tmp_path):
+    # test digits, and a scene seed the model never saw in training or evaluation
+    scenes = load_scenes(DataConfig(seed=2026, n_test=200), "test")
+    folder = export_png(scenes, tmp_path / "pngs")
+    truth = {row["file"]: int(row["count"]) for row in csv.DictReader(open(folder / "counts.csv"))}
+    return folder, truth
+
+
+def test_shipped_model_counts_fresh_pngs(tmp_path):
+    folder, truth = fresh_pngs(tmp_path)
+    results = airscene.load("default").infer(sorted(folder.glob("*.png")))
+    correct = sum(r.count == truth[r.path.split("/")[-1]] for r in results)
+    assert len(results) == 200 and correct / 200 >= 0.98
+
+
+def test_shipped_model_counts_upscaled_jpegs(tmp_path, capsys):
+    folder, truth = fresh_pngs(tmp_path)
+    jpegs = tmp_path / "jpegs"
+    jpegs.mkdir()
+    for png in folder.glob("*.png"):
+        Image.open(png).resize((100, 100), Image.Resampling.BICUBIC).save(
+            jpegs / f"{png.stem}.jpg", quality=90
+        )
+    out = tmp_path / "found.jsonl"
+    assert main(["infer", str(jpegs), "--out", str(out), "--quiet"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    correct = sum(
+        r["count"] == truth[r["path"].split("/")[-1].replace(".jpg", ".png")] for r in records
+    )
+    assert len(records) == 200 and correct / 200 >= 0.95
+    assert all(r["width"] == 100 for r in records)
