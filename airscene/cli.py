@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 import types
@@ -529,6 +530,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AirsceneError as error:
         print(f"airscene: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # the reader went away (`airscene infer ... | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as error:  # e.g. an output path that cannot be written
         where = f"{error.filename}: " if error.filename else ""
         print(f"airscene: error: {where}{error.strerror or error}", file=sys.stderr)
