@@ -487,3 +487,14 @@ def test_export_png_refuses_non_empty_directory(tmp_path: Path) -> None:
         export_png(scenes, a_file)
     truth = json.loads((out / "ground_truth.json").read_text())
     assert truth["config"] is None
+
+
+def test_cache_key_ignores_fields_about_own_data():
+    import dataclasses
+
+    from airscene.data.scenes import cache_key
+
+    base = DataConfig(n_train=10)
+    other = dataclasses.replace(base, holdout_fraction=0.5, data_array="images")
+    assert cache_key(base, "train") == cache_key(other, "train")
+    assert cache_key(base, "train") != cache_key(dataclasses.replace(base, seed=1), "train")
