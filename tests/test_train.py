@@ -2,9 +2,12 @@
 
 import csv
 import json
+import shutil
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tiny import TINY_FLAGS, TINY_MODEL
 
 from airscene.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
@@ -166,3 +169,38 @@ def test_cosine_learning_rate_schedule():
     rates = [learning_rate_at(s, config) for s in range(1, 102)]
     assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
     assert learning_rate_at(60, TrainConfig(lr_schedule="constant", learning_rate=3e-4)) == 3e-4
+
+
+def test_cli_bad_checkpoints_are_one_line_errors(tmp_path, capsys):
+    torch.manual_seed(0)
+    config = RunConfig(model=ModelConfig(**TINY_MODEL))
+    good = save_checkpoint(tmp_path / "good", config, AIR(config.model), step=1)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(good, corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 100)
+    foreign = tmp_path / "foreign"
+    shutil.copytree(good, foreign)
+    meta = json.loads((foreign / "checkpoint.json").read_text())
+    meta["format_version"] = 2
+    (foreign / "checkpoint.json").write_text(json.dumps(meta))
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(good, mismatched)
+    meta = json.loads((mismatched / "checkpoint.json").read_text())
+    meta["config"]["model"]["z_what_dim"] = 7
+    (mismatched / "checkpoint.json").write_text(json.dumps(meta))
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((50, 50), dtype=np.uint8)).save(image)
+
+    for path, message in (
+        (corrupt, "corrupt weights"),
+        (foreign, "format 2"),
+        (mismatched, "the config needs"),
+    ):
+        before = {p.name: p.read_bytes() for p in path.iterdir()}
+        for argv in (["eval", "--model", str(path)], ["infer", str(image), "--model", str(path)]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith("airscene: error:") and message in err[0], (
+                err
+            )
+        assert {p.name: p.read_bytes() for p in path.iterdir()} == before  # nothing touched
