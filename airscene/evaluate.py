@@ -31,7 +31,11 @@ class Evaluation:
     iw_samples: int
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready: metrics that could not be measured (NaN) become None (null)."""
+        return {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in asdict(self).items()
+        }
 
 
 def images_to_tensor(
