@@ -380,6 +380,26 @@ def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    from airscene.experiments.generalisation import TASKS, run_generalisation
+
+    reuse = {}
+    for item in args.reuse or []:
+        key, _, path = item.partition("=")
+        valid = [f"{t}/{m}" for t in TASKS for m in ("AIR", "DAIR")]
+        if key not in valid or not path:
+            raise AirsceneError(
+                f"--reuse {item!r}: expected KEY=RUN_DIR with KEY one of {', '.join(valid)}"
+            )
+        reuse[key] = path
+    out = Path(args.out or f"results/{args.name}")
+    summary = run_generalisation(out, quick=args.quick, seed=args.seed, reuse=reuse)
+    for key, result in summary["results"].items():
+        print(f"{key}: {100 * result['count_accuracy']:.1f}% on {result['test_counts']} digits")
+    print(f"wrote {out / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``airscene`` argument parser (verbs as sub-commands)."""
     from airscene import __version__
@@ -518,6 +538,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("--quiet", action="store_true", help="no progress bar")
     infer.set_defaults(handler=_infer)
+
+    experiment = verbs.add_parser(
+        "experiment",
+        help="reproduce one of the paper's experiments (report, figures, raw JSON)",
+        description="generalisation: AIR vs DAIR trained on {0,1,2} digits and tested on 3, "
+        "trained on {0,1,3} and tested on 2.",
+    )
+    experiment.add_argument("name", choices=("generalisation",))
+    experiment.add_argument(
+        "--quick", action="store_true", help="2,000 steps and 1,000 test scenes per model"
+    )
+    experiment.add_argument("--seed", type=int, default=0)
+    experiment.add_argument("--out", default=None, help="output directory (default: results/NAME)")
+    experiment.add_argument(
+        "--reuse",
+        action="append",
+        metavar="KEY=RUN_DIR",
+        help="use an existing run instead of training, e.g. extrapolation/AIR=runs/air (repeatable)",
+    )
+    experiment.set_defaults(handler=_experiment)
     return parser
 
 

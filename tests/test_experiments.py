@@ -75,3 +75,45 @@ def test_accuracy_by_count_table_on_a_synthetic_prediction_set():
         "| AIR | 50.0% | 75.0% | 100.0% | 0.0% |",
         "| DAIR | - | - | - | 100.0% |",
     ]
+
+
+def test_generalisation_experiment_wiring(tmp_path, capsys):
+    # Tiny runs stand in for trained models: this checks the plumbing (N + 1 steps at test time,
+    # unseen counts, report, figure, JSON), not the accuracies.
+    import json
+
+    from tiny import TINY_MODEL
+
+    from airscene.cli import main
+    from airscene.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from airscene.experiments.generalisation import TASKS
+    from airscene.train import train
+
+    reuse = []
+    for task, (train_counts, _) in TASKS.items():
+        for name, dair in (("AIR", False), ("DAIR", True)):
+            config = RunConfig(
+                data=DataConfig(counts=train_counts, n_train=50, n_test=20),
+                model=ModelConfig(dair=dair, max_steps=3, **TINY_MODEL),
+                train=TrainConfig(steps=2, batch_size=4, eval_every=0),
+            )
+            run = train(config, tmp_path / f"{task}-{name}", progress=False).run_dir
+            reuse += ["--reuse", f"{task}/{name}={run}"]
+    out = tmp_path / "report"
+    assert main(["experiment", "generalisation", "--quick", "--out", str(out), *reuse]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert set(summary["results"]) == {
+        "extrapolation/AIR",
+        "extrapolation/DAIR",
+        "interpolation/AIR",
+        "interpolation/DAIR",
+    }
+    extrapolation = summary["results"]["extrapolation/AIR"]
+    assert (
+        extrapolation["test_counts"] == [3] and len(extrapolation["confusion"]) == 5
+    )  # counts 0..4: N + 1 = 4
+    assert sum(map(sum, extrapolation["confusion"])) == 1000
+    report = (out / "report.md").read_text()
+    assert "| extrapolation | {0, 1, 2} | {3} |" in report and "paper" in report
+    assert (out / "generalisation.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["experiment", "generalisation", "--reuse", "nonsense=x"]) == 2
