@@ -1,6 +1,7 @@
 """Pieces of the paper's experiments: downstream labels, object ordering, per-count tables."""
 
 import numpy as np
+import pytest
 import torch
 
 from airscene.data.scenes import Scenes
@@ -117,3 +118,16 @@ def test_generalisation_experiment_wiring(tmp_path, capsys):
     assert "| extrapolation | {0, 1, 2} | {3} |" in report and "paper" in report
     assert (out / "generalisation.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["experiment", "generalisation", "--reuse", "nonsense=x"]) == 2
+
+
+@pytest.mark.slow
+def test_generalisation_quick_mode_under_ten_minutes(tmp_path):
+    import time
+
+    from airscene.experiments.generalisation import run_generalisation
+
+    started = time.perf_counter()
+    summary = run_generalisation(tmp_path, quick=True, progress=False)
+    assert time.perf_counter() - started < 600
+    assert all(0.0 <= r["count_accuracy"] <= 1.0 for r in summary["results"].values())
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "generalisation.png").is_file()
