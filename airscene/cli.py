@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from airscene.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from airscene.config import OWN_DATA_FIELDS, DataConfig, ModelConfig, RunConfig, TrainConfig
 from airscene.errors import AirsceneError
 
 EXIT_USAGE = 2
@@ -210,8 +210,6 @@ def _data_show(args: argparse.Namespace) -> int:
 
 # Flags shared by two configs: the model's canvas size sets the data's, the data seed is --data-seed.
 _DATA_RENAME = {"seed": "data_seed", "data_path": "data"}
-# Fields about the user's own data, which `data make/show` (Multi-MNIST only) do not take.
-_OWN_DATA_FIELDS = ("data_path", "data_array", "data_counts", "holdout_fraction")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -261,11 +259,11 @@ def _eval(args: argparse.Namespace) -> int:
     model, checkpoint = load_model(args.model)
     data = config_from_args(DataConfig, args, base=checkpoint.config.data, rename=_DATA_RENAME)
     if args.data is not None:  # the user's own images: all of them, counts if given
-        import dataclasses as dc
-
         from airscene.train import training_data
 
-        own = dc.replace(checkpoint.config, data=dc.replace(data, holdout_fraction=0.0))
+        own = dataclasses.replace(
+            checkpoint.config, data=dataclasses.replace(data, holdout_fraction=0.0)
+        )
         images, counts, _ = training_data(own)
         scenes = Scenes.unlabelled(images, counts)
     else:
@@ -434,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     make.add_argument("--out", default=None, help="output directory")
     make.add_argument("--force", action="store_true", help="replace existing .npz files in --out")
-    add_config_arguments(make, DataConfig, exclude=_OWN_DATA_FIELDS)
+    add_config_arguments(make, DataConfig, exclude=OWN_DATA_FIELDS)
     make.set_defaults(handler=_data_make)
 
     show = data_verbs.add_parser(
@@ -447,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--num", type=int, default=36, help="how many scenes to draw")
     show.add_argument("--input", default=None, help="an .npz written by `data make --out`")
     show.add_argument("--out", default="scenes.png", help="PNG file to write")
-    add_config_arguments(show, DataConfig, exclude=_OWN_DATA_FIELDS)
+    add_config_arguments(show, DataConfig, exclude=OWN_DATA_FIELDS)
     show.set_defaults(handler=_data_show)
 
     train = verbs.add_parser(
@@ -505,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(
         show,
         DataConfig,
-        exclude=("canvas_size", "n_train", "n_test", *_OWN_DATA_FIELDS),
+        exclude=("canvas_size", "n_train", "n_test", *OWN_DATA_FIELDS),
         rename=_DATA_RENAME,
     )
     show.set_defaults(handler=_show)

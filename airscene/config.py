@@ -31,6 +31,11 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+# DataConfig fields about a user's own images: they neither shape Multi-MNIST scenes (so they stay
+# out of the scene cache key) nor apply to the Multi-MNIST-only `data make/show` verbs.
+OWN_DATA_FIELDS = ("data_path", "data_array", "data_counts", "holdout_fraction")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Multi-MNIST scenes as in the paper: MNIST digits placed on a blank canvas."""

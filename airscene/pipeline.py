@@ -17,7 +17,6 @@ import torch
 
 from airscene.checkpoint import Checkpoint, load_model
 from airscene.data.images import ImageError, fit_to_canvas, looks_dark_on_light, read_image, to_grey
-from airscene.errors import AirsceneError
 from airscene.evaluate import ink_boxes
 from airscene.model import AIR
 from airscene.spatial import z_where_to_box
@@ -180,4 +179,4 @@ def load(name_or_path: str | Path = "default", device: str | torch.device = "cpu
     return Pipeline(model, checkpoint)
 
 
-__all__ = ["AirsceneError", "DetectedObject", "Pipeline", "SceneResult", "load"]
+__all__ = ["DetectedObject", "Pipeline", "SceneResult", "load"]

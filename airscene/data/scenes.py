@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from airscene.config import DataConfig, to_dict
+from airscene.config import OWN_DATA_FIELDS, DataConfig, to_dict
 from airscene.data.mnist import load_mnist
 from airscene.errors import AirsceneError
 
@@ -238,8 +238,8 @@ def cache_key(config: DataConfig, split: str) -> str:
     fields = to_dict(config)
     fields.pop("mnist_dir")  # the files' content counts, not where they lie
     fields.pop("n_train" if split == "test" else "n_test")
-    for own_data_field in ("data_path", "data_array", "data_counts", "holdout_fraction"):
-        fields.pop(own_data_field)  # about the user's own images: no part of Multi-MNIST
+    for own_data_field in OWN_DATA_FIELDS:
+        fields.pop(own_data_field)
     fields["split"] = split
     fields["mnist"] = load_mnist(split, config.mnist_dir).fingerprint
     fields["generator_version"] = GENERATOR_VERSION
