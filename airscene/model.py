@@ -84,8 +84,17 @@ class ObjectModel(nn.Module):
         """n draws of z_what from its prior, (n, D)."""
         raise NotImplementedError
 
-    def render(self, z_what: torch.Tensor, z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
-        """The image (B, H, W) of one object with appearance z_what placed at z_where."""
+    def render(
+        self,
+        z_what: torch.Tensor,
+        z_where: torch.Tensor,
+        canvas_size: int,
+        reference: bool = False,
+    ) -> torch.Tensor:
+        """The image (B, H, W) of one object with appearance z_what placed at z_where.
+
+        ``reference`` asks for the plain implementation, where an object model has a faster one.
+        """
         raise NotImplementedError
 
 
@@ -116,8 +125,8 @@ class GlimpseObjects(ObjectModel):
     def sample_prior(self, n, like, generator):
         return _standard_normal((n, self.z_what_dim), like, generator)
 
-    def render(self, z_what, z_where, canvas_size):
-        return write_glimpse(self.decoder(z_what), z_where, canvas_size)
+    def render(self, z_what, z_where, canvas_size, reference: bool = False):
+        return write_glimpse(self.decoder(z_what), z_where, canvas_size, reference)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,34 +271,48 @@ class AIR(nn.Module):
         generator: torch.Generator | None = None,
         sample: bool = True,
         z_pres_prior: float | torch.Tensor | None = None,
+        reference: bool = False,
     ) -> Inference:
         """Infer the objects in ``x`` (B, H, W) and score them under p and q.
 
         ``sample=False`` takes the mode of every step instead of a draw (z_pres = [p >= 0.5],
         z_where and z_what at their posterior means): the deterministic answer for counting.
-        ``z_pres_prior`` overrides rho (it may be annealed during training).
+        ``z_pres_prior`` overrides rho (it may be annealed during training). ``reference=True``
+        runs the plain path (affine_grid sampling, dense image products, each object drawn in
+        its step) that the fast path is tested against: same latents, same numbers up to float
+        rounding, same random draws in the same order.
         """
         config = self.config
-        batch = x.shape[0]
+        batch, steps, size = x.shape[0], config.max_steps, config.canvas_size
         rho = torch.as_tensor(
             config.z_pres_prior if z_pres_prior is None else z_pres_prior,
             dtype=x.dtype,
             device=x.device,
         )
-        log_rho, log_not_rho = rho.log(), torch.log1p(-rho)
+        # Plain AIR's objects do not change what later steps see, so they are drawn all at once
+        # after the loop; DAIR reads x - canvas, so its canvas must grow step by step.
+        draw_in_loop = config.dair or reference
 
         # Plain AIR sees the same image at every step: project it into the gates once.
-        image_gates = None if config.dair else self.core.project_image(x.flatten(1))
+        image_gates = None if config.dair else self.core.project_image(x.flatten(1), reference)
         state = self.core.initial_state(batch, x)
         canvas = torch.zeros_like(x)
         previous_present = x.new_ones(batch)
         previous = x.new_zeros(batch, self.latent_dim)
         previous[:, -1] = 1.0
 
-        steps: dict[str, list[torch.Tensor]] = {
-            k: [] for k in Inference.__dataclass_fields__ if k not in ("log_likelihood", "canvas")
-        }
-        for _ in range(config.max_steps):
+        keys = (
+            "z_pres",
+            "z_pres_prob",
+            "z_pres_logit",
+            "z_where",
+            "z_where_loc",
+            "z_where_scale",
+            "z_what",
+        )
+        per_step: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
+        log_q_what = []
+        for _ in range(steps):
             seen = x - canvas if config.dair else x  # DAIR reads what is still unexplained
             gates = self.core.project_image(seen.flatten(1)) if config.dair else image_gates
             state = self.core(gates, previous, state)
@@ -298,48 +321,59 @@ class AIR(nn.Module):
             # z_pres: decided only while every earlier object was present.
             z_pres_prob = torch.sigmoid(z_pres_logit)
             if sample:
-                draw = (
-                    torch.rand(batch, generator=generator, device=x.device, dtype=x.dtype)
-                    < z_pres_prob
-                ).to(x.dtype)
+                uniform = torch.rand(batch, generator=generator, device=x.device, dtype=x.dtype)
+                draw = (uniform < z_pres_prob).to(x.dtype)
             else:
                 draw = (z_pres_prob >= 0.5).to(x.dtype)
             present = draw * previous_present
-            log_q_z_pres = previous_present * bernoulli_log_prob(present, z_pres_logit)
-            log_p_z_pres = previous_present * (present * log_rho + (1 - present) * log_not_rho)
 
             # z_where by reparameterisation, then the glimpse at z_where and z_what from it.
             noise = _standard_normal(where_loc.shape, where_loc, generator) if sample else 0.0
             z_where = where_loc + where_scale * noise
-            glimpse = read_glimpse(seen, z_where, config.glimpse_size)
-            z_what, log_q_what = self.objects.infer(glimpse, generator, sample)
-            log_q_where = normal_log_prob(z_where, where_loc, where_scale).sum(-1)
+            glimpse = read_glimpse(seen, z_where, config.glimpse_size, reference)
+            z_what, log_q = self.objects.infer(glimpse, generator, sample)
+            if draw_in_loop:
+                canvas = canvas + present.view(batch, 1, 1) * self.objects.render(
+                    z_what, z_where, size, reference
+                )
 
-            canvas = canvas + present.view(batch, 1, 1) * self.objects.render(
-                z_what, z_where, config.canvas_size
-            )
-
-            for key, value in (
-                ("z_pres", present),
-                ("z_pres_prob", z_pres_prob),
-                ("z_where", z_where),
-                ("z_where_loc", where_loc),
-                ("z_where_scale", where_scale),
-                ("z_what", z_what),
-                ("log_q_z_pres", log_q_z_pres),
-                ("log_p_z_pres", log_p_z_pres),
-                ("log_q_object", present * (log_q_where + log_q_what)),
-                (
-                    "log_p_object",
-                    present * (self.log_prior_z_where(z_where) + self.objects.log_prior(z_what)),
-                ),
+            for key, value in zip(
+                keys,
+                (present, z_pres_prob, z_pres_logit, z_where, where_loc, where_scale, z_what),
+                strict=True,
             ):
-                steps[key].append(value)
+                per_step[key].append(value)
+            log_q_what.append(log_q)
             previous_present = present
             previous = torch.cat([z_where, z_what, present.unsqueeze(-1)], dim=-1)
 
+        z_pres, z_pres_prob, z_pres_logit, z_where, where_loc, where_scale, z_what = (
+            torch.stack(per_step[key], dim=1) for key in keys
+        )  # (B, N) x 3, (B, N, 3), (B, N, 3), (B, N, 3), (B, N, D)
+        if not draw_in_loop:
+            # Only present objects reach the canvas, so only they are decoded and drawn (on
+            # Multi-MNIST a third of all steps), each added to its image in step order.
+            found = z_pres.flatten().nonzero().squeeze(1)  # (K,) indices into B * N
+            objects = self.objects.render(
+                z_what.flatten(0, 1)[found], z_where.flatten(0, 1)[found], size
+            )  # (K, H, W)
+            canvas = canvas.index_add(0, found // steps, objects)
+
+        # The terms of every step at once (paper eq. 2-3); masks as described in ``Inference``.
+        decided = torch.cat([torch.ones_like(z_pres[:, :1]), z_pres[:, :-1]], dim=1)
+        log_q_where = normal_log_prob(z_where, where_loc, where_scale).sum(-1)
+        log_p_object = self.log_prior_z_where(z_where) + self.objects.log_prior(z_what)
         return Inference(
-            **{key: torch.stack(values, dim=1) for key, values in steps.items()},
+            z_pres=z_pres,
+            z_pres_prob=z_pres_prob,
+            z_where=z_where,
+            z_where_loc=where_loc,
+            z_where_scale=where_scale,
+            z_what=z_what,
+            log_q_z_pres=decided * bernoulli_log_prob(z_pres, z_pres_logit),
+            log_p_z_pres=decided * (z_pres * rho.log() + (1 - z_pres) * torch.log1p(-rho)),
+            log_q_object=z_pres * (log_q_where + torch.stack(log_q_what, dim=1)),
+            log_p_object=z_pres * log_p_object,
             log_likelihood=self.log_likelihood(x, canvas),
             canvas=canvas,
         )

@@ -20,6 +20,76 @@ def mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+# Below this fraction of non-zero pixels a sparse product beats the dense one on CPU (measured in
+# benchmarks/speed_probes.py: at 6% non-zero, as in Multi-MNIST, forward and weight gradient take
+# a third of the dense time; the two break even near 20%).
+SPARSE_DENSITY_LIMIT = 0.12
+
+
+class _SparseImageProduct(torch.autograd.Function):
+    """``bias + x @ weight`` for a mostly-zero ``x`` (B, I) that needs no gradient itself.
+
+    Only the non-zero pixels enter the forward product and the weight gradient ``x^T @ grad``;
+    the arithmetic is the dense one's, summed in another order.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        sparse_x = x.to_sparse()  # (B, I) COO
+        ctx.save_for_backward(sparse_x)
+        return torch.sparse.addmm(bias.expand(x.shape[0], -1), sparse_x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (sparse_x,) = ctx.saved_tensors
+        grad_weight = torch.sparse.mm(sparse_x.t(), grad) if ctx.needs_input_grad[1] else None
+        grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
+        return None, grad_weight, grad_bias
+
+
+class ImageProjection(nn.Module):
+    """``nn.Linear`` from the flattened image into the LSTM gates, the largest product of AIR.
+
+    The weight is held as (in, out) so that both the forward product and the weight gradient
+    read and write it without a transpose; checkpoints store it as (out, in), ``nn.Linear``'s
+    layout, so files stay what any reader of a linear layer expects. On CPU, an image batch that
+    needs no gradient and is mostly zero (digits on a blank canvas) takes the sparse product.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bound: float) -> None:
+        super().__init__()
+        # Drawn in nn.Linear's (out, in) order, so a seed gives the same numbers as a linear layer.
+        weight = torch.empty(out_features, in_features).uniform_(-bound, bound)
+        self.weight = nn.Parameter(weight.t().contiguous())  # (in, out)
+        self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
+        self._register_state_dict_hook(_store_weight_out_in)
+        self._register_load_state_dict_pre_hook(_load_weight_out_in)
+
+    def forward(self, x: torch.Tensor, reference: bool = False) -> torch.Tensor:
+        """(B, in) -> (B, out); ``reference`` forces the plain dense product."""
+        if not reference and _sparse_pays(x):
+            return _SparseImageProduct.apply(x, self.weight, self.bias)
+        return torch.addmm(self.bias, x, self.weight)
+
+
+def _sparse_pays(x: torch.Tensor) -> bool:
+    if x.device.type != "cpu" or x.requires_grad or x.dim() != 2:
+        return False
+    return torch.count_nonzero(x).item() < SPARSE_DENSITY_LIMIT * x.numel()
+
+
+def _store_weight_out_in(module, state_dict, prefix, local_metadata):
+    key = prefix + "weight"
+    state_dict[key] = state_dict[key].t()
+    return state_dict
+
+
+def _load_weight_out_in(state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    key = prefix + "weight"
+    if key in state_dict and state_dict[key].dim() == 2:
+        state_dict[key] = state_dict[key].t()
+
+
 class RecurrentCore(nn.Module):
     """An LSTM cell whose input is split into an image part and a latent part.
 
@@ -31,19 +101,14 @@ class RecurrentCore(nn.Module):
     def __init__(self, image_dim: int, latent_dim: int, hidden: int) -> None:
         super().__init__()
         self.hidden = hidden
-        self.image_to_gates = nn.Linear(image_dim, 4 * hidden)
-        self.state_to_gates = nn.Linear(latent_dim + hidden, 4 * hidden, bias=False)
         bound = hidden**-0.5  # nn.LSTMCell's initialisation
-        for weight in (
-            self.image_to_gates.weight,
-            self.image_to_gates.bias,
-            self.state_to_gates.weight,
-        ):
-            nn.init.uniform_(weight, -bound, bound)
+        self.image_to_gates = ImageProjection(image_dim, 4 * hidden, bound)
+        self.state_to_gates = nn.Linear(latent_dim + hidden, 4 * hidden, bias=False)
+        nn.init.uniform_(self.state_to_gates.weight, -bound, bound)
 
-    def project_image(self, image_flat: torch.Tensor) -> torch.Tensor:
+    def project_image(self, image_flat: torch.Tensor, reference: bool = False) -> torch.Tensor:
         """(B, H*W) -> (B, 4*hidden): the image's contribution to the gates."""
-        return self.image_to_gates(image_flat)
+        return self.image_to_gates(image_flat, reference)
 
     def forward(
         self,
@@ -137,9 +202,11 @@ class BaselineNetwork(nn.Module):
         self.core = RecurrentCore(image_dim, latent_dim, hidden)
         self.head = nn.Linear(hidden, 1)
 
-    def forward(self, image_flat: torch.Tensor, previous_latents: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, image_flat: torch.Tensor, previous_latents: torch.Tensor, reference: bool = False
+    ) -> torch.Tensor:
         """``image_flat`` (B, H*W), ``previous_latents`` (B, N, L) -> baselines (B, N)."""
-        image_gates = self.core.project_image(image_flat)
+        image_gates = self.core.project_image(image_flat, reference)
         state = self.core.initial_state(image_flat.shape[0], image_flat)
         baselines = []
         for t in range(previous_latents.shape[1]):

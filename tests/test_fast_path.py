@@ -1,0 +1,167 @@
+"""The fast path against the plain reference path: same weights and noise, same numbers.
+
+The fast path builds sampling grids directly, multiplies mostly-blank images sparsely, holds
+the image projections as (in, out) and draws plain AIR's objects after the loop, only those
+present. None of that may change the mathematics: latents, losses and every gradient agree
+with the reference path (affine_grid, dense products, every object drawn in its step) to float
+rounding, for AIR and DAIR.
+"""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from airscene.checkpoint import read_checkpoint, save_checkpoint
+from airscene.config import ModelConfig, RunConfig, TrainConfig
+from airscene.model import AIR
+from airscene.networks import BaselineNetwork, ImageProjection, _sparse_pays
+from airscene.objective import SignalNormaliser, air_objective
+from airscene.spatial import read_grid, write_grid
+from airscene.train import Trainer
+
+CONFIG = ModelConfig(lstm_size=64, encoder_hidden=64, decoder_hidden=64, predictor_hidden=64)
+
+
+def blank_canvas_images(batch: int = 48, seed: int = 1) -> torch.Tensor:
+    """Bright squares on a blank canvas: about 6% of pixels lit, like Multi-MNIST."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(batch, 50, 50)
+    for i in range(batch):
+        for _ in range(int(torch.randint(0, 3, (1,), generator=g))):
+            r, c = torch.randint(0, 40, (2,), generator=g).tolist()
+            x[i, r : r + 10, c : c + 10] = torch.rand(10, 10, generator=g)
+    return x
+
+
+def losses_and_gradients(model, baseline, x, reference: bool):
+    model.zero_grad(set_to_none=True)
+    baseline.zero_grad(set_to_none=True)
+    inference = model(x, generator=torch.Generator().manual_seed(7), reference=reference)
+    baselines = baseline(x.flatten(1), inference.previous_latents().detach(), reference=reference)
+    objective = air_objective(inference, baselines, SignalNormaliser())
+    (objective.loss + objective.baseline_loss).backward()
+    grads = {
+        f"{prefix}.{name}": p.grad.clone()
+        for prefix, net in (("model", model), ("baseline", baseline))
+        for name, p in net.named_parameters()
+        if p.grad is not None
+    }
+    return inference, objective, grads
+
+
+@pytest.mark.parametrize("dair", [False, True])
+def test_fast_path_equals_reference_path(dair):
+    config = dataclasses.replace(CONFIG, dair=dair)
+    torch.manual_seed(0)
+    model, baseline = AIR(config), BaselineNetwork(2500, 3 + 50 + 1, 32)
+    with torch.no_grad():  # q(z_pres = 1) near 1/2, so every count and every mask occurs
+        model.predictor.net[-1].bias[0] = 0.0
+    x = blank_canvas_images()
+    assert _sparse_pays(x.flatten(1)), "the test images must take the sparse product"
+
+    fast, fast_objective, fast_grads = losses_and_gradients(model, baseline, x, reference=False)
+    ref, ref_objective, ref_grads = losses_and_gradients(model, baseline, x, reference=True)
+
+    assert torch.equal(fast.z_pres, ref.z_pres)
+    assert set(fast.count.tolist()) == {0, 1, 2, 3}
+    for name in ("z_where", "z_what", "log_q_z_pres", "log_q_object", "log_p_object", "canvas"):
+        torch.testing.assert_close(getattr(fast, name), getattr(ref, name), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(fast.elbo, ref.elbo, rtol=1e-6, atol=1e-3)
+    torch.testing.assert_close(fast_objective.loss, ref_objective.loss, rtol=1e-6, atol=1e-3)
+    torch.testing.assert_close(fast_objective.baseline_loss, ref_objective.baseline_loss)
+    every = [*model.parameters(), *baseline.parameters()]
+    assert fast_grads.keys() == ref_grads.keys() and len(fast_grads) == len(every)
+    for name, grad in fast_grads.items():
+        scale = ref_grads[name].abs().max().clamp_min(1e-3)
+        assert torch.isfinite(grad).all(), name
+        assert float((grad - ref_grads[name]).abs().max() / scale) < 1e-3, name
+
+
+def test_trainers_on_both_paths_stay_together():
+    # Whole steps (objective, NVIL moments, fused Adam) from the same seed take the same path.
+    # Adam divides by the gradient's own size, so a gradient that is zero up to rounding may
+    # move its weight by up to the learning rate either way: a handful of weights differ.
+    config = RunConfig(
+        model=CONFIG, train=TrainConfig(batch_size=24, seed=3, threads=None, eval_every=0)
+    )
+    images = (blank_canvas_images(200, seed=2) * 255).to(torch.uint8)
+    fast, ref = Trainer(config, torch.device("cpu")), Trainer(config, torch.device("cpu"), True)
+    for _ in range(5):
+        assert fast.train_step(images, None) and ref.train_step(images, None)
+    fast_loss, fast_elbo, _ = fast.take_means()
+    ref_loss, ref_elbo, _ = ref.take_means()
+    assert abs(fast_loss - ref_loss) < 1e-3 and abs(fast_elbo - ref_elbo) < 1e-3
+
+    def weights(trainer):
+        return torch.cat([p.flatten() for p in trainer.model.state_dict().values()])
+
+    difference = (weights(fast) - weights(ref)).abs()
+    assert float((difference > 1e-5).float().mean()) < 1e-4
+    assert float(difference.max()) < 5 * config.train.learning_rate
+
+
+def test_direct_grids_equal_affine_grid():
+    g = torch.Generator().manual_seed(0)
+    z_where = torch.rand(50, 3, generator=g) * torch.tensor([0.8, 2, 2]) + torch.tensor(
+        [0.1, -1, -1]
+    )
+    z_where[:5, 0] *= -1  # negative scales (mirrored windows) too
+    torch.testing.assert_close(read_grid(z_where, 28), read_grid(z_where, 28, reference=True))
+    torch.testing.assert_close(write_grid(z_where, 50), write_grid(z_where, 50, reference=True))
+
+
+def test_sparse_product_only_for_mostly_blank_images():
+    x = blank_canvas_images()
+    assert _sparse_pays(x.flatten(1))
+    assert not _sparse_pays(torch.rand(8, 2500))  # photographs, noise: the dense product
+    assert not _sparse_pays(x.flatten(1).requires_grad_())  # DAIR's residual needs a gradient
+
+
+def test_image_projection_saves_and_loads_the_linear_layout():
+    torch.manual_seed(0)
+    projection = ImageProjection(30, 8, bound=0.1)
+    state = projection.state_dict()
+    assert state["weight"].shape == (8, 30)  # as nn.Linear(30, 8) stores it
+    linear = torch.nn.Linear(30, 8)
+    linear.load_state_dict(state)
+    x = torch.rand(4, 30)
+    torch.testing.assert_close(projection(x), linear(x))
+    other = ImageProjection(30, 8, bound=0.1)
+    other.load_state_dict(linear.state_dict())
+    torch.testing.assert_close(other(x), linear(x))
+    # The same seed draws the same initial weights as a linear layer drawn uniformly would.
+    torch.manual_seed(5)
+    drawn = torch.empty(8, 30).uniform_(-0.1, 0.1)
+    torch.manual_seed(5)
+    torch.testing.assert_close(ImageProjection(30, 8, bound=0.1).state_dict()["weight"], drawn)
+
+
+def test_resume_from_a_checkpoint_with_out_in_adam_moments(tmp_path):
+    # Checkpoints written before the (in, out) layout hold the image projections' Adam moments
+    # as (out, in) and no layout marker; resuming one continues exactly as the live trainer.
+    config = RunConfig(
+        model=CONFIG, train=TrainConfig(batch_size=8, seed=1, threads=None, eval_every=0)
+    )
+    images = (blank_canvas_images(40, seed=4) * 255).to(torch.uint8)
+    live = Trainer(config, torch.device("cpu"))
+    for _ in range(2):
+        live.train_step(images, None)
+    state = copy.deepcopy(live.trainer_state())  # it shares tensors with the live optimiser
+    del state["image_projection_layout"]
+    for key, network in (("model_optimiser", live.model), ("baseline_optimiser", live.baseline)):
+        index = [p is network.core.image_to_gates.weight for p in network.parameters()].index(True)
+        moments = state[key]["state"][index]
+        for name in ("exp_avg", "exp_avg_sq"):
+            moments[name] = moments[name].t().contiguous()
+    save_checkpoint(
+        tmp_path / "old", config, live.model, 2, baseline=live.baseline, trainer_state=state,
+        extra={"trainer": live.counters()},
+    )  # fmt: skip
+    resumed = Trainer(config, torch.device("cpu"))
+    resumed.restore(read_checkpoint(tmp_path / "old"))
+    live.train_step(images, None)
+    resumed.train_step(images, None)
+    for a, b in zip(live.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
