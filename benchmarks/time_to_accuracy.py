@@ -14,38 +14,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
-import torch
-
-import airscene
 from airscene.config import RunConfig
-from airscene.train import git_revision, train
+from airscene.experiments.count import time_to_accuracy
 
 HERE = Path(__file__).resolve().parent
-
-
-def hardware() -> dict:
-    return {
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "airscene": airscene.__version__,
-    }
-
-
-def first_reaching(curve: list[dict], threshold: float) -> dict | None:
-    """The first evaluation point at or above ``threshold`` count accuracy."""
-    return next((p for p in curve if p["count_accuracy"] >= threshold), None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,34 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         base, model=dataclasses.replace(base.model, dair=args.dair), train=train_config
     )
     run_dir = Path(args.run_dir or f"runs/tta-{name}")
-    result = train(config, run_dir, overwrite=True, command=[sys.executable, *sys.argv])
-
-    curve = [
-        {
-            "step": row["step"],
-            "train_seconds": row["train_seconds"],
-            "elbo": row.get("eval_elbo"),
-            "count_accuracy": row["eval_count_accuracy"],
-            "mean_iou": row.get("eval_mean_iou"),
-        }
-        for row in result.history
-        if row.get("eval_count_accuracy") is not None
-    ]
-    reached = {f"{t:.2f}": first_reaching(curve, t) for t in (0.95, 0.98)}
-    summary = {
-        "benchmark": "time_to_accuracy",
-        "name": name,
-        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git_revision": git_revision(),
-        "hardware": hardware(),
-        "config": airscene.config.to_dict(config),
-        "final_count_accuracy": curve[-1]["count_accuracy"] if curve else None,
-        "best_count_accuracy": max((p["count_accuracy"] for p in curve), default=None),
-        "seconds_to": {k: (v["train_seconds"] if v else None) for k, v in reached.items()},
-        "steps_to": {k: (v["step"] if v else None) for k, v in reached.items()},
-        "total_train_seconds": result.train_seconds,
-        "curve": curve,
-    }
+    summary = time_to_accuracy(config, run_dir, name, command=[sys.executable, *sys.argv])
+    curve = summary["curve"]
     out = Path(args.out or HERE / "results" / f"tta-{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1))

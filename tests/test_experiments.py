@@ -131,3 +131,155 @@ def test_generalisation_quick_mode_under_ten_minutes(tmp_path):
     assert time.perf_counter() - started < 600
     assert all(0.0 <= r["count_accuracy"] <= 1.0 for r in summary["results"].values())
     assert (tmp_path / "report.md").is_file() and (tmp_path / "generalisation.png").is_file()
+
+
+def tiny_air_run(tmp_path):
+    from tiny import TINY_MODEL
+
+    from airscene.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from airscene.train import train
+
+    config = RunConfig(
+        data=DataConfig(n_train=60, n_test=20),
+        model=ModelConfig(**TINY_MODEL),
+        train=TrainConfig(steps=2, batch_size=4, eval_every=0),
+    )
+    return train(config, tmp_path / "tiny-air", progress=False).run_dir
+
+
+def test_downstream_experiment_wiring(tmp_path, capsys):
+    # A tiny AIR run and a few classifier steps: the plumbing (labelled subsets of each size,
+    # three representations, report, figure, JSON), not the accuracies.
+    import json
+
+    from airscene.experiments.downstream import (
+        REPRESENTATIONS,
+        DownstreamSettings,
+        run_downstream,
+    )
+
+    settings = DownstreamSettings(
+        label_sizes=(10, 30), test_scenes=40, classifier_steps=3, vae_steps=3, repeats_below_1000=2
+    )
+    out = tmp_path / "downstream"
+    summary = run_downstream(out, model=tiny_air_run(tmp_path), progress=False, settings=settings)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["results"].keys() == {"sum", "ascending"}
+    for task in ("sum", "ascending"):
+        for size in ("10", "30"):
+            row = saved["results"][task][size]
+            assert set(row) == set(REPRESENTATIONS)
+            assert all(len(row[name]["runs"]) == 2 for name in REPRESENTATIONS)
+            assert all(0.0 <= row[name]["accuracy"] <= 1.0 for name in REPRESENTATIONS)
+        assert 0 < saved["results"][task]["majority_class_accuracy"] <= 1
+    # AIR's features: N objects x [z_pres, z_where (3), z_what (4)]; the VAE's latent matches.
+    assert summary["feature_dims"]["AIR latents"] == 3 * (1 + 3 + 4)
+    assert summary["feature_dims"]["VAE latents"] == 3 * (1 + 3 + 4)
+    report = (out / "report.md").read_text()
+    assert "| labelled scenes | AIR latents | VAE latents | CNN on pixels |" in report
+    assert (out / "downstream.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_feature_classifier_learns_a_separable_task():
+    from airscene.experiments.baselines import accuracy, feature_classifier, fit_classifier
+
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.randn(200, 6, generator=g)
+    labels = (inputs[:, 0] + inputs[:, 3] > 0).long()
+    classifier = fit_classifier(feature_classifier(6, 2, hidden=32), inputs, labels, 300, seed=0)
+    assert accuracy(classifier, inputs, labels) > 0.95
+
+
+def test_vae_and_cnn_baselines_learn():
+    import numpy as np
+
+    from airscene.experiments.baselines import PixelCNN, PixelVAE, train_vae
+
+    images = np.zeros((64, 32, 32), dtype=np.uint8)
+    images[::2, 8:24, 8:24] = 255  # half blank, half a square
+    untrained = PixelVAE(32 * 32, 4)
+    trained = train_vae(images, latent_dim=4, steps=150, seed=0)
+    x = torch.from_numpy(images).float().flatten(1) / 255
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        assert trained.negative_elbo(x, g) < 0.5 * untrained.negative_elbo(x, g)
+        # Squares and blanks get different codes.
+        codes = trained.encode(x)[0]
+        assert (codes[0] - codes[1]).norm() > 3 * (codes[0] - codes[2]).norm()
+    assert PixelCNN(32, 19)(x.view(64, 32, 32)).shape == (64, 19)
+
+
+def test_count_experiment_from_benchmark_curves(tmp_path, capsys):
+    import json
+
+    from airscene.cli import main
+    from airscene.config import RunConfig, to_dict
+
+    curves = tmp_path / "curves"
+    curves.mkdir()
+    for name, points in (("air", [0.5, 0.96, 0.99]), ("dair", [0.4, 0.9, 0.985])):
+        curve = [
+            {"step": 500 * (i + 1), "train_seconds": 20.0 * (i + 1), "count_accuracy": a}
+            for i, a in enumerate(points)
+        ]
+        (curves / f"tta-{name}-seed0.json").write_text(
+            json.dumps(
+                {
+                    "name": f"{name}-seed0",
+                    "config": to_dict(RunConfig()),
+                    "hardware": {"cpu_count": 2, "machine": "x86_64", "torch": "2.13.0",
+                                 "torch_threads": 2, "cuda": None},
+                    "final_count_accuracy": points[-1],
+                    "best_count_accuracy": max(points),
+                    "steps_to": {"0.95": 1000, "0.98": 1500},
+                    "seconds_to": {"0.95": 40.0, "0.98": 60.0 if name == "air" else None},
+                    "curve": curve,
+                }
+            )
+        )  # fmt: skip
+    out = tmp_path / "count"
+    assert main(["experiment", "count", "--curves-from", str(curves), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "| AIR | 99.00% | 99.00% | 1500 | 0.7 min | 1.0 min | 1,000 |" in report
+    assert "| DAIR | 98.50% |" in report and "not reached" in report
+    assert (out / "count.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "results.json").read_text())["runs"]["DAIR"]["curve"][0]["step"] == 500
+    # A missing curve and a flag of another experiment: one line, exit 2.
+    capsys.readouterr()
+    assert main(["experiment", "count", "--curves-from", str(tmp_path), "--out", str(out)]) == 2
+    assert main(["experiment", "count", "--model", "default", "--out", str(out)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "tta-air-seed0.json" in errors[0] and "--model" in errors[1]
+
+
+def test_time_to_accuracy_summarises_a_tiny_run(tmp_path):
+    from tiny import TINY_MODEL
+
+    from airscene.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from airscene.experiments.count import first_reaching, time_to_accuracy
+
+    config = RunConfig(
+        data=DataConfig(n_train=60, n_test=20),
+        model=ModelConfig(**TINY_MODEL),
+        train=TrainConfig(steps=4, batch_size=4, eval_every=2, eval_scenes=20, log_every=2),
+    )
+    summary = time_to_accuracy(config, tmp_path / "run", "air-seed0", progress=False)
+    assert [p["step"] for p in summary["curve"]] == [2, 4]
+    assert summary["final_count_accuracy"] == summary["curve"][-1]["count_accuracy"]
+    assert set(summary["steps_to"]) == {"0.95", "0.98"}
+    curve = [{"count_accuracy": a, "step": s} for s, a in ((1, 0.5), (2, 0.97), (3, 0.99))]
+    assert first_reaching(curve, 0.95)["step"] == 2 and first_reaching(curve, 0.999) is None
+
+
+@pytest.mark.slow
+def test_downstream_and_count_quick_modes_under_ten_minutes(tmp_path):
+    import time
+
+    from airscene.experiments.count import run_count
+    from airscene.experiments.downstream import run_downstream
+
+    for run in (run_downstream, run_count):
+        started = time.perf_counter()
+        run(tmp_path / run.__name__, quick=True, progress=False)
+        assert time.perf_counter() - started < 600, run.__name__
+        assert (tmp_path / run.__name__ / "report.md").is_file()

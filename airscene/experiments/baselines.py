@@ -1,0 +1,128 @@
+"""The comparison models of the downstream experiment: an unstructured VAE of the whole image,
+a CNN on raw pixels, and the small classifier that reads a frozen representation.
+
+Plain supervised and unsupervised learners, kept apart from AIR: they share no code with it
+and have no knowledge of objects.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from airscene.networks import mlp
+
+
+class PixelVAE(nn.Module):
+    """A VAE of the whole image with one Gaussian latent vector (Kingma & Welling 2014).
+
+    The unstructured counterpart of AIR: the same images, a latent of the same size as AIR's
+    per-scene representation, but no notion of objects, their number or their positions.
+    """
+
+    def __init__(self, image_pixels: int, latent_dim: int, hidden: int = 400) -> None:
+        super().__init__()
+        self.encoder = mlp([image_pixels, hidden, hidden, 2 * latent_dim])
+        self.decoder = mlp([latent_dim, hidden, hidden, image_pixels])
+
+    def encode(self, x_flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P) -> the posterior's mean and standard deviation, each (B, latent_dim)."""
+        loc, scale_raw = self.encoder(x_flat).chunk(2, dim=-1)
+        return loc, F.softplus(scale_raw) + 1e-4
+
+    def negative_elbo(self, x_flat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """-ELBO per image with a Bernoulli pixel likelihood, averaged over the batch."""
+        loc, scale = self.encode(x_flat)
+        z = loc + scale * torch.randn(loc.shape, generator=generator, device=loc.device)
+        logits = self.decoder(z)
+        reconstruction = F.binary_cross_entropy_with_logits(logits, x_flat, reduction="none")
+        kl = 0.5 * (loc**2 + scale**2 - 1).sum(-1) - scale.log().sum(-1)
+        return (reconstruction.sum(-1) + kl).mean()
+
+
+def train_vae(
+    images: np.ndarray, latent_dim: int, steps: int, seed: int, batch_size: int = 64
+) -> PixelVAE:
+    """Fit a ``PixelVAE`` to uint8 ``images`` (N, H, W) by Adam on the ELBO."""
+    torch.manual_seed(seed)
+    pixels = images.shape[1] * images.shape[2]
+    vae = PixelVAE(pixels, latent_dim)
+    optimiser = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    order = np.random.default_rng(seed)
+    noise = torch.Generator().manual_seed(seed + 1)
+    data = torch.from_numpy(images).reshape(len(images), pixels)
+    for _ in range(steps):
+        x = data[order.integers(0, len(data), batch_size)].float() / 255.0
+        loss = vae.negative_elbo(x, noise)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    return vae.eval()
+
+
+class PixelCNN(nn.Module):
+    """A small convolutional classifier on raw pixels (the supervised baseline)."""
+
+    def __init__(self, image_size: int, classes: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 5, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 5, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, 1, image_size, image_size)).shape[1]
+        self.head = mlp([flat, 128, classes])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) in [0, 1] -> class logits (B, classes)."""
+        return self.head(self.features(images.unsqueeze(1)))
+
+
+def feature_classifier(features: int, classes: int, hidden: int = 256) -> nn.Module:
+    """The small classifier that reads a frozen representation: an MLP with two hidden layers."""
+    return mlp([features, hidden, hidden, classes])
+
+
+def fit_classifier(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    seed: int,
+    batch_size: int = 64,
+    weight_decay: float = 1e-4,
+) -> nn.Module:
+    """Train ``model`` on (inputs, labels) by Adam on the cross-entropy for ``steps`` minibatches
+    (the whole set when it is smaller than a batch); returns it in eval mode."""
+    torch.manual_seed(seed)
+    order = np.random.default_rng(seed)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=weight_decay)
+    model.train()
+    for _ in range(steps):
+        index = (
+            torch.from_numpy(order.integers(0, len(inputs), batch_size))
+            if len(inputs) > batch_size
+            else torch.arange(len(inputs))
+        )
+        loss = F.cross_entropy(model(inputs[index]), labels[index])
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, chunk: int = 1024):
+    """Fraction of ``inputs`` whose most likely class is the label."""
+    hits = sum(
+        int((model(inputs[i : i + chunk]).argmax(-1) == labels[i : i + chunk]).sum())
+        for i in range(0, len(inputs), chunk)
+    )
+    return hits / len(inputs)
