@@ -126,3 +126,62 @@ def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, chunk
         for i in range(0, len(inputs), chunk)
     )
     return hits / len(inputs)
+
+
+class ObjectDigitReadout(nn.Module):
+    """A readout that uses AIR's structure: one shared MLP maps each present object's z_what to a
+    distribution over the 10 digit classes, and the task's answer follows from those exactly -
+    the sum's distribution by convolving the objects' distributions, 'ascending' by a pass left
+    to right. Trained on the task's labels alone (no digit labels).
+
+    Reads ``ordered_object_latents`` flattened: N objects of [z_pres, z_where (3), z_what (D)],
+    left to right, absent objects last. An absent object adds 0 to the sum and ends the order.
+    """
+
+    def __init__(
+        self,
+        objects: int,
+        z_what_mean: torch.Tensor,
+        z_what_std: torch.Tensor,
+        task: str,
+        hidden: int = 128,
+        digits: int = 10,
+    ) -> None:
+        super().__init__()
+        if task not in ("sum", "ascending"):
+            raise ValueError(f"unknown task {task!r}")
+        self.objects, self.task, self.digits = objects, task, digits
+        self.register_buffer("z_what_mean", z_what_mean)
+        self.register_buffer("z_what_std", z_what_std)
+        self.digit = mlp([z_what_mean.numel(), hidden, digits])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, N * (4 + D)) -> log-probabilities of the task's classes (B, C)."""
+        per_object = features.view(features.shape[0], self.objects, -1)  # (B, N, 4 + D)
+        present = (per_object[..., 0] > 0).to(features.dtype).unsqueeze(-1)  # (B, N, 1)
+        z_what = (per_object[..., 4:] - self.z_what_mean) / self.z_what_std
+        digit = torch.softmax(self.digit(z_what), dim=-1)  # (B, N, 10)
+        if self.task == "sum":
+            zero = F.one_hot(torch.zeros((), dtype=torch.long), self.digits).to(digit)
+            digit = present * digit + (1 - present) * zero  # an absent object adds 0
+            total = digit[:, 0]
+            for i in range(1, self.objects):  # distribution of the running sum, (B, 9 i + 10)
+                total = _convolve(total, digit[:, i])
+            probabilities = total[:, : 2 * self.digits - 1]  # the task's 19 classes (0-18)
+        else:
+            # last[b, d]: probability that the digits so far rise and the last one is d.
+            last = digit[:, 0]
+            for i in range(1, self.objects):
+                rises = last.cumsum(-1) * digit[:, i]  # earlier digit <= this one
+                last = present[:, i] * rises + (1 - present[:, i]) * last
+            ascending = last.sum(-1) * present[:, 0, 0] + (1 - present[:, 0, 0])
+            probabilities = torch.stack([1 - ascending, ascending], dim=-1)
+        return probabilities.clamp_min(1e-7).log()
+
+
+def _convolve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Distribution of the sum of two independent counts, (B, m) and (B, n) -> (B, m + n - 1)."""
+    out = a.new_zeros(a.shape[0], a.shape[1] + b.shape[1] - 1)
+    for value in range(b.shape[1]):
+        out[:, value : value + a.shape[1]] += a * b[:, value : value + 1]
+    return out
