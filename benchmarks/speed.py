@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     images = torch.from_numpy(scenes.images).to(device)
     counts = torch.from_numpy(scenes.counts).to(device)
     training = {}
-    for batch in (32, 64, 128):
+    for batch in (1, 32, 64, 128):
         run = dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=batch))
         fast, reference = Trainer(run, device), Trainer(run, device, reference=True)
         seconds = interleaved_medians(

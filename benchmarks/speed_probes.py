@@ -4,11 +4,15 @@ timed against what the library does now, in one run (medians; absolute times are
     python benchmarks/speed_probes.py            # add --compile to also try torch.compile (~1 min)
 
 1. Adam: the fused kernel (what training uses) against the per-parameter loops.
-2. Sampling grids: affine_grid (what spatial.py uses) against building s * pixel_centre + t
-   directly, for the read and write of 3 steps at batch 64, forward and backward.
+2. Sampling grids: affine_grid (the reference path) against building scale * pixel_centre +
+   shift directly (the fast path), for the read and write of 3 steps at batch 64, forward and
+   backward.
 3. The two image projections (inference network and baseline, 2500 -> 1024 each) against one
    fused 2500 -> 2048 product, forward and backward.
-4. Optionally torch.compile (inductor) of the model and the baseline against eager.
+4. The image projection's sparse product (forward and weight gradient) against the dense one,
+   at batch 64, for images with a given fraction of non-zero pixels: where sparse stops paying
+   (``networks.SPARSE_DENSITY_LIMIT``).
+5. Optionally torch.compile (inductor) of the model and the baseline against eager.
 """
 
 from __future__ import annotations
@@ -26,7 +30,11 @@ import torch.nn.functional as F
 
 from airscene.config import RunConfig
 from airscene.data.scenes import load_scenes
-from airscene.spatial import _safe_scale, read_theta, write_theta
+from airscene.networks import (
+    ImageProjection,
+    _SparseImageProduct,
+)
+from airscene.spatial import read_grid, write_grid
 from airscene.train import Trainer
 
 HERE = Path(__file__).resolve().parent
@@ -58,33 +66,14 @@ def training_step_ms(config: RunConfig, fused: bool, compiled: bool = False) -> 
     return median_ms(lambda: trainer.train_step(images, counts), warmup=8 if compiled else 5)
 
 
-def grid_direct(scale, tx, ty, size):
-    centres = (torch.arange(size, dtype=scale.dtype) * 2 + 1) / size - 1  # align_corners=False
-    gx = (scale[:, None, None] * centres[None, None, :] + tx[:, None, None]).expand(-1, size, size)
-    gy = (scale[:, None, None] * centres[None, :, None] + ty[:, None, None]).expand(-1, size, size)
-    return torch.stack([gx, gy], dim=-1)
-
-
-def make_grids(z_where: torch.Tensor, direct: bool, canvas: int = 50, glimpse: int = 28):
-    """The (write, read) sampling grids: affine_grid as the library does, or built directly."""
-    m = z_where.shape[0]
-    if not direct:
-        write = F.affine_grid(write_theta(z_where), [m, 1, canvas, canvas], align_corners=False)
-        read = F.affine_grid(read_theta(z_where), [m, 1, glimpse, glimpse], align_corners=False)
-        return write, read
-    s, x, y = z_where.unbind(-1)
-    inv = 1.0 / _safe_scale(s)
-    return grid_direct(inv, -x * inv, -y * inv, canvas), grid_direct(s, x, y, glimpse)
-
-
-def grids_ms(direct: bool) -> float:
+def grids_ms(reference: bool) -> float:
     torch.manual_seed(0)
     m = 3 * 64
     z_where = (torch.rand(m, 3) * 0.2 + torch.tensor([0.4, -0.1, -0.1])).requires_grad_(True)
     image, glimpses = torch.rand(m, 50, 50), torch.rand(m, 28, 28, requires_grad=True)
 
     def step():
-        write, read = make_grids(z_where, direct)
+        write, read = write_grid(z_where, 50, reference), read_grid(z_where, 28, reference)
         out = F.grid_sample(glimpses.unsqueeze(1), write, align_corners=False).sum()
         out = out + F.grid_sample(image.unsqueeze(1), read, align_corners=False).sum()
         out.backward()
@@ -96,8 +85,30 @@ def grid_difference() -> float:
     z_where = torch.rand(64, 3, generator=torch.Generator().manual_seed(1)) * 0.2 + torch.tensor(
         [0.4, -0.1, -0.1]
     )
-    pairs = zip(make_grids(z_where, False), make_grids(z_where, True), strict=True)
-    return max(float((a - b).abs().max()) for a, b in pairs)
+    return max(
+        float((write_grid(z_where, 50) - write_grid(z_where, 50, True)).abs().max()),
+        float((read_grid(z_where, 28) - read_grid(z_where, 28, True)).abs().max()),
+    )
+
+
+def sparse_projection_ms(density: float, reference: bool) -> float:
+    """Forward and weight gradient of the 2500 -> 1024 image projection at batch 64."""
+    torch.manual_seed(0)
+    projection = ImageProjection(2500, 1024, bound=0.02)
+    x = torch.rand(64, 2500)
+    x[torch.rand(64, 2500) >= density] = 0.0
+    upstream = torch.randn(64, 1024)
+
+    def step():
+        projection.zero_grad(set_to_none=True)
+        out = (
+            _SparseImageProduct.apply(x, projection.weight, projection.bias)
+            if not reference
+            else projection(x, reference=True)
+        )
+        (out * upstream).sum().backward()
+
+    return median_ms(step)
 
 
 def projections_ms(fused: bool) -> float:
@@ -143,10 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         "adam_loops_ms_per_step": training_step_ms(config, fused=False),
     }
     results.update(
-        grids_affine_ms=grids_ms(direct=False),
-        grids_direct_ms=grids_ms(direct=True),
+        grids_affine_ms=grids_ms(reference=True),
+        grids_direct_ms=grids_ms(reference=False),
         grids_max_difference=grid_difference(),
     )
+    for density in (0.02, 0.06, 0.12, 0.2, 0.3, 0.5):
+        results[f"projection_dense_ms_at_{density:.2f}"] = sparse_projection_ms(density, True)
+        results[f"projection_sparse_ms_at_{density:.2f}"] = sparse_projection_ms(density, False)
     results.update(
         projections_two_ms=projections_ms(False), projections_fused_ms=projections_ms(True)
     )

@@ -240,7 +240,7 @@ def test_count_experiment_from_benchmark_curves(tmp_path, capsys):
     out = tmp_path / "count"
     assert main(["experiment", "count", "--curves-from", str(curves), "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
-    assert "| AIR | 99.00% | 99.00% | 1500 | 0.7 min | 1.0 min | 1,000 |" in report
+    assert "| AIR | 99.00% | 99.00% | 1,500 | 0.7 min | 1.0 min | 1,000 |" in report
     assert "| DAIR | 98.50% |" in report and "not reached" in report
     assert (out / "count.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "results.json").read_text())["runs"]["DAIR"]["curve"][0]["step"] == 500

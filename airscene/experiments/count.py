@@ -203,7 +203,7 @@ def _report(summary: dict[str, Any]) -> str:
         steps98 = run["steps_to"]["0.98"]
         lines.append(
             f"| {name} | {100 * run['final_count_accuracy']:.2f}% | {100 * run['best_count_accuracy']:.2f}% | "
-            f"{steps98 if steps98 is not None else 'not reached'} | {_minutes(run['seconds_to']['0.95'])} | "
+            f"{f'{steps98:,}' if steps98 is not None else 'not reached'} | {_minutes(run['seconds_to']['0.95'])} | "
             f"{_minutes(run['seconds_to']['0.98'])} | {scenes:,} |"
         )
     hardware = next(iter(summary["runs"].values()))["hardware"]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from airscene.checkpoint import load_model
+from airscene.checkpoint import PRETRAINED, load_model
 from airscene.config import DataConfig
 from airscene.data.scenes import Scenes, load_scenes
 from airscene.evaluate import evaluate, images_to_tensor
@@ -220,7 +220,11 @@ def run_downstream(
         "quick": quick,
         "seed": seed,
         "git_revision": git_revision(),
-        "air_model": str(checkpoint.path),
+        "air_model": (
+            f"{model} (shipped: airscene/pretrained/{PRETRAINED[model]})"
+            if isinstance(model, str) and model in PRETRAINED
+            else str(checkpoint.path)
+        ),
         "air_model_eval_count_accuracy_on_2_digits": _count_accuracy(air, test),
         "settings": dataclasses.asdict(settings),
         "feature_dims": {name: int(inputs[name][0][0].numel()) for name in REPRESENTATIONS},
