@@ -48,6 +48,11 @@ def bernoulli_log_prob(value: torch.Tensor, logit: torch.Tensor) -> torch.Tensor
     return value * F.logsigmoid(logit) + (1 - value) * F.logsigmoid(-logit)
 
 
+def decided_steps(z_pres: torch.Tensor) -> torch.Tensor:
+    """(B, N) 1 where step i's z_pres was actually decided: every earlier object was present."""
+    return torch.cat([torch.ones_like(z_pres[:, :1]), z_pres[:, :-1]], dim=1)
+
+
 def _standard_normal(
     shape: torch.Size | tuple, like: torch.Tensor, generator: torch.Generator | None
 ):
@@ -360,7 +365,7 @@ class AIR(nn.Module):
             canvas = canvas.index_add(0, found // steps, objects)
 
         # The terms of every step at once (paper eq. 2-3); masks as described in ``Inference``.
-        decided = torch.cat([torch.ones_like(z_pres[:, :1]), z_pres[:, :-1]], dim=1)
+        decided = decided_steps(z_pres)
         log_q_where = normal_log_prob(z_where, where_loc, where_scale).sum(-1)
         log_p_object = self.log_prior_z_where(z_where) + self.objects.log_prior(z_what)
         return Inference(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from airscene.model import AIR, Inference
+from airscene.model import AIR, Inference, decided_steps
 
 
 def learning_signals(inference: Inference) -> torch.Tensor:
@@ -75,7 +75,7 @@ def air_objective(
     ``baselines`` (B, N) come from ``BaselineNetwork`` on detached inputs; they enter the
     model's loss only detached, so the baseline is trained by ``baseline_loss`` alone.
     """
-    decided = torch.cat([torch.ones_like(inference.z_pres[:, :1]), inference.z_pres[:, :-1]], dim=1)
+    decided = decided_steps(inference.z_pres)
     signals = learning_signals(inference)
     residual = signals - baselines.detach()
     if normaliser is not None:
