@@ -319,7 +319,9 @@ class AIR(nn.Module):
         log_q_what = []
         for _ in range(steps):
             seen = x - canvas if config.dair else x  # DAIR reads what is still unexplained
-            gates = self.core.project_image(seen.flatten(1)) if config.dair else image_gates
+            gates = (
+                self.core.project_image(seen.flatten(1), reference) if config.dair else image_gates
+            )
             state = self.core(gates, previous, state)
             z_pres_logit, where_loc, where_scale = self.predictor(state[0])
 
