@@ -178,6 +178,14 @@ def test_downstream_experiment_wiring(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "| labelled scenes | AIR latents | VAE latents | CNN on pixels |" in report
     assert (out / "downstream.png").read_bytes()[:4] == b"\x89PNG"
+    # A missing model: one line, exit 2, no output directory made.
+    from airscene.cli import main
+
+    capsys.readouterr()
+    missing = ["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "not-made")]
+    assert main(["experiment", "downstream", *missing]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "not-made").exists()
 
 
 def test_feature_classifier_learns_a_separable_task():

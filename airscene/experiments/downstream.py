@@ -152,21 +152,20 @@ def run_downstream(
     """
     if settings is None:
         settings = DownstreamSettings.quick() if quick else DownstreamSettings()
+    air, checkpoint = load_model(model)  # a bad model fails before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    air, checkpoint = load_model(model)
     canvas = checkpoint.config.model.canvas_size
     pool_size = max(settings.label_sizes)
     two_digits = DataConfig(canvas_size=canvas, counts=(2,), seed=seed)
     pool = load_scenes(two_digits, "train", n=pool_size)
     test = load_scenes(two_digits, "test", n=settings.test_scenes)
 
+    air_pool, air_test = air_latents(air, pool.images), air_latents(air, test.images)
     log = _progress_printer(progress)
     log(f"VAE: {settings.vae_steps} steps on Multi-MNIST 0-2 digit scenes (AIR's training data)")
     vae_images = load_scenes(checkpoint.config.data, "train").images
-    latent_dim = air_latents(air, pool.images[:1]).shape[1]
-    vae = train_vae(vae_images, latent_dim, settings.vae_steps, seed)
-    air_pool, air_test = air_latents(air, pool.images), air_latents(air, test.images)
+    vae = train_vae(vae_images, air_pool.shape[1], settings.vae_steps, seed)  # same latent size
     inputs = {
         "AIR latents": _standardised(air_pool, air_test),
         "VAE latents": _standardised(vae_latents(vae, pool.images), vae_latents(vae, test.images)),
