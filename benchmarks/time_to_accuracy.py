@@ -18,8 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from airscene.config import RunConfig
-from airscene.experiments.count import time_to_accuracy
+from airscene.experiments.count import count_config, time_to_accuracy
 
 HERE = Path(__file__).resolve().parent
 
@@ -33,8 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--steps", type=int, default=None, help="training steps (default: the recipe's)"
     )
-    parser.add_argument("--eval-every", type=int, default=1000)
-    parser.add_argument("--eval-scenes", type=int, default=10_000)
+    parser.add_argument(
+        "--eval-every", type=int, default=None, help="default: the protocol's (500)"
+    )
+    parser.add_argument(
+        "--eval-scenes", type=int, default=None, help="default: the protocol's (10,000)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--run-dir", default=None, help="default: runs/tta-{air,dair}-seedN")
     parser.add_argument(
@@ -46,17 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     name = f"{'dair' if args.dair else 'air'}-seed{args.seed}"
-    base = RunConfig()
-    train_config = dataclasses.replace(
-        base.train,
-        seed=args.seed,
-        eval_every=args.eval_every,
-        eval_scenes=args.eval_scenes,
-        device=args.device,
-        **({"steps": args.steps} if args.steps else {}),
-    )
+    # The protocol (recipe, evaluation schedule) is the count experiment's; flags override it.
+    protocol = count_config(args.dair, args.seed, quick=False)
+    given = {"steps": args.steps, "eval_every": args.eval_every, "eval_scenes": args.eval_scenes}
     config = dataclasses.replace(
-        base, model=dataclasses.replace(base.model, dair=args.dair), train=train_config
+        protocol,
+        train=dataclasses.replace(
+            protocol.train,
+            device=args.device,
+            **{key: value for key, value in given.items() if value is not None},
+        ),
     )
     run_dir = Path(args.run_dir or f"runs/tta-{name}")
     summary = time_to_accuracy(config, run_dir, name, command=[sys.executable, *sys.argv])
