@@ -59,6 +59,39 @@ def _standard_normal(
     return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
+class StepNoise:
+    """The random draws of one inference step, for the images ``rows`` of a batch of ``batch``.
+
+    Every draw is made for the whole batch and the rows taken from it, so the random stream
+    does not depend on which images are still being inferred: the fast path, which skips the
+    images whose objects have all been found, draws exactly what the reference path draws.
+    """
+
+    def __init__(
+        self,
+        generator: torch.Generator | None,
+        batch: int,
+        like: torch.Tensor,
+        rows: torch.Tensor | None = None,
+    ) -> None:
+        self.generator, self.batch, self.like, self.rows = generator, batch, like, rows
+
+    def _rows(self, draws: torch.Tensor) -> torch.Tensor:
+        return draws if self.rows is None else draws[self.rows]
+
+    def uniform(self) -> torch.Tensor:
+        """U(0, 1) draws, (K,)."""
+        like = self.like
+        draws = torch.rand(
+            self.batch, generator=self.generator, device=like.device, dtype=like.dtype
+        )
+        return self._rows(draws)
+
+    def normal(self, dim: int) -> torch.Tensor:
+        """Standard-normal draws, (K, dim)."""
+        return self._rows(_standard_normal((self.batch, dim), self.like, self.generator))
+
+
 # ---------------------------------------------------------------------------------------------
 # Objects: what an object looks like and how it is drawn (pluggable)
 
@@ -74,9 +107,10 @@ class ObjectModel(nn.Module):
     z_what_dim: int
 
     def infer(
-        self, glimpse: torch.Tensor, generator: torch.Generator | None, sample: bool
+        self, glimpse: torch.Tensor, noise: StepNoise | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Glimpse (B, G, G) -> z_what (B, D) drawn from q(z_what | glimpse), and its log q (B,)."""
+        """Glimpse (B, G, G) -> z_what (B, D) drawn from q(z_what | glimpse) with ``noise`` (its
+        mode where ``noise`` is None), and its log q (B,)."""
         raise NotImplementedError
 
     def log_prior(self, z_what: torch.Tensor) -> torch.Tensor:
@@ -119,9 +153,9 @@ class GlimpseObjects(ObjectModel):
             config.decoder_output_bias,
         )
 
-    def infer(self, glimpse, generator, sample):
+    def infer(self, glimpse, noise):
         loc, scale = self.encoder(glimpse.flatten(1))
-        z_what = loc + scale * _standard_normal(loc.shape, loc, generator) if sample else loc
+        z_what = loc if noise is None else loc + scale * noise.normal(self.z_what_dim)
         return z_what, normal_log_prob(z_what, loc, scale).sum(-1)
 
     def log_prior(self, z_what):
@@ -282,24 +316,173 @@ class AIR(nn.Module):
 
         ``sample=False`` takes the mode of every step instead of a draw (z_pres = [p >= 0.5],
         z_where and z_what at their posterior means): the deterministic answer for counting.
-        ``z_pres_prior`` overrides rho (it may be annealed during training). ``reference=True``
-        runs the plain path (affine_grid sampling, dense image products, each object drawn in
-        its step) that the fast path is tested against: same latents, same numbers up to float
-        rounding, same random draws in the same order.
+        ``z_pres_prior`` overrides rho (it may be annealed during training).
+
+        The fast path computes each step only for the images still being inferred (every
+        earlier z_pres was 1), draws plain AIR's objects once after the loop and only those
+        present, and samples glimpses through grids built directly. ``reference=True`` runs the
+        plain path it is tested against (every step for every image, affine_grid, dense image
+        products, each object drawn in its step): same latents where a step was decided, same
+        numbers up to float rounding, the same random draws in the same order.
         """
-        config = self.config
-        batch, steps, size = x.shape[0], config.max_steps, config.canvas_size
         rho = torch.as_tensor(
-            config.z_pres_prior if z_pres_prior is None else z_pres_prior,
+            self.config.z_pres_prior if z_pres_prior is None else z_pres_prior,
             dtype=x.dtype,
             device=x.device,
         )
-        # Plain AIR's objects do not change what later steps see, so they are drawn all at once
-        # after the loop; DAIR reads x - canvas, so its canvas must grow step by step.
-        draw_in_loop = config.dair or reference
+        if reference:
+            return self._infer_every_step(x, generator, sample, rho)
+        return self._infer_decided_steps(x, generator, sample, rho)
 
+    def _step_terms(
+        self,
+        rho: torch.Tensor,
+        z_pres: torch.Tensor,
+        z_pres_logit: torch.Tensor,
+        z_where: torch.Tensor,
+        where_loc: torch.Tensor,
+        where_scale: torch.Tensor,
+        z_what: torch.Tensor,
+        log_q_what: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log q(z_pres), log p(z_pres), and log q / log p of (z_where, z_what) counted only for
+        present objects, for steps whose z_pres was decided (paper eq. 2-3); any leading shape."""
+        log_q_where = normal_log_prob(z_where, where_loc, where_scale).sum(-1)
+        log_p_object = self.log_prior_z_where(z_where) + self.objects.log_prior(z_what)
+        return (
+            bernoulli_log_prob(z_pres, z_pres_logit),
+            z_pres * rho.log() + (1 - z_pres) * torch.log1p(-rho),
+            z_pres * (log_q_where + log_q_what),
+            z_pres * log_p_object,
+        )
+
+    def _infer_decided_steps(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None,
+        sample: bool,
+        rho: torch.Tensor,
+    ) -> Inference:
+        """The fast path: each step runs only on the images whose step is decided.
+
+        Once an image's z_pres is 0, its later steps enter no term of p or q (they are masked),
+        so they are not computed: with 0-2 digits and 3 steps that is a third of the step work.
+        Each step's values are kept for its rows only and scattered into (B, N) once at the end;
+        latents of undecided steps are left at zero.
+        """
+        config = self.config
+        batch, steps, size = x.shape[0], config.max_steps, config.canvas_size
+        dtype = x.dtype
         # Plain AIR sees the same image at every step: project it into the gates once.
-        image_gates = None if config.dair else self.core.project_image(x.flatten(1), reference)
+        image_gates = None if config.dair else self.core.project_image(x.flatten(1))
+        canvas = torch.zeros_like(x)  # grows step by step for DAIR only
+        rows = torch.arange(batch, device=x.device)  # images whose current step is decided
+        state = self.core.initial_state(batch, x)
+        previous = x.new_zeros(batch, self.latent_dim)
+        previous[:, -1] = 1.0
+
+        step_present, step_values, step_index = [], [], []
+        for t in range(steps):
+            every_row = rows.numel() == batch
+            image = x if every_row else x[rows]
+            if config.dair:  # DAIR reads what is still unexplained
+                seen = image - (canvas if every_row else canvas[rows])
+            else:
+                seen = image
+            if config.dair:
+                gates = self.core.project_image(seen.flatten(1))
+            else:
+                gates = image_gates if every_row else image_gates[rows]
+            state = self.core(gates, previous, state)
+            z_pres_logit, where_loc, where_scale = self.predictor(state[0])
+
+            noise = StepNoise(generator, batch, x, None if every_row else rows) if sample else None
+            z_pres_prob = torch.sigmoid(z_pres_logit)
+            if noise is not None:
+                z_pres = (noise.uniform() < z_pres_prob).to(dtype)
+                z_where = where_loc + where_scale * noise.normal(3)
+            else:
+                z_pres = (z_pres_prob >= 0.5).to(dtype)
+                z_where = where_loc
+            glimpse = read_glimpse(seen, z_where, config.glimpse_size)
+            z_what, log_q_what = self.objects.infer(glimpse, noise)
+
+            step_present.append(z_pres)
+            step_values.append(
+                torch.cat(
+                    [
+                        torch.stack([z_pres_prob, z_pres_logit, log_q_what], dim=1),
+                        z_where,
+                        where_loc,
+                        where_scale,
+                        z_what,
+                    ],
+                    dim=1,
+                )
+            )
+            step_index.append(rows * steps + t)
+
+            # The next step is decided only for the images with an object at this one.
+            found = z_pres.nonzero().squeeze(1)
+            if config.dair:  # the canvas must be up to date before the next step reads it
+                objects = self.objects.render(z_what[found], z_where[found], size)
+                canvas = canvas.index_add(0, rows[found], objects)
+            if found.numel() < rows.numel():
+                rows = rows[found]
+                state = (state[0][found], state[1][found])
+                z_where, z_what = z_where[found], z_what[found]
+            previous = torch.cat([z_where, z_what, z_where.new_ones(rows.numel(), 1)], dim=1)
+
+        z_pres = torch.cat(step_present)  # (K,): every decided step of every image
+        values = torch.cat(step_values)  # (K, F)
+        index = torch.cat(step_index)  # (K,) into B * N
+        z_pres_prob, z_pres_logit, log_q_what = values[:, :3].unbind(1)
+        z_where, where_loc, where_scale, z_what = values[:, 3:].split(
+            [3, 3, 3, self.objects.z_what_dim], dim=1
+        )
+        if not config.dair:
+            # Only present objects reach the canvas, so only they are decoded and drawn (on
+            # Multi-MNIST a third of all steps), each added to its image in step order.
+            found = z_pres.nonzero().squeeze(1)
+            objects = self.objects.render(z_what[found], z_where[found], size)
+            canvas = canvas.index_add(0, index[found] // steps, objects)
+        terms = self._step_terms(
+            rho, z_pres, z_pres_logit, z_where, where_loc, where_scale, z_what, log_q_what
+        )
+        # Into (B, N) at once; z_pres is a discrete draw and carries no gradient.
+        decided = torch.cat([values, torch.stack(terms, dim=1)], dim=1)
+        every = decided.new_zeros(batch * steps, decided.shape[1]).index_copy(0, index, decided)
+        every = every.view(batch, steps, -1)
+        z_where, where_loc, where_scale, z_what = every[..., 3:-4].split(
+            [3, 3, 3, self.objects.z_what_dim], dim=-1
+        )
+        z_pres = z_pres.new_zeros(batch * steps).index_copy(0, index, z_pres)
+        return Inference(
+            z_pres=z_pres.view(batch, steps),
+            z_pres_prob=every[..., 0],
+            z_where=z_where,
+            z_where_loc=where_loc,
+            z_where_scale=where_scale,
+            z_what=z_what,
+            log_q_z_pres=every[..., -4],
+            log_p_z_pres=every[..., -3],
+            log_q_object=every[..., -2],
+            log_p_object=every[..., -1],
+            log_likelihood=self.log_likelihood(x, canvas),
+            canvas=canvas,
+        )
+
+    def _infer_every_step(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None,
+        sample: bool,
+        rho: torch.Tensor,
+    ) -> Inference:
+        """The plain reference path: every step for every image, masked afterwards."""
+        config = self.config
+        batch, steps, size = x.shape[0], config.max_steps, config.canvas_size
+        image_gates = None if config.dair else self.core.project_image(x.flatten(1), True)
         state = self.core.initial_state(batch, x)
         canvas = torch.zeros_like(x)
         previous_present = x.new_ones(batch)
@@ -314,62 +497,57 @@ class AIR(nn.Module):
             "z_where_loc",
             "z_where_scale",
             "z_what",
+            "log_q_what",
         )
         per_step: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
-        log_q_what = []
         for _ in range(steps):
             seen = x - canvas if config.dair else x  # DAIR reads what is still unexplained
-            gates = (
-                self.core.project_image(seen.flatten(1), reference) if config.dair else image_gates
-            )
+            gates = self.core.project_image(seen.flatten(1), True) if config.dair else image_gates
             state = self.core(gates, previous, state)
             z_pres_logit, where_loc, where_scale = self.predictor(state[0])
 
             # z_pres: decided only while every earlier object was present.
             z_pres_prob = torch.sigmoid(z_pres_logit)
-            if sample:
-                uniform = torch.rand(batch, generator=generator, device=x.device, dtype=x.dtype)
-                draw = (uniform < z_pres_prob).to(x.dtype)
+            noise = StepNoise(generator, batch, x) if sample else None
+            if noise is not None:
+                draw = (noise.uniform() < z_pres_prob).to(x.dtype)
+                z_where = where_loc + where_scale * noise.normal(3)
             else:
                 draw = (z_pres_prob >= 0.5).to(x.dtype)
+                z_where = where_loc
             present = draw * previous_present
 
             # z_where by reparameterisation, then the glimpse at z_where and z_what from it.
-            noise = _standard_normal(where_loc.shape, where_loc, generator) if sample else 0.0
-            z_where = where_loc + where_scale * noise
-            glimpse = read_glimpse(seen, z_where, config.glimpse_size, reference)
-            z_what, log_q = self.objects.infer(glimpse, generator, sample)
-            if draw_in_loop:
-                canvas = canvas + present.view(batch, 1, 1) * self.objects.render(
-                    z_what, z_where, size, reference
-                )
-
+            glimpse = read_glimpse(seen, z_where, config.glimpse_size, reference=True)
+            z_what, log_q_what = self.objects.infer(glimpse, noise)
+            canvas = canvas + present.view(batch, 1, 1) * self.objects.render(
+                z_what, z_where, size, reference=True
+            )
             for key, value in zip(
                 keys,
-                (present, z_pres_prob, z_pres_logit, z_where, where_loc, where_scale, z_what),
+                (
+                    present,
+                    z_pres_prob,
+                    z_pres_logit,
+                    z_where,
+                    where_loc,
+                    where_scale,
+                    z_what,
+                    log_q_what,
+                ),
                 strict=True,
             ):
                 per_step[key].append(value)
-            log_q_what.append(log_q)
             previous_present = present
             previous = torch.cat([z_where, z_what, present.unsqueeze(-1)], dim=-1)
 
-        z_pres, z_pres_prob, z_pres_logit, z_where, where_loc, where_scale, z_what = (
+        z_pres, z_pres_prob, z_pres_logit, z_where, where_loc, where_scale, z_what, log_q_what = (
             torch.stack(per_step[key], dim=1) for key in keys
-        )  # (B, N) x 3, (B, N, 3), (B, N, 3), (B, N, 3), (B, N, D)
-        if not draw_in_loop:
-            # Only present objects reach the canvas, so only they are decoded and drawn (on
-            # Multi-MNIST a third of all steps), each added to its image in step order.
-            found = z_pres.flatten().nonzero().squeeze(1)  # (K,) indices into B * N
-            objects = self.objects.render(
-                z_what.flatten(0, 1)[found], z_where.flatten(0, 1)[found], size
-            )  # (K, H, W)
-            canvas = canvas.index_add(0, found // steps, objects)
-
-        # The terms of every step at once (paper eq. 2-3); masks as described in ``Inference``.
+        )
         decided = decided_steps(z_pres)
-        log_q_where = normal_log_prob(z_where, where_loc, where_scale).sum(-1)
-        log_p_object = self.log_prior_z_where(z_where) + self.objects.log_prior(z_what)
+        log_q_z_pres, log_p_z_pres, log_q_object, log_p_object = self._step_terms(
+            rho, z_pres, z_pres_logit, z_where, where_loc, where_scale, z_what, log_q_what
+        )
         return Inference(
             z_pres=z_pres,
             z_pres_prob=z_pres_prob,
@@ -377,10 +555,10 @@ class AIR(nn.Module):
             z_where_loc=where_loc,
             z_where_scale=where_scale,
             z_what=z_what,
-            log_q_z_pres=decided * bernoulli_log_prob(z_pres, z_pres_logit),
-            log_p_z_pres=decided * (z_pres * rho.log() + (1 - z_pres) * torch.log1p(-rho)),
-            log_q_object=z_pres * (log_q_where + torch.stack(log_q_what, dim=1)),
-            log_p_object=z_pres * log_p_object,
+            log_q_z_pres=decided * log_q_z_pres,
+            log_p_z_pres=decided * log_p_z_pres,
+            log_q_object=log_q_object,
+            log_p_object=log_p_object,
             log_likelihood=self.log_likelihood(x, canvas),
             canvas=canvas,
         )

@@ -35,7 +35,7 @@ from airscene.data.images import load_image_dataset
 from airscene.data.scenes import Scenes, load_scenes
 from airscene.errors import AirsceneError
 from airscene.evaluate import evaluate, images_to_tensor
-from airscene.model import AIR
+from airscene.model import AIR, decided_steps
 from airscene.networks import BaselineNetwork
 from airscene.objective import SignalNormaliser, air_objective
 
@@ -197,7 +197,10 @@ class Trainer:
 
         inference = self.model(x, generator=self.noise, z_pres_prior=rho, reference=self.reference)
         baselines = self.baseline(
-            x.flatten(1), inference.previous_latents().detach(), reference=self.reference
+            x.flatten(1),
+            inference.previous_latents().detach(),
+            reference=self.reference,
+            decided=decided_steps(inference.z_pres),
         )
         objective = air_objective(inference, baselines, self.normaliser)
         self.model_optimiser.zero_grad(set_to_none=True)

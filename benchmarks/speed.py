@@ -4,6 +4,12 @@ this machine's matmul throughput that the arithmetic reaches.
     python benchmarks/speed.py                 # CPU; --device cuda on a GPU
     python benchmarks/speed.py --quick         # fewer repetitions
 
+Training steps are timed from the shipped model's weights (a network that has learned to count,
+as in all but the first thousand or so steps of a run: the fast path skips the steps of images
+whose objects are all found, so its cost depends on how many objects the network finds), and,
+at batch 64, also from a fresh initialisation (every image then has an object at every step).
+Inference uses the shipped model, as a user's images would.
+
 Each figure is the median over timed repetitions after warm-up. The library's fast path and
 its plain reference path (``reference=True``: affine_grid sampling, dense image products, every
 object drawn in its step) are timed in the same run, in alternating blocks, so their ratio is
@@ -32,6 +38,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from airscene.checkpoint import load_model
 from airscene.config import RunConfig
 from airscene.data.scenes import load_scenes
 from airscene.train import Trainer, resolve_device
@@ -101,21 +108,25 @@ def main(argv: list[str] | None = None) -> int:
     scenes = load_scenes(config.data, "train")
     images = torch.from_numpy(scenes.images).to(device)
     counts = torch.from_numpy(scenes.counts).to(device)
-    training = {}
-    for batch in (1, 32, 64, 128):
+    shipped = load_model("default", device)[0].state_dict()
+
+    def time_training(batch: int, trained: bool) -> dict[str, float]:
         run = dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=batch))
         fast, reference = Trainer(run, device), Trainer(run, device, reference=True)
+        if trained:
+            fast.model.load_state_dict(shipped)
+            reference.model.load_state_dict(shipped)
         seconds = interleaved_medians(
             {
-                "fast": lambda fast=fast: fast.train_step(images, counts),
-                "reference": lambda reference=reference: reference.train_step(images, counts),
+                "fast": lambda: fast.train_step(images, counts),
+                "reference": lambda: reference.train_step(images, counts),
             },
             device,
             warmup=5,
             repeats=repeats,
         )
-        flops = count_flops(lambda reference=reference: reference.train_step(images, counts))
-        training[batch] = {
+        flops = count_flops(lambda: reference.train_step(images, counts))
+        return {
             "ms_per_step": seconds["fast"] * 1e3,
             "steps_per_second": 1 / seconds["fast"],
             "reference_ms_per_step": seconds["reference"] * 1e3,
@@ -125,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
             "reference_fraction_of_matmul_limit": flops / seconds["reference"] / limit,
         }
 
+    training = {batch: time_training(batch, trained=True) for batch in (1, 32, 64, 128)}
+    training_at_init = {64: time_training(64, trained=False)}
+
     model = Trainer(config, device).model.eval()
+    model.load_state_dict(shipped)
     inference = {}
     with torch.no_grad():
         for batch in (1, 64, 512):
@@ -166,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
         },
         "matmul_gflops": limit / 1e9,
+        "training_weights": "shipped model (airscene/pretrained/air-multi-mnist)",
         "training": training,
+        "training_at_init": training_at_init,
+        "inference_weights": "shipped model",
         "inference": inference,
         "peak_memory_mib": peak,
         "pyro_reference_ms_per_step_batch64_cpu": 117.0,
@@ -175,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or HERE / "results" / f"speed-{device.type}.json")
     out.write_text(json.dumps(summary, indent=1))
     print(f"matmul limit: {limit / 1e9:.0f} GFLOP/s on {device}")
-    for batch, row in training.items():
+    rows = [(f"{batch:>3}", row) for batch, row in training.items()]
+    rows += [(f"{batch:>3} from init", row) for batch, row in training_at_init.items()]
+    for batch, row in rows:
         print(
-            f"train batch {batch:>3}: {row['ms_per_step']:6.1f} ms/step, {row['steps_per_second']:5.1f} steps/s "
+            f"train batch {batch}: {row['ms_per_step']:6.1f} ms/step, {row['steps_per_second']:5.1f} steps/s "
             f"(reference {row['reference_ms_per_step']:.1f} ms, x{row['speedup_over_reference']:.2f}), "
             f"{row['gflop_per_step']:.2f} GFLOP, {100 * row['fraction_of_matmul_limit']:.0f}% of the matmul limit"
         )

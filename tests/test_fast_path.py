@@ -15,8 +15,13 @@ import torch
 
 from airscene.checkpoint import read_checkpoint, save_checkpoint
 from airscene.config import ModelConfig, RunConfig, TrainConfig
-from airscene.model import AIR
-from airscene.networks import BaselineNetwork, ImageProjection, _sparse_pays
+from airscene.model import AIR, decided_steps
+from airscene.networks import (
+    BaselineNetwork,
+    ImageProjection,
+    _sparse_pays,
+    _SparseImageProduct,
+)
 from airscene.objective import SignalNormaliser, air_objective
 from airscene.spatial import read_grid, write_grid
 from airscene.train import Trainer
@@ -39,7 +44,12 @@ def losses_and_gradients(model, baseline, x, reference: bool):
     model.zero_grad(set_to_none=True)
     baseline.zero_grad(set_to_none=True)
     inference = model(x, generator=torch.Generator().manual_seed(7), reference=reference)
-    baselines = baseline(x.flatten(1), inference.previous_latents().detach(), reference=reference)
+    baselines = baseline(
+        x.flatten(1),
+        inference.previous_latents().detach(),
+        reference=reference,
+        decided=decided_steps(inference.z_pres),
+    )
     objective = air_objective(inference, baselines, SignalNormaliser())
     (objective.loss + objective.baseline_loss).backward()
     grads = {
@@ -66,7 +76,15 @@ def test_fast_path_equals_reference_path(dair):
 
     assert torch.equal(fast.z_pres, ref.z_pres)
     assert set(fast.count.tolist()) == {0, 1, 2, 3}
-    for name in ("z_where", "z_what", "log_q_z_pres", "log_q_object", "log_p_object", "canvas"):
+    # The fast path infers only decided steps; it leaves the latents of the others at zero.
+    decided = decided_steps(ref.z_pres).bool()
+    assert not decided.all(), "some images must stop before the last step"
+    latents = ("z_pres_prob", "z_where", "z_where_loc", "z_where_scale", "z_what")
+    for name in latents:
+        fast_value, ref_value = getattr(fast, name), getattr(ref, name)
+        torch.testing.assert_close(fast_value[decided], ref_value[decided], rtol=1e-5, atol=1e-4)
+        assert not fast_value[~decided].any(), name
+    for name in ("log_q_z_pres", "log_p_z_pres", "log_q_object", "log_p_object", "canvas"):
         torch.testing.assert_close(getattr(fast, name), getattr(ref, name), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(fast.elbo, ref.elbo, rtol=1e-6, atol=1e-3)
     torch.testing.assert_close(fast_objective.loss, ref_objective.loss, rtol=1e-6, atol=1e-3)
@@ -117,6 +135,32 @@ def test_sparse_product_only_for_mostly_blank_images():
     assert _sparse_pays(x.flatten(1))
     assert not _sparse_pays(torch.rand(8, 2500))  # photographs, noise: the dense product
     assert not _sparse_pays(x.flatten(1).requires_grad_())  # DAIR's residual needs a gradient
+
+
+def test_sparse_product_equals_dense_product_with_blank_images_and_pixels():
+    # Blank images (empty sums in the forward) and pixels lit in no image (empty rows of the
+    # weight gradient) included.
+    torch.manual_seed(0)
+    x = blank_canvas_images(16, seed=3).flatten(1)
+    x[3] = 0.0
+    x[:, :50] = 0.0
+    weight = torch.randn(2500, 40, requires_grad=True)
+    bias = torch.randn(40, requires_grad=True)
+    upstream = torch.randn(16, 40)
+    sparse = _SparseImageProduct.apply(x, weight, bias)
+    sparse_grads = torch.autograd.grad((sparse * upstream).sum(), (weight, bias))
+    dense = torch.addmm(bias, x, weight)
+    dense_grads = torch.autograd.grad((dense * upstream).sum(), (weight, bias))
+    torch.testing.assert_close(sparse, dense)
+    torch.testing.assert_close(sparse[3], bias.detach().expand(40))
+    for got, expected in zip(sparse_grads, dense_grads, strict=True):
+        torch.testing.assert_close(got, expected)
+    assert not sparse_grads[0][:50].any()
+    # A batch with no lit pixel at all.
+    empty = _SparseImageProduct.apply(torch.zeros(4, 2500), weight, bias)
+    (grad_weight,) = torch.autograd.grad(empty.sum(), weight)
+    torch.testing.assert_close(empty, bias.detach().expand(4, 40))
+    assert grad_weight.shape == weight.shape and not grad_weight.any()
 
 
 def test_image_projection_saves_and_loads_the_linear_layout():
