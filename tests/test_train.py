@@ -14,7 +14,7 @@ from airscene.checkpoint import CheckpointError, load_model, read_checkpoint, sa
 from airscene.cli import main
 from airscene.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from airscene.model import AIR
-from airscene.train import train, z_pres_prior_at
+from airscene.train import Trainer, train, z_pres_prior_at
 
 
 def tiny_config(**train_overrides) -> RunConfig:
@@ -243,3 +243,20 @@ def test_tiny_model_overfits_a_handful_of_scenes():
     with torch.no_grad():
         found = trainer.model(images_to_tensor(scenes.images), sample=False).count
     assert found.tolist() == scenes.counts.tolist()
+
+
+@pytest.mark.parametrize("grad_clip", [None, 5.0])
+def test_a_nonfinite_gradient_with_a_finite_loss_skips_the_step(grad_clip):
+    config = tiny_config(grad_clip=grad_clip, threads=None)
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (40, 50, 50), np.uint8))
+    trainer = Trainer(config, torch.device("cpu"))
+    assert trainer.train_step(images, None)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    weight = trainer.model.core.image_to_gates.weight
+    hook = weight.register_hook(lambda grad: grad.index_fill(0, torch.tensor([7]), float("nan")))
+    assert not trainer.train_step(images, None)
+    assert trainer.nonfinite_total == 1
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    hook.remove()
+    assert trainer.train_step(images, None) and trainer.nonfinite_in_a_row == 0
