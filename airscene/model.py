@@ -377,7 +377,7 @@ class AIR(nn.Module):
         image_gates = None if config.dair else self.core.project_image(x.flatten(1))
         canvas = torch.zeros_like(x)  # grows step by step for DAIR only
         rows = torch.arange(batch, device=x.device)  # images whose current step is decided
-        state = self.core.initial_state(batch, x)
+        state = None  # zero: the core's shortcut for a first step
         previous = x.new_zeros(batch, self.latent_dim)
         previous[:, -1] = 1.0
 

@@ -123,6 +123,7 @@ class RecurrentCore(nn.Module):
     def __init__(self, image_dim: int, latent_dim: int, hidden: int) -> None:
         super().__init__()
         self.hidden = hidden
+        self.latent_dim = latent_dim
         bound = hidden**-0.5  # nn.LSTMCell's initialisation
         self.image_to_gates = ImageProjection(image_dim, 4 * hidden, bound)
         self.state_to_gates = nn.Linear(latent_dim + hidden, 4 * hidden, bias=False)
@@ -136,12 +137,22 @@ class RecurrentCore(nn.Module):
         self,
         image_gates: torch.Tensor,
         latents: torch.Tensor,
-        state: tuple[torch.Tensor, torch.Tensor],
+        state: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        h, c = state
-        gates = image_gates + self.state_to_gates(torch.cat([latents, h], dim=-1))
-        i, f, g, o = gates.chunk(4, dim=-1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        """One LSTM step; ``state`` None is the zero initial state, taken as a shortcut."""
+        if state is None:
+            # h = c = 0: only the latents' columns of the weight contribute to the gates and the
+            # forget gate multiplies zero, so the (B, L + H) x (L + H, 4H) product shrinks to
+            # (B, L) x (L, 4H). Same numbers as the full step from zeros.
+            weight = self.state_to_gates.weight[:, : self.latent_dim]
+            gates = image_gates + F.linear(latents, weight)
+            i, _, g, o = gates.chunk(4, dim=-1)
+            c = torch.sigmoid(i) * torch.tanh(g)
+        else:
+            h, c = state
+            gates = image_gates + self.state_to_gates(torch.cat([latents, h], dim=-1))
+            i, f, g, o = gates.chunk(4, dim=-1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, c
 
@@ -239,8 +250,8 @@ class BaselineNetwork(nn.Module):
         """
         image_gates = self.core.project_image(image_flat, reference)
         batch, steps = previous_latents.shape[:2]
-        state = self.core.initial_state(batch, image_flat)
         if reference or decided is None:
+            state = self.core.initial_state(batch, image_flat)
             baselines = []
             for t in range(steps):
                 state = self.core(image_gates, previous_latents[:, t], state)
@@ -248,13 +259,14 @@ class BaselineNetwork(nn.Module):
             return torch.stack(baselines, dim=1)
 
         rows = torch.arange(batch, device=image_flat.device)  # images whose step t is decided
+        state = None  # zero
         values, index = [], []
         for t in range(steps):
             if t > 0:  # decided steps are nested: a step is decided only if the one before was
                 keep = decided[rows, t].nonzero().squeeze(1)
                 if keep.numel() < rows.numel():
                     rows = rows[keep]
-                    state = (state[0][keep], state[1][keep])
+                    state = (state[0][keep], state[1][keep])  # type: ignore[index]
             every_row = rows.numel() == batch
             gates = image_gates if every_row else image_gates[rows]
             latents = previous_latents[:, t] if every_row else previous_latents[rows, t]
