@@ -27,8 +27,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import os
-import platform
 import resource
 import statistics
 import time
@@ -41,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from airscene.checkpoint import load_model
 from airscene.config import RunConfig
 from airscene.data.scenes import load_scenes
+from airscene.experiments.count import hardware
 from airscene.train import Trainer, resolve_device
 
 HERE = Path(__file__).resolve().parent
@@ -173,13 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "speed",
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": str(device),
-        "hardware": {
-            "machine": platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-            "torch": torch.__version__,
-        },
+        "hardware": hardware(),
         "matmul_gflops": limit / 1e9,
         "training_weights": "shipped model (airscene/pretrained/air-multi-mnist)",
         "training": training,

@@ -31,13 +31,24 @@ PYRO_FINAL_ACCURACY = 0.987  # the Pyro example after ~200k steps (~4 GPU-hours)
 THRESHOLDS = (0.95, 0.98)
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux; ``platform.processor()`` is empty there)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def hardware() -> dict[str, Any]:
     """What the figures were measured on."""
     from airscene import __version__
 
     return {
         "machine": platform.machine(),
-        "processor": platform.processor() or None,
+        "processor": platform.processor() or cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
