@@ -178,7 +178,9 @@ class Inference:
 
     Masked terms are exactly zero: ``log_q_z_pres``/``log_p_z_pres`` count only steps whose
     previous z_pres was 1 (the step's z_pres was actually decided); the z_where/z_what terms in
-    ``log_q_object``/``log_p_object`` count only present objects.
+    ``log_q_object``/``log_p_object`` count only present objects. Steps after an image's first
+    z_pres = 0 are not inferred by the fast path: their latents are zero (the reference path
+    computes them, but nothing uses them).
     """
 
     z_pres: torch.Tensor  # (B, N) 1 = object present; once 0, 0 for every later step

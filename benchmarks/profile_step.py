@@ -1,10 +1,19 @@
-"""Where a training step's time goes: the PyTorch profiler over fast-path training steps of the
-default config, grouped by operation (self CPU time per step), plus the count of operations.
+"""Where a training step's time goes, two ways, on fast-path training steps of the default config:
 
-    python benchmarks/profile_step.py              # batch 64; --batch N, --steps N
+1. by phase, in wall-clock time without a profiler: the minibatch, the network's forward pass,
+   the baseline's, the objective, the two backward passes, the finite-gradient check and the two
+   Adam updates (median per phase over timed steps; the phases replay ``Trainer.train_step``,
+   and their sum is checked against the real step timed in the same run);
+2. by operation, with the PyTorch profiler (self CPU time per step, and the count of
+   operations). The profiler adds its own cost to every operation and inflates some (it makes
+   the fills and writes of large fresh buffers look several times slower than they are), so
+   its per-step total is above the real one; use it for which operations run and how often.
 
-Profiling adds its own overhead to every operation, so the per-step total here is above what
-``speed.py`` measures; the split between operations is what this is for.
+    python benchmarks/profile_step.py              # batch 64; --batch N, --steps N, --init
+
+The network starts from the shipped model's weights (one that has learned to count, as in most
+of a run: the fast path skips the steps of images whose objects are all found), or with
+``--init`` from a fresh initialisation.
 """
 
 from __future__ import annotations
@@ -13,16 +22,73 @@ import argparse
 import dataclasses
 import datetime
 import json
+import statistics
+import time
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from airscene.checkpoint import load_model
 from airscene.config import RunConfig
 from airscene.data.scenes import load_scenes
+from airscene.experiments.count import hardware
+from airscene.model import decided_steps
+from airscene.objective import air_objective
 from airscene.train import Trainer
 
 HERE = Path(__file__).resolve().parent
+
+
+def phase_split(
+    trainer: Trainer, images: torch.Tensor, counts: torch.Tensor, steps: int
+) -> dict[str, float]:
+    """Median milliseconds of each phase of the training step, replayed as ``train_step`` runs
+    it (without its bookkeeping), and of the real ``train_step`` in alternation with it."""
+    tc = trainer.train_config
+    times: dict[str, list[float]] = {}
+
+    def lap(name: str, started: float) -> float:
+        now = time.perf_counter()
+        times.setdefault(name, []).append((now - started) * 1e3)
+        return now
+
+    for _ in range(steps):
+        started = time.perf_counter()
+        trainer.train_step(images, counts)
+        lap("whole train_step", started)
+
+        started = first = time.perf_counter()
+        index = torch.from_numpy(trainer.batch_order.integers(0, len(images), tc.batch_size))
+        x = images[index].float().div_(255.0)
+        started = lap("minibatch", started)
+        inference = trainer.model(x, generator=trainer.noise)
+        started = lap("network forward", started)
+        baselines = trainer.baseline(
+            x.flatten(1),
+            inference.previous_latents().detach(),
+            decided=decided_steps(inference.z_pres),
+        )
+        started = lap("baseline forward", started)
+        objective = air_objective(inference, baselines, trainer.normaliser)
+        trainer.model_optimiser.zero_grad(set_to_none=True)
+        trainer.baseline_optimiser.zero_grad(set_to_none=True)
+        started = lap("objective", started)
+        objective.loss.backward()
+        started = lap("network backward", started)
+        objective.baseline_loss.backward()
+        started = lap("baseline backward", started)
+        grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+        check = torch.stack([g.sum() for g in grads]).sum()
+        bool(torch.isfinite(objective.loss) & torch.isfinite(check))
+        started = lap("finite-gradient check", started)
+        trainer.model_optimiser.step()
+        started = lap("Adam, network", started)
+        trainer.baseline_optimiser.step()
+        lap("Adam, baseline", started)
+        lap("phases together", first)
+    warm = steps // 5  # the first steps warm the caches and the allocator
+    return {name: statistics.median(values[warm:]) for name, values in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="profiled steps")
+    parser.add_argument("--timed-steps", type=int, default=150, help="steps of the phase split")
+    parser.add_argument("--init", action="store_true", help="start from a fresh initialisation")
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--out", default=str(HERE / "results" / "profile_step.json"))
     args = parser.parse_args(argv)
@@ -41,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     scenes = load_scenes(config.data, "train")
     images, counts = torch.from_numpy(scenes.images), torch.from_numpy(scenes.counts)
     trainer = Trainer(config, torch.device("cpu"))
-    for _ in range(10):
-        trainer.train_step(images, counts)
+    if not args.init:
+        trainer.model.load_state_dict(load_model("default")[0].state_dict())
+    phases = phase_split(trainer, images, counts, args.timed_steps)
+
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         for _ in range(args.steps):
             trainer.train_step(images, counts)
@@ -59,15 +129,20 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "benchmark": "profile_step",
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "hardware": hardware(),
         "batch": args.batch,
-        "torch_threads": torch.get_num_threads(),
+        "weights": "fresh initialisation" if args.init else "shipped model",
+        "phase_ms_per_step": phases,
         "profiled_ms_per_step": sum(e["self_ms_per_step"] for e in per_step),
         "aten_operations_per_step": sum(e["calls_per_step"] for e in operations),
         "top": per_step[: args.top],
     }
     Path(args.out).write_text(json.dumps(summary, indent=1))
+    print(f"training step at batch {args.batch} by phase (wall clock, median ms):")
+    for name, ms in phases.items():
+        print(f"{ms:7.2f} ms  {name}")
     print(
-        f"profiled step at batch {args.batch}: {summary['profiled_ms_per_step']:.1f} ms, "
+        f"profiled step: {summary['profiled_ms_per_step']:.1f} ms (with the profiler's cost), "
         f"{summary['aten_operations_per_step']:.0f} aten operations"
     )
     for row in summary["top"]:

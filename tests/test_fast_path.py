@@ -1,10 +1,12 @@
 """The fast path against the plain reference path: same weights and noise, same numbers.
 
-The fast path builds sampling grids directly, multiplies mostly-blank images sparsely, holds
-the image projections as (in, out) and draws plain AIR's objects after the loop, only those
-present. None of that may change the mathematics: latents, losses and every gradient agree
-with the reference path (affine_grid, dense products, every object drawn in its step) to float
-rounding, for AIR and DAIR.
+The fast path computes each step only for the images whose z_pres is still decided, builds
+sampling grids directly, multiplies mostly-blank images sparsely (embedding_bag), holds the
+image projections as (in, out), starts each LSTM from its zero state with the latents' columns
+alone and draws plain AIR's objects after the loop, only those present. None of that may change
+the mathematics: latents of decided steps, losses, every gradient and the random stream agree
+with the reference path (every step for every image, affine_grid, dense products, every object
+drawn in its step) to float rounding, for AIR and DAIR.
 """
 
 import copy
@@ -43,7 +45,8 @@ def blank_canvas_images(batch: int = 48, seed: int = 1) -> torch.Tensor:
 def losses_and_gradients(model, baseline, x, reference: bool):
     model.zero_grad(set_to_none=True)
     baseline.zero_grad(set_to_none=True)
-    inference = model(x, generator=torch.Generator().manual_seed(7), reference=reference)
+    generator = torch.Generator().manual_seed(7)
+    inference = model(x, generator=generator, reference=reference)
     baselines = baseline(
         x.flatten(1),
         inference.previous_latents().detach(),
@@ -58,7 +61,7 @@ def losses_and_gradients(model, baseline, x, reference: bool):
         for name, p in net.named_parameters()
         if p.grad is not None
     }
-    return inference, objective, grads
+    return inference, objective, grads, generator.get_state()
 
 
 @pytest.mark.parametrize("dair", [False, True])
@@ -71,10 +74,15 @@ def test_fast_path_equals_reference_path(dair):
     x = blank_canvas_images()
     assert _sparse_pays(x.flatten(1)), "the test images must take the sparse product"
 
-    fast, fast_objective, fast_grads = losses_and_gradients(model, baseline, x, reference=False)
-    ref, ref_objective, ref_grads = losses_and_gradients(model, baseline, x, reference=True)
+    fast, fast_objective, fast_grads, fast_rng = losses_and_gradients(
+        model, baseline, x, reference=False
+    )
+    ref, ref_objective, ref_grads, ref_rng = losses_and_gradients(
+        model, baseline, x, reference=True
+    )
 
     assert torch.equal(fast.z_pres, ref.z_pres)
+    assert torch.equal(fast_rng, ref_rng), "both paths must draw the same random numbers"
     assert set(fast.count.tolist()) == {0, 1, 2, 3}
     # The fast path infers only decided steps; it leaves the latents of the others at zero.
     decided = decided_steps(ref.z_pres).bool()
@@ -95,6 +103,29 @@ def test_fast_path_equals_reference_path(dair):
         scale = ref_grads[name].abs().max().clamp_min(1e-3)
         assert torch.isfinite(grad).all(), name
         assert float((grad - ref_grads[name]).abs().max() / scale) < 1e-3, name
+
+
+@pytest.mark.parametrize("dair", [False, True])
+def test_fast_path_when_every_image_stops_at_the_first_step(dair):
+    # No image has an object: steps 2 and 3 have no rows to compute, yet they draw the same
+    # random numbers as the reference path, so the generator ends in the same state.
+    config = dataclasses.replace(CONFIG, dair=dair)
+    torch.manual_seed(0)
+    model = AIR(config)
+    with torch.no_grad():
+        model.predictor.net[-1].bias[0] = -30.0
+    x = blank_canvas_images(8)
+    results = {}
+    for reference in (False, True):
+        generator = torch.Generator().manual_seed(5)
+        inference = model(x, generator=generator, reference=reference)
+        results[reference] = (inference, generator.get_state())
+    (fast, fast_rng), (ref, ref_rng) = results[False], results[True]
+    assert not fast.z_pres.any() and not ref.z_pres.any()
+    assert torch.equal(fast_rng, ref_rng)
+    torch.testing.assert_close(fast.elbo, ref.elbo)
+    assert not fast.canvas.any()
+    assert not fast.z_where[:, 1:].any()  # never inferred
 
 
 def test_trainers_on_both_paths_stay_together():
