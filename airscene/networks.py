@@ -22,8 +22,8 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 
 # Below this fraction of non-zero pixels the sparse product (forward and weight gradient) beats
 # the dense one on CPU: benchmarks/speed_probes.py at batch 64, randomly placed pixels, measured
-# 1.4 against 4.7 ms at 6% non-zero (Multi-MNIST's density), 3.4 against 4.7 ms at 20% and
-# 4.5 against 4.7 ms at 30%.
+# 1.2 against 4.0 ms at 6% non-zero (Multi-MNIST's density), 2.8 against 4.1 ms at 20%, 3.2
+# against 4.1 ms at 30% and 5.8 against 3.9 ms at 50%.
 SPARSE_DENSITY_LIMIT = 0.25
 
 

@@ -5,9 +5,10 @@
    Adam updates (median per phase over timed steps; the phases replay ``Trainer.train_step``,
    and their sum is checked against the real step timed in the same run);
 2. by operation, with the PyTorch profiler (self CPU time per step, and the count of
-   operations). The profiler adds its own cost to every operation and inflates some (it makes
-   the fills and writes of large fresh buffers look several times slower than they are), so
-   its per-step total is above the real one; use it for which operations run and how often.
+   operations). The profiler adds its own cost to every operation and can distort some (in one
+   run it showed the zero fills of the 10 MB weight gradients several times slower than they
+   take when timed alone); use it for which operations run and how often, and the phases for
+   time.
 
     python benchmarks/profile_step.py              # batch 64; --batch N, --steps N, --init
 
