@@ -92,6 +92,21 @@ class StepNoise:
         return self._rows(_standard_normal((self.batch, dim), self.like, self.generator))
 
 
+def _draw_z_pres_and_where(
+    z_pres_logit: torch.Tensor,
+    where_loc: torch.Tensor,
+    where_scale: torch.Tensor,
+    noise: StepNoise | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q(z_pres = 1), a z_pres draw and a reparameterised z_where draw for one step, in the
+    order both inference paths must draw them (the mode of each where ``noise`` is None)."""
+    z_pres_prob = torch.sigmoid(z_pres_logit)
+    if noise is None:
+        return z_pres_prob, (z_pres_prob >= 0.5).to(z_pres_prob.dtype), where_loc
+    z_pres = (noise.uniform() < z_pres_prob).to(z_pres_prob.dtype)
+    return z_pres_prob, z_pres, where_loc + where_scale * noise.normal(3)
+
+
 # ---------------------------------------------------------------------------------------------
 # Objects: what an object looks like and how it is drawn (pluggable)
 
@@ -374,7 +389,6 @@ class AIR(nn.Module):
         """
         config = self.config
         batch, steps, size = x.shape[0], config.max_steps, config.canvas_size
-        dtype = x.dtype
         # Plain AIR sees the same image at every step: project it into the gates once.
         image_gates = None if config.dair else self.core.project_image(x.flatten(1))
         canvas = torch.zeros_like(x)  # grows step by step for DAIR only
@@ -399,13 +413,9 @@ class AIR(nn.Module):
             z_pres_logit, where_loc, where_scale = self.predictor(state[0])
 
             noise = StepNoise(generator, batch, x, None if every_row else rows) if sample else None
-            z_pres_prob = torch.sigmoid(z_pres_logit)
-            if noise is not None:
-                z_pres = (noise.uniform() < z_pres_prob).to(dtype)
-                z_where = where_loc + where_scale * noise.normal(3)
-            else:
-                z_pres = (z_pres_prob >= 0.5).to(dtype)
-                z_where = where_loc
+            z_pres_prob, z_pres, z_where = _draw_z_pres_and_where(
+                z_pres_logit, where_loc, where_scale, noise
+            )
             glimpse = read_glimpse(seen, z_where, config.glimpse_size)
             z_what, log_q_what = self.objects.infer(glimpse, noise)
 
@@ -509,14 +519,10 @@ class AIR(nn.Module):
             z_pres_logit, where_loc, where_scale = self.predictor(state[0])
 
             # z_pres: decided only while every earlier object was present.
-            z_pres_prob = torch.sigmoid(z_pres_logit)
             noise = StepNoise(generator, batch, x) if sample else None
-            if noise is not None:
-                draw = (noise.uniform() < z_pres_prob).to(x.dtype)
-                z_where = where_loc + where_scale * noise.normal(3)
-            else:
-                draw = (z_pres_prob >= 0.5).to(x.dtype)
-                z_where = where_loc
+            z_pres_prob, draw, z_where = _draw_z_pres_and_where(
+                z_pres_logit, where_loc, where_scale, noise
+            )
             present = draw * previous_present
 
             # z_where by reparameterisation, then the glimpse at z_where and z_what from it.
