@@ -207,18 +207,10 @@ class Trainer:
         self.baseline_optimiser.zero_grad(set_to_none=True)
         objective.loss.backward()
         objective.baseline_loss.backward()
-        # A non-finite gradient must not reach Adam. Clipping needs the norm; without it, one sum
-        # per gradient tells the same (a NaN or inf anywhere makes it non-finite) and reads the
-        # 10 MB image-projection gradient faster than a norm does (0.5 against 0.85 ms a step).
-        if tc.grad_clip is not None:
-            grad_check = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        else:
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            grad_check = torch.stack([g.sum() for g in grads]).sum()
         finite = bool(
             torch.isfinite(objective.loss)
             & torch.isfinite(objective.baseline_loss)
-            & torch.isfinite(grad_check)
+            & torch.isfinite(self.clip_and_check_gradients())
         )
         if not finite:
             self.nonfinite_in_a_row += 1
@@ -238,6 +230,18 @@ class Trainer:
             )
         self.summed_steps += 1
         return True
+
+    def clip_and_check_gradients(self) -> torch.Tensor:
+        """Clip the network's gradients if configured; a scalar that is finite only if every
+        gradient is. A non-finite gradient must not reach Adam. Clipping needs the norm; without
+        it, one sum per gradient tells the same (a NaN or inf anywhere makes it non-finite) and
+        reads the 10 MB image-projection gradient faster than a norm does (0.5 against 0.85 ms a
+        step)."""
+        clip = self.train_config.grad_clip
+        if clip is not None:
+            return torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return torch.stack([g.sum() for g in grads]).sum()
 
     def take_means(self) -> tuple[float, float, float]:
         """Mean loss, ELBO and count accuracy since the last call (NaN where nothing was summed)."""

@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 import torch
+from speed import new_trainer  # benchmarks/, beside this script
 from torch.profiler import ProfilerActivity, profile
 
-from airscene.checkpoint import load_model
 from airscene.config import RunConfig
 from airscene.data.scenes import load_scenes
 from airscene.experiments.count import hardware
@@ -79,8 +79,7 @@ def phase_split(
         started = lap("network backward", started)
         objective.baseline_loss.backward()
         started = lap("baseline backward", started)
-        grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
-        check = torch.stack([g.sum() for g in grads]).sum()
+        check = trainer.clip_and_check_gradients()
         bool(torch.isfinite(objective.loss) & torch.isfinite(check))
         started = lap("finite-gradient check", started)
         trainer.model_optimiser.step()
@@ -109,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     scenes = load_scenes(config.data, "train")
     images, counts = torch.from_numpy(scenes.images), torch.from_numpy(scenes.counts)
-    trainer = Trainer(config, torch.device("cpu"))
-    if not args.init:
-        trainer.model.load_state_dict(load_model("default")[0].state_dict())
+    trainer = new_trainer(config, torch.device("cpu"), trained=not args.init)
     phases = phase_split(trainer, images, counts, args.timed_steps)
 
     with profile(activities=[ProfilerActivity.CPU]) as profiler:

@@ -35,12 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from speed import median_seconds, new_trainer  # benchmarks/, beside this script
 
-from airscene.checkpoint import load_model
 from airscene.config import DataConfig, RunConfig
 from airscene.data.scenes import load_scenes
 from airscene.experiments.count import hardware
-from airscene.train import Trainer
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,20 +64,11 @@ def run_seconds(python: str, pyro_air: Path, steps: int, stand_ins: Path) -> flo
 
 
 def airscene_step_ms(trained: bool, steps: int = 100) -> float:
-    config = RunConfig()
+    config, device = RunConfig(), torch.device("cpu")
     scenes = load_scenes(config.data, "train")
     images, counts = torch.from_numpy(scenes.images), torch.from_numpy(scenes.counts)
-    trainer = Trainer(config, torch.device("cpu"))
-    if trained:
-        trainer.model.load_state_dict(load_model("default")[0].state_dict())
-    for _ in range(10):
-        trainer.train_step(images, counts)
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        trainer.train_step(images, counts)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e3
+    trainer = new_trainer(config, device, trained)
+    return median_seconds(lambda: trainer.train_step(images, counts), device, 10, steps) * 1e3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,12 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(HERE / "results" / "pyro_step_time.json"))
     args = parser.parse_args(argv)
     pyro_air = Path(args.pyro_air).resolve()
-    version = subprocess.run(
-        [args.python, "-c", "import pyro, torch; print(pyro.__version__, torch.__version__)"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
+    if not (pyro_air / "main.py").is_file():
+        parser.error(f"{pyro_air} holds no main.py: give Pyro 1.9.1's examples/air folder")
+    try:
+        version = subprocess.run(
+            [args.python, "-c", "import pyro, torch; print(pyro.__version__, torch.__version__)"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        parser.error(f"{args.python} cannot import pyro and torch: give a Python with pyro-ppl")
     write_example_data(pyro_air)
     step_ms: list[float] = []
     ours: dict[str, list[float]] = {"shipped weights": [], "fresh initialisation": []}
