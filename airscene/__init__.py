@@ -3,8 +3,6 @@
 Find, count and describe the objects in an image without labels.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from airscene.checkpoint import load_model
 from airscene.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from airscene.data import Scenes, load_mnist, load_scenes
@@ -12,12 +10,8 @@ from airscene.errors import AirsceneError
 from airscene.evaluate import Evaluation, evaluate
 from airscene.model import AIR
 from airscene.pipeline import Pipeline, load
+from airscene.provenance import __version__
 from airscene.train import train
-
-try:
-    __version__ = version("airscene")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "AIR",

@@ -4,7 +4,11 @@ A checkpoint is a directory:
   model.safetensors     the AIR weights
   baseline.safetensors  the NVIL baseline network (and signal normaliser) weights
   trainer.pt            optimiser states and RNG states (plain tensors; read with weights_only=True)
-  checkpoint.json       format version, library version, step, metrics and the full RunConfig
+  checkpoint.json       format version, library version, the object model's kind, step,
+                        metrics and the full RunConfig
+
+Checkpoints written before object models had their own settings hold a flat model config;
+``ModelConfig.upgrade`` reads it into today's layout (their weights are unchanged).
 
 It is written into a temporary directory and renamed into place, so a crash never leaves a
 half-written checkpoint under the final name.
@@ -26,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from airscene.config import ConfigError, RunConfig, from_dict, to_dict
 from airscene.errors import AirsceneError
+from airscene.provenance import __version__
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -36,12 +41,6 @@ META_FILE = "checkpoint.json"
 
 class CheckpointError(AirsceneError):
     """A checkpoint that is missing, corrupt, from another format, or does not fit its config."""
-
-
-def _library_version() -> str:
-    from airscene import __version__
-
-    return __version__
 
 
 def _fsync_dir(path: Path) -> None:
@@ -86,7 +85,8 @@ def save_checkpoint(
             torch.save(trainer_state, staging / TRAINER_FILE)
         meta = {
             "format_version": FORMAT_VERSION,
-            "library_version": _library_version(),
+            "library_version": __version__,
+            "object_model": config.model.objects.kind,
             "step": step,
             "metrics": metrics or {},
             "config": to_dict(config),
@@ -224,9 +224,9 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu"):
     """The AIR model of a checkpoint or run directory, in eval mode, and the checkpoint read."""
-    from airscene.model import AIR
+    from airscene.model import build_model
 
     checkpoint = read_checkpoint(path)
-    model = AIR(checkpoint.config.model)
+    model = build_model(checkpoint.config.model)
     load_state(model, checkpoint.model_state, checkpoint.path / MODEL_FILE)
     return model.to(device).eval(), checkpoint

@@ -72,7 +72,8 @@ def _value_parser(hint: Any) -> tuple[Callable[[str], Any], str]:
                 )
             return values
 
-        return parse_tuple, "A,B,..." if args[-1] is Ellipsis else ",".join("AB"[: len(args)])
+        arity = "A,B,..." if args[-1] is Ellipsis else ",".join("ABCDEFGH"[: len(args)])
+        return parse_tuple, arity
     if origin is typing.Literal:
         return str, "{" + ",".join(map(str, args)) + "}"
     return _scalar_parser(hint), hint.__name__.upper()
@@ -85,13 +86,26 @@ def add_config_arguments(
     rename: dict[str, str] | None = None,
 ) -> None:
     """Add one ``--flag`` per field of dataclass ``cls`` (its help text, type and default);
-    ``rename`` gives a field another flag name where two configs share a field name."""
+    ``rename`` gives a field another flag name where two configs share a field name. A field
+    that holds one of several config kinds (``ModelConfig.objects``) becomes ``--FIELD KIND``,
+    and the fields of every kind get flags of their own."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(
         f"{cls.__name__} ({(cls.__doc__ or '').strip().splitlines()[0]})"
     )
     for field in dataclasses.fields(cls):
         if field.name in exclude:
+            continue
+        kinds = field.metadata.get("kinds")
+        if kinds is not None:
+            group.add_argument(
+                "--" + field.name.replace("_", "-"),
+                choices=tuple(kinds),
+                default=None,
+                help=f"{field.metadata.get('help', '')} (default: {field.default_factory().kind})",
+            )
+            for kind in kinds.values():
+                add_config_arguments(parser, kind, exclude=("kind",))
             continue
         dest = (rename or {}).get(field.name, field.name)
         flag = "--" + dest.replace("_", "-")
@@ -134,12 +148,51 @@ def config_from_args(
     default)."""
     given = {}
     for field in dataclasses.fields(cls):
+        kinds = field.metadata.get("kinds")
+        if kinds is not None:
+            inner = getattr(base, field.name) if base is not None else field.default_factory()
+            given[field.name] = _kind_from_args(field.name, kinds, args, inner)
+            continue
         value = getattr(args, (rename or {}).get(field.name, field.name), None)
         if value is not None:
             given[field.name] = value
     if base is not None:
         return dataclasses.replace(base, **given, **overrides)
     return cls(**{**given, **overrides})
+
+
+def _kind_from_args(name: str, kinds: dict[str, type], args: argparse.Namespace, base: Any) -> Any:
+    """The config of the kind ``--NAME`` chooses (else ``base``'s), from its own flags; a flag
+    of another kind is an error."""
+    kind = getattr(args, name, None) or base.kind
+    for other, other_cls in kinds.items():
+        stray = [] if other == kind else given_fields(other_cls, args, exclude=("kind",))
+        if stray:
+            flags = ", ".join(f"--{f.replace('_', '-')}" for f in stray)
+            raise AirsceneError(f"{flags}: a setting of --{name} {other}, not of {kind}")
+    return config_from_args(kinds[kind], args, base=base if base.kind == kind else None)
+
+
+def given_fields(
+    cls: type,
+    args: argparse.Namespace,
+    rename: dict[str, str] | None = None,
+    exclude: Sequence[str] = (),
+) -> list[str]:
+    """The fields of ``cls`` (and of the configs it holds) that were given as flags."""
+    names = []
+    for field in dataclasses.fields(cls):
+        if field.name in exclude:
+            continue
+        kinds = field.metadata.get("kinds")
+        if kinds is not None:
+            if getattr(args, field.name, None) is not None:
+                names.append(field.name)
+            for kind in kinds.values():
+                names += given_fields(kind, args, exclude=("kind",))
+        elif getattr(args, (rename or {}).get(field.name, field.name), None) is not None:
+            names.append((rename or {}).get(field.name, field.name))
+    return names
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,14 +271,9 @@ def _train(args: argparse.Namespace) -> int:
     command = ["airscene", *sys.argv[1:]]
     if args.resume:
         given = [
-            name
-            for cls, rename in (
-                (ModelConfig, None),
-                (TrainConfig, None),
-                (DataConfig, _DATA_RENAME),
-            )
-            for name in (f.name for f in dataclasses.fields(cls))
-            if getattr(args, (rename or {}).get(name, name), None) is not None
+            *given_fields(ModelConfig, args),
+            *given_fields(TrainConfig, args),
+            *given_fields(DataConfig, args, rename=_DATA_RENAME),
         ]
         if given or args.run_dir or args.force:
             extra = ", ".join(f"--{n.replace('_', '-')}" for n in given) or "--run-dir/--force"
@@ -378,64 +426,61 @@ def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _experiment(args: argparse.Namespace) -> int:
-    out = Path(args.out or f"results/{args.name}")
-    if args.name != "generalisation" and args.reuse:
-        raise AirsceneError("--reuse applies to the generalisation experiment only")
-    if args.name != "downstream" and args.model is not None:
-        raise AirsceneError("--model applies to the downstream experiment only")
-    if args.name != "count" and args.curves_from is not None:
-        raise AirsceneError("--curves-from applies to the count experiment only")
-    if args.name == "downstream":
-        from airscene.experiments.downstream import REPRESENTATIONS, run_downstream
+def _experiment_downstream(args: argparse.Namespace) -> int:
+    from airscene.experiments.downstream import REPRESENTATIONS, run_downstream
 
-        summary = run_downstream(
-            out, quick=args.quick, seed=args.seed, model=args.model or "default"
+    out = _experiment_out(args)
+    summary = run_downstream(out, quick=args.quick, seed=args.seed, model=args.model)
+    for task, rows in summary["results"].items():
+        largest = max(int(k) for k in rows if k.isdigit())
+        cells = ", ".join(
+            f"{name} {100 * rows[str(largest)][name]['accuracy']:.1f}%" for name in REPRESENTATIONS
         )
-        for task, rows in summary["results"].items():
-            largest = max(int(k) for k in rows if k.isdigit())
-            cells = ", ".join(
-                f"{name} {100 * rows[str(largest)][name]['accuracy']:.1f}%"
-                for name in REPRESENTATIONS
-            )
-            print(f"{task} with {largest:,} labels: {cells}")
-    elif args.name == "count":
-        from airscene.experiments.count import run_count
-
-        summary = run_count(out, quick=args.quick, seed=args.seed, curves_from=args.curves_from)
-        for name, run in summary["runs"].items():
-            print(f"{name}: final count accuracy {100 * run['final_count_accuracy']:.2f}%")
-    else:
-        from airscene.experiments.generalisation import TASKS, run_generalisation
-
-        reuse = {}
-        for item in args.reuse or []:
-            key, _, path = item.partition("=")
-            valid = [f"{t}/{m}" for t in TASKS for m in ("AIR", "DAIR")]
-            if key not in valid or not path:
-                raise AirsceneError(
-                    f"--reuse {item!r}: expected KEY=RUN_DIR with KEY one of {', '.join(valid)}"
-                )
-            reuse[key] = path
-        summary = run_generalisation(out, quick=args.quick, seed=args.seed, reuse=reuse)
-        for key, result in summary["results"].items():
-            print(f"{key}: {100 * result['count_accuracy']:.1f}% on {result['test_counts']} digits")
+        print(f"{task} with {largest:,} labels: {cells}")
     print(f"wrote {out / 'report.md'}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``airscene`` argument parser (verbs as sub-commands)."""
-    from airscene import __version__
+def _experiment_count(args: argparse.Namespace) -> int:
+    from airscene.experiments.count import run_count
 
-    parser = argparse.ArgumentParser(
-        prog="airscene",
-        description="Attend, Infer, Repeat: find, count and describe the objects in an image.",
-    )
-    parser.add_argument("--version", action="version", version=f"airscene {__version__}")
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
-    verbs.required = True
+    out = _experiment_out(args)
+    summary = run_count(out, quick=args.quick, seed=args.seed, curves_from=args.curves_from)
+    for name, run in summary["runs"].items():
+        print(f"{name}: final count accuracy {100 * run['final_count_accuracy']:.2f}%")
+    print(f"wrote {out / 'report.md'}")
+    return 0
 
+
+def _experiment_generalisation(args: argparse.Namespace) -> int:
+    from airscene.experiments.generalisation import TASKS, run_generalisation
+
+    out = _experiment_out(args)
+    reuse = {}
+    for item in args.reuse or []:
+        key, _, path = item.partition("=")
+        valid = [f"{t}/{m}" for t in TASKS for m in ("AIR", "DAIR")]
+        if key not in valid or not path:
+            raise AirsceneError(
+                f"--reuse {item!r}: expected KEY=RUN_DIR with KEY one of {', '.join(valid)}"
+            )
+        reuse[key] = path
+    summary = run_generalisation(out, quick=args.quick, seed=args.seed, reuse=reuse)
+    for key, result in summary["results"].items():
+        print(f"{key}: {100 * result['count_accuracy']:.1f}% on {result['test_counts']} digits")
+    print(f"wrote {out / 'report.md'}")
+    return 0
+
+
+def _experiment_out(args: argparse.Namespace) -> Path:
+    return Path(args.out or f"results/{args.experiment}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The parser, one builder per verb
+
+
+def _add_data_parser(verbs) -> None:
     data = verbs.add_parser("data", help="make and look at Multi-MNIST scenes")
     data_verbs = data.add_subparsers(dest="data_verb", metavar="ACTION")
     data_verbs.required = True
@@ -474,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(show, DataConfig, exclude=OWN_DATA_FIELDS)
     show.set_defaults(handler=_data_show)
 
+
+def _add_train_parser(verbs) -> None:
     train = verbs.add_parser(
         "train",
         help="train AIR (or DAIR with --dair) on Multi-MNIST",
@@ -495,6 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(train, DataConfig, exclude=("canvas_size",), rename=_DATA_RENAME)
     train.set_defaults(handler=_train)
 
+
+def _add_eval_parser(verbs) -> None:
     evaluate = verbs.add_parser(
         "eval",
         help="count accuracy, count confusion, box IoU, ELBO and log p(x) on held-out scenes",
@@ -513,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(handler=_eval)
 
+
+def _add_sample_parser(verbs) -> None:
     sample = verbs.add_parser("sample", help="PNG grid of scenes drawn from the model's prior")
     sample.add_argument("--model", required=True, help="checkpoint or run directory")
     sample.add_argument("--n", type=int, default=36, help="scenes to draw")
@@ -520,6 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", default="samples.png", help="PNG file to write")
     sample.set_defaults(handler=_sample)
 
+
+def _add_show_parser(verbs) -> None:
     show = verbs.add_parser(
         "show", help="PNG of test images, reconstructions, inferred boxes and counts"
     )
@@ -534,6 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.set_defaults(handler=_show)
 
+
+def _add_infer_parser(verbs) -> None:
     infer = verbs.add_parser(
         "infer",
         help="find, count and describe the objects in your images (JSON Lines)",
@@ -563,43 +618,90 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--quiet", action="store_true", help="no progress bar")
     infer.set_defaults(handler=_infer)
 
+
+def _add_experiment_parser(verbs) -> None:
     experiment = verbs.add_parser(
         "experiment",
         help="reproduce one of the paper's experiments (report, figures, raw JSON)",
-        description="generalisation: AIR vs DAIR trained on {0,1,2} digits and tested on 3, "
-        "trained on {0,1,3} and tested on 2. downstream: the sum and the order of two digits "
-        "learnt from 10-10,000 labels on frozen AIR latents, VAE latents, or pixels (CNN). "
-        "count: count accuracy against steps and wall time for AIR and DAIR.",
+        description="Each experiment writes report.md, figures and raw JSON into --out "
+        "(default: results/NAME).",
     )
-    experiment.add_argument("name", choices=("generalisation", "downstream", "count"))
-    experiment.add_argument(
-        "--quick",
-        action="store_true",
-        help="small sizes, under 10 minutes on 2 CPU cores (generalisation: 2,000 steps and "
-        "1,000 test scenes per model; downstream: up to 1,000 labels; count: 1,500 steps)",
-    )
-    experiment.add_argument("--seed", type=int, default=0)
-    experiment.add_argument("--out", default=None, help="output directory (default: results/NAME)")
-    experiment.add_argument(
+    names = experiment.add_subparsers(dest="experiment", metavar="NAME")
+    names.required = True
+    parsers = {
+        "generalisation": names.add_parser(
+            "generalisation",
+            help="AIR vs DAIR trained on {0,1,2} digits and tested on 3, trained on {0,1,3} and "
+            "tested on 2",
+        ),
+        "downstream": names.add_parser(
+            "downstream",
+            help="the sum and the order of two digits learnt from 10-10,000 labels on frozen AIR "
+            "latents, VAE latents, or pixels (CNN)",
+        ),
+        "count": names.add_parser(
+            "count", help="count accuracy against steps and wall time for AIR and DAIR"
+        ),
+    }
+    quick = {
+        "generalisation": "2,000 steps and 1,000 test scenes per model",
+        "downstream": "up to 1,000 labels",
+        "count": "1,500 steps",
+    }
+    for name, parser in parsers.items():
+        parser.add_argument(
+            "--quick",
+            action="store_true",
+            help=f"small sizes, under 10 minutes on 2 CPU cores ({quick[name]})",
+        )
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument(
+            "--out", default=None, help=f"output directory (default: results/{name})"
+        )
+    parsers["generalisation"].add_argument(
         "--reuse",
         action="append",
         metavar="KEY=RUN_DIR",
-        help="generalisation: use an existing run instead of training, e.g. "
-        "extrapolation/AIR=runs/air (repeatable)",
+        help="use an existing run instead of training, e.g. extrapolation/AIR=runs/air (repeatable)",
     )
-    experiment.add_argument(
+    parsers["generalisation"].set_defaults(handler=_experiment_generalisation)
+    parsers["downstream"].add_argument(
         "--model",
-        default=None,
-        help="downstream: the AIR checkpoint or run whose latents are read (default: the shipped model)",
+        default="default",
+        help="the AIR checkpoint or run whose latents are read (default: the shipped model)",
     )
-    experiment.add_argument(
+    parsers["downstream"].set_defaults(handler=_experiment_downstream)
+    parsers["count"].add_argument(
         "--curves-from",
         default=None,
         metavar="DIR",
-        help="count: read tta-{air,dair}-seedN.json curves written by benchmarks/time_to_accuracy.py "
+        help="read tta-{air,dair}-seedN.json curves written by benchmarks/time_to_accuracy.py "
         "instead of training",
     )
-    experiment.set_defaults(handler=_experiment)
+    parsers["count"].set_defaults(handler=_experiment_count)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``airscene`` argument parser (verbs as sub-commands)."""
+    from airscene.provenance import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="airscene",
+        description="Attend, Infer, Repeat: find, count and describe the objects in an image.",
+    )
+    parser.add_argument("--version", action="version", version=f"airscene {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+    for add in (
+        _add_data_parser,
+        _add_train_parser,
+        _add_eval_parser,
+        _add_sample_parser,
+        _add_show_parser,
+        _add_infer_parser,
+        _add_experiment_parser,
+    ):
+        add(verbs)
     return parser
 
 

@@ -120,15 +120,23 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def from_dict(cls: type[C], values: dict[str, Any]) -> C:
     """Build ``cls`` from a dict such as ``to_dict`` wrote; unknown keys are an error."""
+    upgrade = getattr(cls, "upgrade", None)
+    if upgrade is not None:
+        values = upgrade(values)
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
     kwargs = {}
     for name, value in values.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        hint, kinds = hints[name], fields[name].metadata.get("kinds")
+        if kinds is not None and isinstance(value, dict):
+            kind = value.get("kind")
+            if kind not in kinds:
+                raise ConfigError(f"{name}: unknown kind {kind!r} (known: {', '.join(kinds)})")
+            kwargs[name] = from_dict(kinds[kind], value)
+        elif dataclasses.is_dataclass(hint) and isinstance(value, dict):
             kwargs[name] = from_dict(hint, value)
         else:
             kwargs[name] = _coerce(hint, value)
@@ -149,32 +157,19 @@ def _coerce(hint: Any, value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """The AIR model: generative model p(x, z) and inference network q(z | x)."""
+class GlimpseConfig:
+    """The paper's 2D objects: a window z_where, the glimpse read in it, an appearance z_what."""
 
-    canvas_size: int = param(50, "side of the square image the model explains, in pixels")
-    max_steps: int = param(
-        3, "N: the most objects (inference steps) per image; the paper uses 3 for 0-2 digits"
+    kind: Literal["glimpse"] = param(
+        "glimpse", "the object model (glimpse: the paper's 2D objects)"
     )
-    dair: bool = param(False, "DAIR: the network reads the residual x - canvas-so-far instead of x")
     glimpse_size: int = param(28, "side of a glimpse (read by the encoder, drawn by the decoder)")
     z_what_dim: int = param(50, "dimensions of z_what, an object's appearance code")
-    lstm_size: int = param(256, "units of the inference network's LSTM")
     encoder_hidden: int = param(200, "hidden units of the glimpse encoder (glimpse -> z_what)")
     decoder_hidden: int = param(200, "hidden units of the glimpse decoder (z_what -> glimpse)")
-    predictor_hidden: int = param(
-        200, "hidden units of the z_pres / z_where predictor on the LSTM state"
-    )
-    baseline_lstm_size: int = param(256, "units of the NVIL baseline network's own LSTM")
     decoder_output_bias: float = param(
         -2.0,
         "initial bias before the decoder's sigmoid: glimpses start near blank (avoids collapse to 0 objects)",
-    )
-    z_pres_prior: float = param(
-        1e-7,
-        "rho: prior probability that another object is present; each object costs log(1/rho) nats, "
-        "so a strong prior (1e-7: 16.1 nats) stops one digit being split over two windows (with 1e-5, "
-        "3 of seeds 0-4 split digits for good)",
     )
     z_where_prior_loc: tuple[float, float, float] = param(
         (0.42, 0.0, 0.0),
@@ -190,35 +185,86 @@ class ModelConfig:
         "upper bound on q(z_where)'s standard deviation (None: unbounded softplus). A bound keeps "
         "glimpses where the network puts them instead of at random windows that merely copy pixels",
     )
+
+    def __post_init__(self) -> None:
+        _check(self.kind == "glimpse", f"GlimpseConfig is kind 'glimpse', got {self.kind!r}")
+        _check(self.glimpse_size >= 4, f"glimpse_size must be >= 4, got {self.glimpse_size}")
+        for name in ("z_what_dim", "encoder_hidden", "decoder_hidden"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        _check(self.z_where_prior_loc[0] > 0, "the prior mean of the z_where scale must be > 0")
+        _check(all(s > 0 for s in self.z_where_prior_scale), "z_where_prior_scale must be > 0")
+        _check(
+            self.z_where_max_scale is None or self.z_where_max_scale > 0,
+            "z_where_max_scale must be > 0",
+        )
+
+
+# The object models a ModelConfig can hold, by their ``kind``. A new object model adds its
+# config here (and its module to ``airscene.objects.OBJECT_MODELS``).
+OBJECT_CONFIGS: dict[str, type] = {"glimpse": GlimpseConfig}
+ObjectConfig = GlimpseConfig  # the union of OBJECT_CONFIGS' classes
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The AIR model: the recurrent core, the count prior and p(x | z); ``objects`` holds the
+    settings of the object model (what an object is and how objects make an image)."""
+
+    canvas_size: int = param(50, "side of the square image the model explains, in pixels")
+    max_steps: int = param(
+        3, "N: the most objects (inference steps) per image; the paper uses 3 for 0-2 digits"
+    )
+    dair: bool = param(False, "DAIR: the network reads the residual x - canvas-so-far instead of x")
+    lstm_size: int = param(256, "units of the inference network's LSTM")
+    predictor_hidden: int = param(
+        200,
+        "hidden units of the step's predictor (z_pres and the object's posterior) on the LSTM state",
+    )
+    baseline_lstm_size: int = param(256, "units of the NVIL baseline network's own LSTM")
+    z_pres_prior: float = param(
+        1e-7,
+        "rho: prior probability that another object is present; each object costs log(1/rho) nats, "
+        "so a strong prior (1e-7: 16.1 nats) stops one digit being split over two windows (with 1e-5, "
+        "3 of seeds 0-4 split digits for good)",
+    )
     likelihood: Literal["normal", "bernoulli"] = param("normal", "pixel likelihood p(x | z)")
     likelihood_sigma: float = param(0.3, "standard deviation of the normal pixel likelihood")
+    objects: ObjectConfig = field(
+        default_factory=GlimpseConfig,
+        metadata={"help": "the object model", "kinds": OBJECT_CONFIGS},
+    )
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
-        _check(
-            self.canvas_size >= 8 and self.glimpse_size >= 4,
-            "canvas_size >= 8 and glimpse_size >= 4",
-        )
-        for name in (
-            "z_what_dim",
-            "lstm_size",
-            "encoder_hidden",
-            "decoder_hidden",
-            "predictor_hidden",
-            "baseline_lstm_size",
-        ):
+        _check(self.canvas_size >= 8, f"canvas_size must be >= 8, got {self.canvas_size}")
+        for name in ("lstm_size", "predictor_hidden", "baseline_lstm_size"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         _check(
             0 < self.z_pres_prior < 1, f"z_pres_prior must lie in (0, 1), got {self.z_pres_prior}"
         )
-        _check(self.z_where_prior_loc[0] > 0, "the prior mean of the z_where scale must be > 0")
-        _check(all(s > 0 for s in self.z_where_prior_scale), "z_where_prior_scale must be > 0")
         _check(
             self.likelihood in ("normal", "bernoulli"), f"unknown likelihood {self.likelihood!r}"
         )
         _check(
             self.likelihood_sigma > 0, f"likelihood_sigma must be > 0, got {self.likelihood_sigma}"
         )
+        _check(
+            isinstance(self.objects, tuple(OBJECT_CONFIGS.values())),
+            f"objects must be one of {', '.join(OBJECT_CONFIGS)}' configs, got {self.objects!r}",
+        )
+
+    @staticmethod
+    def upgrade(values: dict[str, Any]) -> dict[str, Any]:
+        """A model config as written before object models had their own settings (every field
+        flat in the model's dict) -> today's layout, the glimpse fields under ``objects``."""
+        if "objects" in values:
+            return values
+        glimpse = {f.name for f in dataclasses.fields(GlimpseConfig)}
+        moved = {k: v for k, v in values.items() if k in glimpse}
+        return {
+            **{k: v for k, v in values.items() if k not in glimpse},
+            "objects": {"kind": "glimpse", **moved},
+        }
 
 
 @dataclass(frozen=True)

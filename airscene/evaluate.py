@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from airscene.data.scenes import Scenes
+from airscene.data.training import images_to_tensor
 from airscene.model import AIR
 from airscene.objective import importance_weighted_log_px
 from airscene.spatial import z_where_to_box
@@ -38,16 +39,6 @@ class Evaluation:
         }
 
 
-def images_to_tensor(
-    images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """uint8 (B, H, W) or float images -> float32 (B, H, W) in [0, 1] on ``device``."""
-    tensor = torch.as_tensor(images)
-    if tensor.dtype == torch.uint8:
-        return tensor.to(device).float().div_(255.0)
-    return tensor.to(device=device, dtype=torch.float32)
-
-
 @torch.no_grad()
 def ink_boxes(model: AIR, inference, threshold: float = 0.1) -> torch.Tensor:
     """The tight pixel box (B, N, 4) of what each inferred object draws (pixels above
@@ -56,9 +47,7 @@ def ink_boxes(model: AIR, inference, threshold: float = 0.1) -> torch.Tensor:
     size = model.config.canvas_size
     boxes = z_where_to_box(inference.z_where, size).clone()
     for t in range(inference.z_where.shape[1]):
-        drawn = (
-            model.objects.render(inference.z_what[:, t], inference.z_where[:, t], size) > threshold
-        )
+        drawn = model.objects.draw({k: v[:, t] for k, v in inference.objects.items()}) > threshold
         rows, cols = drawn.any(dim=2), drawn.any(dim=1)  # (B, H), (B, W)
         has_ink = rows.any(dim=1)
         index = torch.arange(size, device=drawn.device)

@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from airscene.rows import ActiveRows
+
 
 def mlp(sizes: list[int]) -> nn.Sequential:
     """Linear layers with ReLU between them (none after the last)."""
@@ -21,9 +23,8 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 
 
 # Below this fraction of non-zero pixels the sparse product (forward and weight gradient) beats
-# the dense one on CPU: benchmarks/speed_probes.py at batch 64, randomly placed pixels, measured
-# 1.2 against 4.0 ms at 6% non-zero (Multi-MNIST's density), 2.8 against 4.1 ms at 20%, 3.2
-# against 4.1 ms at 30% and 5.8 against 3.9 ms at 50%.
+# the dense one on CPU; where the two cross is measured by benchmarks/speed_probes.py
+# (benchmarks/results/speed_probes.json).
 SPARSE_DENSITY_LIMIT = 0.25
 
 
@@ -35,7 +36,7 @@ class _SparseImageProduct(torch.autograd.Function):
     which is what ``embedding_bag`` computes: the forward sums, for each image, the weight rows
     of its lit pixels; the backward sums, for each pixel, the gradient rows of the images it is
     lit in, writing every row of the weight gradient once (empty sums are zero), with no zero
-    fill beforehand. Several times faster on CPU than ``torch.sparse.mm`` on a COO tensor.
+    fill beforehand (``torch.sparse.mm`` on a COO tensor is slower on CPU: speed_probes.py).
     """
 
     @staticmethod
@@ -87,9 +88,9 @@ class ImageProjection(nn.Module):
         self._register_state_dict_hook(_store_weight_out_in)
         self._register_load_state_dict_pre_hook(_load_weight_out_in)
 
-    def forward(self, x: torch.Tensor, reference: bool = False) -> torch.Tensor:
-        """(B, in) -> (B, out); ``reference`` forces the plain dense product."""
-        if not reference and _sparse_pays(x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in) -> (B, out)."""
+        if _sparse_pays(x):
             return _SparseImageProduct.apply(x, self.weight, self.bias)
         return torch.addmm(self.bias, x, self.weight)
 
@@ -129,9 +130,9 @@ class RecurrentCore(nn.Module):
         self.state_to_gates = nn.Linear(latent_dim + hidden, 4 * hidden, bias=False)
         nn.init.uniform_(self.state_to_gates.weight, -bound, bound)
 
-    def project_image(self, image_flat: torch.Tensor, reference: bool = False) -> torch.Tensor:
+    def project_image(self, image_flat: torch.Tensor) -> torch.Tensor:
         """(B, H*W) -> (B, 4*hidden): the image's contribution to the gates."""
-        return self.image_to_gates(image_flat, reference)
+        return self.image_to_gates(image_flat)
 
     def forward(
         self,
@@ -156,43 +157,26 @@ class RecurrentCore(nn.Module):
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, c
 
-    def initial_state(self, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        zeros = like.new_zeros(batch, self.hidden)
-        return zeros, zeros
 
+class StepPredictor(nn.Module):
+    """LSTM state -> the step's z_pres logit and the raw parameters of the object model's
+    posterior (as many as it asks for; it reads them itself)."""
 
-class WherePredictor(nn.Module):
-    """LSTM state -> z_pres logit and the Normal posterior over z_where (loc, scale)."""
-
-    def __init__(
-        self,
-        hidden: int,
-        mlp_hidden: int,
-        z_where_loc_init: tuple[float, float, float],
-        z_where_max_scale: float | None = None,
-    ) -> None:
+    def __init__(self, hidden: int, mlp_hidden: int, initial_params: torch.Tensor) -> None:
         super().__init__()
-        self.z_where_max_scale = z_where_max_scale
-        self.net = mlp([hidden, mlp_hidden, 1 + 3 + 3])
+        self.net = mlp([hidden, mlp_hidden, 1 + initial_params.numel()])
         last = self.net[-1]
-        # Start at the prior's z_where with a small spread, and with objects likely present:
-        # the glimpse then begins where objects of the expected size would be.
+        # Start with objects likely present and the object's posterior at ``initial_params``
+        # (small weights: every image starts from the same guess).
         nn.init.normal_(last.weight, 0.0, 0.01)
         with torch.no_grad():
-            last.bias.zero_()
             last.bias[0] = 2.0
-            last.bias[1:4] = torch.tensor(z_where_loc_init)
-            last.bias[4:7] = -2.0
+            last.bias[1:] = initial_params
 
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H) -> z_pres logit (B,) and object parameters (B, P)."""
         out = self.net(h)
-        z_pres_logit = out[:, 0]
-        z_where_loc = out[:, 1:4]
-        if self.z_where_max_scale is None:
-            z_where_scale = F.softplus(out[:, 4:7]) + 1e-4
-        else:
-            z_where_scale = self.z_where_max_scale * torch.sigmoid(out[:, 4:7]) + 1e-4
-        return z_pres_logit, z_where_loc, z_where_scale
+        return out[:, 0], out[:, 1:]
 
 
 class GlimpseEncoder(nn.Module):
@@ -236,44 +220,22 @@ class BaselineNetwork(nn.Module):
         self.head = nn.Linear(hidden, 1)
 
     def forward(
-        self,
-        image_flat: torch.Tensor,
-        previous_latents: torch.Tensor,
-        reference: bool = False,
-        decided: torch.Tensor | None = None,
+        self, image_flat: torch.Tensor, previous_latents: torch.Tensor, decided: torch.Tensor
     ) -> torch.Tensor:
         """``image_flat`` (B, H*W), ``previous_latents`` (B, N, L) -> baselines (B, N).
 
-        With ``decided`` (B, N), 1 where a step's z_pres was decided, only those steps are
-        computed (the others enter no loss) and the rest of the result is zero; ``reference``
-        computes every step.
+        Only the steps whose z_pres was decided (``decided`` (B, N) 1) are computed: the others
+        enter no loss, and their baselines are zero.
         """
-        image_gates = self.core.project_image(image_flat, reference)
+        image_gates = self.core.project_image(image_flat)
         batch, steps = previous_latents.shape[:2]
-        if reference or decided is None:
-            state = self.core.initial_state(batch, image_flat)
-            baselines = []
-            for t in range(steps):
-                state = self.core(image_gates, previous_latents[:, t], state)
-                baselines.append(self.head(state[0]).squeeze(-1))
-            return torch.stack(baselines, dim=1)
-
-        rows = torch.arange(batch, device=image_flat.device)  # images whose step t is decided
+        rows = ActiveRows(batch, steps, image_flat.device)
         state = None  # zero
-        values, index = [], []
+        values = []
         for t in range(steps):
             if t > 0:  # decided steps are nested: a step is decided only if the one before was
-                keep = decided[rows, t].nonzero().squeeze(1)
-                if keep.numel() < rows.numel():
-                    rows = rows[keep]
-                    state = (state[0][keep], state[1][keep])  # type: ignore[index]
-            every_row = rows.numel() == batch
-            gates = image_gates if every_row else image_gates[rows]
-            latents = previous_latents[:, t] if every_row else previous_latents[rows, t]
-            state = self.core(gates, latents, state)
+                state = rows.keep(decided[rows.index, t].nonzero().squeeze(1), *state)
+            rows.record(t)
+            state = self.core(rows.take(image_gates), rows.take(previous_latents[:, t]), state)
             values.append(self.head(state[0]).squeeze(-1))
-            index.append(rows * steps + t)
-        flat = image_gates.new_zeros(batch * steps).index_copy(
-            0, torch.cat(index), torch.cat(values)
-        )
-        return flat.view(batch, steps)
+        return rows.scatter({"baseline": values})["baseline"]

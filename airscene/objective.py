@@ -2,12 +2,14 @@
 
 Gradients of the single-sample ELBO (paper sec. 2.2):
   * continuous latents (z_where, z_what) are reparameterised, so -ELBO backpropagates directly;
-  * the discrete z_pres^i get the likelihood-ratio (REINFORCE) term
-        (L_i - b_i) * d log q(z_pres^i | ...)
+  * the discrete z_pres^i, and any discrete latent of a present object (its identity, for an
+    object model that has one), get the likelihood-ratio (REINFORCE) term
+        (L_i - b_i) * d log q(z_pres^i, discrete latents of object i | ...)
     with NVIL variance reduction (Mnih & Gregor 2014): L_i is the learning signal of step i,
     only the terms z_pres^i influences (that step's and every later step's log p - log q, and
     log p(x | z)), b_i a learned data-dependent baseline regressed onto L_i, and optionally
-    (L_i - b_i) centred and scaled by running moments.
+    (L_i - b_i) centred and scaled by running moments. Object i's discrete latents are drawn
+    after z_pres^i and influence the same terms, so they share L_i, b_i and the normalisation.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from airscene.model import AIR, Inference, decided_steps
+from airscene.model import AIR, Inference
+from airscene.rows import decided_steps
 
 
 def learning_signals(inference: Inference) -> torch.Tensor:
@@ -81,6 +84,7 @@ def air_objective(
     if normaliser is not None:
         residual = normaliser(residual, decided)
     surrogate = (decided * residual * inference.log_q_z_pres).sum(1)
+    surrogate = surrogate + (residual * inference.log_q_discrete).sum(1)  # present objects only
     elbo = inference.elbo
     loss = -(elbo + surrogate).mean()
     baseline_loss = (decided * (baselines - signals) ** 2).sum(1).mean()

@@ -11,9 +11,8 @@ Both use ``align_corners=False``, so [-1, 1] spans the outer pixel edges and ``s
 the ratio of window side to canvas side, whatever the two resolutions.
 
 The maps have no rotation, so their sampling grids are built directly as ``scale * centre +
-shift`` (twice as fast forward and backward as ``affine_grid``'s batched matrix products);
-``reference=True`` builds them with ``affine_grid``, the plain path the fast one is tested
-against.
+shift``, without ``affine_grid``'s batched matrix products; ``airscene.reference`` builds the
+same grids with ``affine_grid`` from the maps' 2x3 matrices, and the tests compare the two.
 """
 
 from __future__ import annotations
@@ -26,24 +25,10 @@ import torch.nn.functional as F
 MIN_ABS_SCALE = 0.05
 
 
-def _safe_scale(scale: torch.Tensor) -> torch.Tensor:
+def safe_scale(scale: torch.Tensor) -> torch.Tensor:
+    """``scale`` with |scale| >= MIN_ABS_SCALE, its sign kept."""
     sign = torch.where(scale < 0, -1.0, 1.0).to(scale.dtype)
     return sign * scale.abs().clamp_min(MIN_ABS_SCALE)
-
-
-def read_theta(z_where: torch.Tensor) -> torch.Tensor:
-    """Affine maps (M, 2, 3) from glimpse to canvas coordinates for ``z_where`` (M, 3)."""
-    s, x, y = z_where.unbind(-1)
-    zero = torch.zeros_like(s)
-    return torch.stack([s, zero, x, zero, s, y], dim=-1).view(-1, 2, 3)
-
-
-def write_theta(z_where: torch.Tensor) -> torch.Tensor:
-    """Affine maps (M, 2, 3) from canvas to glimpse coordinates: the inverse of ``read_theta``."""
-    s, x, y = z_where.unbind(-1)
-    inv = 1.0 / _safe_scale(s)
-    zero = torch.zeros_like(s)
-    return torch.stack([inv, zero, -x * inv, zero, inv, -y * inv], dim=-1).view(-1, 2, 3)
 
 
 def _pixel_centres(size: int, like: torch.Tensor) -> torch.Tensor:
@@ -62,40 +47,30 @@ def _axis_aligned_grid(grid_x: torch.Tensor, grid_y: torch.Tensor) -> torch.Tens
     return torch.stack([gx, gy], dim=-1)
 
 
-def read_grid(z_where: torch.Tensor, glimpse_size: int, reference: bool = False) -> torch.Tensor:
-    """Where each glimpse pixel samples the canvas, (M, G, G, 2); ``reference`` uses affine_grid."""
-    if reference:
-        shape = [z_where.shape[0], 1, glimpse_size, glimpse_size]
-        return F.affine_grid(read_theta(z_where), shape, align_corners=False)
+def read_grid(z_where: torch.Tensor, glimpse_size: int) -> torch.Tensor:
+    """Where each glimpse pixel samples the canvas, (M, G, G, 2)."""
     s, x, y = z_where[:, 0:1], z_where[:, 1:2], z_where[:, 2:3]  # each (M, 1)
     centres = _pixel_centres(glimpse_size, z_where)
     return _axis_aligned_grid(s * centres + x, s * centres + y)  # g -> s * g + (x, y)
 
 
-def write_grid(z_where: torch.Tensor, canvas_size: int, reference: bool = False) -> torch.Tensor:
-    """Where each canvas pixel samples the glimpse, (M, H, H, 2); ``reference`` uses affine_grid."""
-    if reference:
-        shape = [z_where.shape[0], 1, canvas_size, canvas_size]
-        return F.affine_grid(write_theta(z_where), shape, align_corners=False)
+def write_grid(z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
+    """Where each canvas pixel samples the glimpse, (M, H, H, 2)."""
     s, x, y = z_where[:, 0:1], z_where[:, 1:2], z_where[:, 2:3]  # each (M, 1)
-    inv = 1.0 / _safe_scale(s)
+    inv = 1.0 / safe_scale(s)
     centres = _pixel_centres(canvas_size, z_where)
-    return _axis_aligned_grid(inv * centres - x * inv, inv * centres - y * inv)  # as write_theta
+    return _axis_aligned_grid(inv * centres - x * inv, inv * centres - y * inv)  # (p - (x, y)) / s
 
 
-def read_glimpse(
-    image: torch.Tensor, z_where: torch.Tensor, glimpse_size: int, reference: bool = False
-) -> torch.Tensor:
+def read_glimpse(image: torch.Tensor, z_where: torch.Tensor, glimpse_size: int) -> torch.Tensor:
     """Cut the window ``z_where`` (M, 3) out of ``image`` (M, H, W) as a (M, G, G) glimpse."""
-    grid = read_grid(z_where, glimpse_size, reference)
+    grid = read_grid(z_where, glimpse_size)
     return F.grid_sample(image.unsqueeze(1), grid, align_corners=False).squeeze(1)
 
 
-def write_glimpse(
-    glimpse: torch.Tensor, z_where: torch.Tensor, canvas_size: int, reference: bool = False
-) -> torch.Tensor:
+def write_glimpse(glimpse: torch.Tensor, z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
     """Place ``glimpse`` (M, G, G) on a blank (M, H, H) canvas in the window ``z_where`` (M, 3)."""
-    grid = write_grid(z_where, canvas_size, reference)
+    grid = write_grid(z_where, canvas_size)
     return F.grid_sample(glimpse.unsqueeze(1), grid, align_corners=False).squeeze(1)
 
 

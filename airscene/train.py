@@ -11,7 +11,6 @@ import ctypes
 import json
 import math
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,13 +30,14 @@ from airscene.checkpoint import (
     save_checkpoint,
 )
 from airscene.config import RunConfig, TrainConfig, to_dict
-from airscene.data.images import load_image_dataset
-from airscene.data.scenes import Scenes, load_scenes
+from airscene.data.training import images_to_tensor, training_data
 from airscene.errors import AirsceneError
-from airscene.evaluate import evaluate, images_to_tensor
-from airscene.model import AIR, decided_steps
+from airscene.evaluate import evaluate
+from airscene.model import AIR, Inference, build_model
 from airscene.networks import BaselineNetwork
-from airscene.objective import SignalNormaliser, air_objective
+from airscene.objective import Objective, SignalNormaliser, air_objective
+from airscene.provenance import git_revision
+from airscene.rows import decided_steps
 
 # How trainer.pt holds the Adam moments of the image projections (absent in older checkpoints,
 # whose moments are (out, in)).
@@ -107,21 +107,6 @@ def learning_rate_at(step: int, config: TrainConfig) -> float:
     return config.learning_rate * fraction
 
 
-def git_revision() -> str | None:
-    """The git commit of the source tree, if it is a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 @dataclass
 class TrainResult:
     """What a finished run reports."""
@@ -154,15 +139,13 @@ class Trainer:
     resumed from a checkpoint continues bit for bit as if it had never stopped.
     """
 
-    def __init__(self, config: RunConfig, device: torch.device, reference: bool = False) -> None:
-        """``reference`` runs the model's plain path (for benchmarks and tests of the fast one)."""
+    def __init__(self, config: RunConfig, device: torch.device) -> None:
         tc = self.train_config = config.train
         self.config = config
         self.device = device
-        self.reference = reference
         keep_freed_memory_for_reuse()
         torch.manual_seed(tc.seed)  # parameter initialisation
-        self.model = AIR(config.model).to(device)
+        self.model = build_model(config.model).to(device)
         self.baseline = BaselineNetwork(
             config.model.canvas_size**2, self.model.latent_dim, config.model.baseline_lstm_size
         ).to(device)
@@ -195,14 +178,7 @@ class Trainer:
         )
         x = images[index].float().div_(255.0)
 
-        inference = self.model(x, generator=self.noise, z_pres_prior=rho, reference=self.reference)
-        baselines = self.baseline(
-            x.flatten(1),
-            inference.previous_latents().detach(),
-            reference=self.reference,
-            decided=decided_steps(inference.z_pres),
-        )
-        objective = air_objective(inference, baselines, self.normaliser)
+        inference, objective = self.objective(x, rho)
         self.model_optimiser.zero_grad(set_to_none=True)
         self.baseline_optimiser.zero_grad(set_to_none=True)
         objective.loss.backward()
@@ -231,12 +207,19 @@ class Trainer:
         self.summed_steps += 1
         return True
 
+    def objective(self, x: torch.Tensor, rho: float) -> tuple[Inference, Objective]:
+        """Inference on the minibatch ``x`` with the run's noise, and the objective of it."""
+        inference = self.model(x, generator=self.noise, z_pres_prior=rho)
+        baselines = self.baseline(
+            x.flatten(1), inference.previous_latents().detach(), decided_steps(inference.z_pres)
+        )
+        return inference, air_objective(inference, baselines, self.normaliser)
+
     def clip_and_check_gradients(self) -> torch.Tensor:
         """Clip the network's gradients if configured; a scalar that is finite only if every
         gradient is. A non-finite gradient must not reach Adam. Clipping needs the norm; without
-        it, one sum per gradient tells the same (a NaN or inf anywhere makes it non-finite) and
-        reads the 10 MB image-projection gradient faster than a norm does (0.5 against 0.85 ms a
-        step)."""
+        it, one sum per gradient tells the same (a NaN or inf anywhere makes it non-finite) with
+        less arithmetic than a norm over the 10 MB image-projection gradient."""
         clip = self.train_config.grad_clip
         if clip is not None:
             return torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
@@ -327,28 +310,6 @@ class Trainer:
             raise CheckpointError(
                 f"{checkpoint.path}: trainer state does not fit this run ({error})"
             ) from None
-
-
-def training_data(config: RunConfig) -> tuple[np.ndarray, np.ndarray | None, Scenes]:
-    """Training images (N, S, S) uint8, their counts if known, and the held-out scenes.
-
-    Multi-MNIST: train scenes from MNIST train digits, held-out scenes from test digits. A data
-    path: the user's images, the last ``holdout_fraction`` of them held out (counts, if given,
-    turn on count accuracy; they never reach the model's objective).
-    """
-    data = config.data
-    if data.data_path is None:
-        train_scenes = load_scenes(data, "train")
-        return train_scenes.images, train_scenes.counts, load_scenes(data, "test")
-    images, counts = load_image_dataset(
-        data.data_path, config.model.canvas_size, data.data_array, data.data_counts
-    )
-    held = int(round(len(images) * data.holdout_fraction))
-    if len(images) - held < 1:
-        raise AirsceneError(f"{data.data_path}: {len(images)} images leave none to train on")
-    split = len(images) - held
-    held_out = Scenes.unlabelled(images[split:], counts[split:] if counts is not None else None)
-    return images[:split], (counts[:split] if counts is not None else None), held_out
 
 
 def _checkpoint_dirs(run_dir: Path) -> list[Path]:

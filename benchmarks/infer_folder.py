@@ -21,7 +21,7 @@ import torch
 import airscene
 from airscene.config import DataConfig
 from airscene.data.scenes import export_png, load_scenes
-from airscene.evaluate import images_to_tensor
+from airscene.data.training import images_to_tensor
 
 HERE = Path(__file__).resolve().parent
 

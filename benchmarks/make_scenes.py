@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -23,29 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from airscene import __version__
 from airscene.config import DataConfig
 from airscene.data.mnist import _load_split_cached, load_mnist
 from airscene.data.scenes import generate_scenes, scene_rng
+from airscene.provenance import hardware
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "make_scenes.json"
-
-
-def hardware() -> dict:
-    """Hostname-free description of the machine and software stack."""
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "airscene": __version__,
-    }
 
 
 def time_mnist(split: str) -> dict:

@@ -33,9 +33,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from airscene.config import RunConfig
 from airscene.data.scenes import load_scenes
-from airscene.experiments.count import hardware
-from airscene.model import decided_steps
 from airscene.objective import air_objective
+from airscene.provenance import hardware
+from airscene.rows import decided_steps
 from airscene.train import Trainer
 
 HERE = Path(__file__).resolve().parent
@@ -66,9 +66,7 @@ def phase_split(
         inference = trainer.model(x, generator=trainer.noise)
         started = lap("network forward", started)
         baselines = trainer.baseline(
-            x.flatten(1),
-            inference.previous_latents().detach(),
-            decided=decided_steps(inference.z_pres),
+            x.flatten(1), inference.previous_latents().detach(), decided_steps(inference.z_pres)
         )
         started = lap("baseline forward", started)
         objective = air_objective(inference, baselines, trainer.normaliser)

@@ -39,7 +39,7 @@ from speed import median_seconds, new_trainer  # benchmarks/, beside this script
 
 from airscene.config import DataConfig, RunConfig
 from airscene.data.scenes import load_scenes
-from airscene.experiments.count import hardware
+from airscene.provenance import hardware
 
 HERE = Path(__file__).resolve().parent
 

@@ -21,7 +21,8 @@ import torch
 
 from airscene.config import RunConfig
 from airscene.data.scenes import load_scenes
-from airscene.train import Trainer, git_revision
+from airscene.provenance import git_revision
+from airscene.train import Trainer
 
 HERE = Path(__file__).resolve().parent
 

@@ -11,9 +11,9 @@ at batch 64, also from a fresh initialisation (every image then has an object at
 Inference uses the shipped model, as a user's images would.
 
 Each figure is the median over timed repetitions after warm-up. The library's fast path and
-its plain reference path (``reference=True``: affine_grid sampling, dense image products, every
-object drawn in its step) are timed in the same run, in alternating blocks, so their ratio is
-honest on a noisy shared machine. FLOPs are those of the reference path, counted by
+the plain reference computation (``airscene.reference``: every step for every image, affine_grid
+sampling, dense image products, every object drawn in its step) are timed in the same run, in alternating blocks, so their ratio is
+honest on a noisy shared machine. FLOPs are those of the reference computation, counted by
 ``torch.utils.flop_counter`` (matrix products; elementwise work is not counted): the method's
 dense arithmetic. Divided by the measured time and the fp32 matmul rate of a large square
 product on the same device, they give the fraction of the physical limit reached (the fast path
@@ -39,7 +39,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from airscene.checkpoint import load_model
 from airscene.config import RunConfig
 from airscene.data.scenes import load_scenes
-from airscene.experiments.count import hardware
+from airscene.provenance import hardware
+from airscene.reference import ReferenceTrainer
+from airscene.reference import infer as infer_plainly
 from airscene.train import Trainer, resolve_device
 
 HERE = Path(__file__).resolve().parent
@@ -75,11 +77,12 @@ def interleaved_medians(
 
 
 def new_trainer(
-    config: RunConfig, device: torch.device, trained: bool, reference: bool = False
+    config: RunConfig, device: torch.device, trained: bool, kind: type[Trainer] = Trainer
 ) -> Trainer:
-    """A trainer of ``config``, its network starting from the shipped model's weights when
-    ``trained`` (the regime of most of a run), else from a fresh initialisation."""
-    trainer = Trainer(config, device, reference=reference)
+    """A trainer of ``config`` (``kind``: ``Trainer`` or ``reference.ReferenceTrainer``), its
+    network starting from the shipped model's weights when ``trained`` (the regime of most of a
+    run), else from a fresh initialisation."""
+    trainer = kind(config, device)
     if trained:
         trainer.model.load_state_dict(load_model("default", device)[0].state_dict())
     return trainer
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     def time_training(batch: int, trained: bool) -> dict[str, float]:
         run = dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=batch))
         fast = new_trainer(run, device, trained)
-        reference = new_trainer(run, device, trained, reference=True)
+        reference = new_trainer(run, device, trained, ReferenceTrainer)
         seconds = interleaved_medians(
             {
                 "fast": lambda: fast.train_step(images, counts),
@@ -163,13 +166,13 @@ def main(argv: list[str] | None = None) -> int:
             seconds = interleaved_medians(
                 {
                     "fast": lambda x=x: model(x, sample=False),
-                    "reference": lambda x=x: model(x, sample=False, reference=True),
+                    "reference": lambda x=x: infer_plainly(model, x, sample=False),
                 },
                 device,
                 warmup=5,
                 repeats=repeats * (5 if batch == 1 else 1),
             )
-            flops = count_flops(lambda x=x: model(x, sample=False, reference=True))
+            flops = count_flops(lambda x=x: infer_plainly(model, x, sample=False))
             inference[batch] = {
                 "ms_per_batch": seconds["fast"] * 1e3,
                 "images_per_second": batch / seconds["fast"],

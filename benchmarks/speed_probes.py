@@ -4,7 +4,7 @@ timed against what the library does now, in one run (medians; absolute times are
     python benchmarks/speed_probes.py            # add --compile to also try torch.compile (~1 min)
 
 1. Adam: the fused kernel (what training uses) against the per-parameter loops.
-2. Sampling grids: affine_grid (the reference path) against building scale * pixel_centre +
+2. Sampling grids: affine_grid (airscene.reference) against building scale * pixel_centre +
    shift directly (the fast path), for the read and write of 3 steps at batch 64, forward and
    backward.
 3. The two image projections (inference network and baseline, 2500 -> 1024 each) against one
@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from airscene import reference
 from airscene.config import RunConfig
 from airscene.data.scenes import load_scenes
 from airscene.networks import (
@@ -66,14 +67,15 @@ def training_step_ms(config: RunConfig, fused: bool, compiled: bool = False) -> 
     return median_ms(lambda: trainer.train_step(images, counts), warmup=8 if compiled else 5)
 
 
-def grids_ms(reference: bool) -> float:
+def grids_ms(affine: bool) -> float:
     torch.manual_seed(0)
     m = 3 * 64
     z_where = (torch.rand(m, 3) * 0.2 + torch.tensor([0.4, -0.1, -0.1])).requires_grad_(True)
     image, glimpses = torch.rand(m, 50, 50), torch.rand(m, 28, 28, requires_grad=True)
 
     def step():
-        write, read = write_grid(z_where, 50, reference), read_grid(z_where, 28, reference)
+        grids = (reference.write_grid, reference.read_grid) if affine else (write_grid, read_grid)
+        write, read = grids[0](z_where, 50), grids[1](z_where, 28)
         out = F.grid_sample(glimpses.unsqueeze(1), write, align_corners=False).sum()
         out = out + F.grid_sample(image.unsqueeze(1), read, align_corners=False).sum()
         out.backward()
@@ -86,12 +88,12 @@ def grid_difference() -> float:
         [0.4, -0.1, -0.1]
     )
     return max(
-        float((write_grid(z_where, 50) - write_grid(z_where, 50, True)).abs().max()),
-        float((read_grid(z_where, 28) - read_grid(z_where, 28, True)).abs().max()),
+        float((write_grid(z_where, 50) - reference.write_grid(z_where, 50)).abs().max()),
+        float((read_grid(z_where, 28) - reference.read_grid(z_where, 28)).abs().max()),
     )
 
 
-def sparse_projection_ms(density: float, reference: bool) -> float:
+def sparse_projection_ms(density: float, dense: bool) -> float:
     """Forward and weight gradient of the 2500 -> 1024 image projection at batch 64."""
     torch.manual_seed(0)
     projection = ImageProjection(2500, 1024, bound=0.02)
@@ -102,9 +104,9 @@ def sparse_projection_ms(density: float, reference: bool) -> float:
     def step():
         projection.zero_grad(set_to_none=True)
         out = (
-            _SparseImageProduct.apply(x, projection.weight, projection.bias)
-            if not reference
-            else projection(x, reference=True)
+            torch.addmm(projection.bias, x, projection.weight)
+            if dense
+            else _SparseImageProduct.apply(x, projection.weight, projection.bias)
         )
         (out * upstream).sum().backward()
 
@@ -154,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         "adam_loops_ms_per_step": training_step_ms(config, fused=False),
     }
     results.update(
-        grids_affine_ms=grids_ms(reference=True),
-        grids_direct_ms=grids_ms(reference=False),
+        grids_affine_ms=grids_ms(affine=True),
+        grids_direct_ms=grids_ms(affine=False),
         grids_max_difference=grid_difference(),
     )
     for density in (0.02, 0.06, 0.12, 0.2, 0.3, 0.5):

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from tiny import model_config
 
-from airscene.config import ModelConfig
 from airscene.evaluate import box_iou, confusion_matrix, ink_boxes, matched_iou
-from airscene.model import AIR
+from airscene.model import build_model
 
 
 def test_box_iou_known_values():
@@ -44,8 +44,8 @@ def test_confusion_matrix():
 
 def test_ink_boxes_of_a_known_object():
     torch.manual_seed(0)
-    model = AIR(
-        ModelConfig(
+    model = build_model(
+        model_config(
             max_steps=1, lstm_size=8, encoder_hidden=8, decoder_hidden=8, predictor_hidden=8
         )
     )
@@ -62,6 +62,6 @@ def test_ink_boxes_of_a_known_object():
     # window 28 px wide (s = 0.56) centred on the canvas: glimpse pixels map 1:1 to canvas pixels
     inference = type("I", (), {})()
     inference.z_where = torch.tensor([[[0.56, 0.0, 0.0]]])
-    inference.z_what = torch.zeros(1, 1, model.config.z_what_dim)
+    inference.objects = {"z_where": inference.z_where, "z_what": torch.zeros(1, 1, 50)}
     boxes = ink_boxes(model, inference, threshold=0.5)
     torch.testing.assert_close(boxes[0, 0], torch.tensor([20.0, 20.0, 30.0, 30.0]))

@@ -83,10 +83,10 @@ def test_generalisation_experiment_wiring(tmp_path, capsys):
     # unseen counts, report, figure, JSON), not the accuracies.
     import json
 
-    from tiny import TINY_MODEL
+    from tiny import TINY_MODEL, model_config
 
     from airscene.cli import main
-    from airscene.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from airscene.config import DataConfig, RunConfig, TrainConfig
     from airscene.experiments.generalisation import TASKS
     from airscene.train import train
 
@@ -95,7 +95,7 @@ def test_generalisation_experiment_wiring(tmp_path, capsys):
         for name, dair in (("AIR", False), ("DAIR", True)):
             config = RunConfig(
                 data=DataConfig(counts=train_counts, n_train=50, n_test=20),
-                model=ModelConfig(dair=dair, max_steps=3, **TINY_MODEL),
+                model=model_config(dair=dair, max_steps=3, **TINY_MODEL),
                 train=TrainConfig(steps=2, batch_size=4, eval_every=0),
             )
             run = train(config, tmp_path / f"{task}-{name}", progress=False).run_dir
@@ -134,14 +134,14 @@ def test_generalisation_quick_mode_under_ten_minutes(tmp_path):
 
 
 def tiny_air_run(tmp_path):
-    from tiny import TINY_MODEL
+    from tiny import TINY_MODEL, model_config
 
-    from airscene.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from airscene.config import DataConfig, RunConfig, TrainConfig
     from airscene.train import train
 
     config = RunConfig(
         data=DataConfig(n_train=60, n_test=20),
-        model=ModelConfig(**TINY_MODEL),
+        model=model_config(**TINY_MODEL),
         train=TrainConfig(steps=2, batch_size=4, eval_every=0),
     )
     return train(config, tmp_path / "tiny-air", progress=False).run_dir
@@ -252,23 +252,28 @@ def test_count_experiment_from_benchmark_curves(tmp_path, capsys):
     assert "| DAIR | 98.50% |" in report and "not reached" in report
     assert (out / "count.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "results.json").read_text())["runs"]["DAIR"]["curve"][0]["step"] == 500
-    # A missing curve and a flag of another experiment: one line, exit 2.
+    # A missing curve: one line, exit 2.
     capsys.readouterr()
     assert main(["experiment", "count", "--curves-from", str(tmp_path), "--out", str(out)]) == 2
-    assert main(["experiment", "count", "--model", "default", "--out", str(out)]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 2 and "tta-air-seed0.json" in errors[0] and "--model" in errors[1]
+    assert len(errors) == 1 and "tta-air-seed0.json" in errors[0]
+    # Each experiment has its own flags: argparse rejects another's (usage error, exit 2).
+    for other in (["--model", "default"], ["--reuse", "extrapolation/AIR=runs/x"]):
+        with pytest.raises(SystemExit) as stop:
+            main(["experiment", "count", *other, "--out", str(out)])
+        assert stop.value.code == 2
+        assert f"unrecognized arguments: {other[0]}" in capsys.readouterr().err
 
 
 def test_time_to_accuracy_summarises_a_tiny_run(tmp_path):
-    from tiny import TINY_MODEL
+    from tiny import TINY_MODEL, model_config
 
-    from airscene.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from airscene.config import DataConfig, RunConfig, TrainConfig
     from airscene.experiments.count import first_reaching, time_to_accuracy
 
     config = RunConfig(
         data=DataConfig(n_train=60, n_test=20),
-        model=ModelConfig(**TINY_MODEL),
+        model=model_config(**TINY_MODEL),
         train=TrainConfig(steps=4, batch_size=4, eval_every=2, eval_scenes=20, log_every=2),
     )
     summary = time_to_accuracy(config, tmp_path / "run", "air-seed0", progress=False)

@@ -1,12 +1,13 @@
-"""The fast path against the plain reference path: same weights and noise, same numbers.
+"""The library's loop against the plain reference computation (``airscene.reference``): same
+weights and noise, same numbers.
 
-The fast path computes each step only for the images whose z_pres is still decided, builds
-sampling grids directly, multiplies mostly-blank images sparsely (embedding_bag), holds the
-image projections as (in, out), starts each LSTM from its zero state with the latents' columns
-alone and draws plain AIR's objects after the loop, only those present. None of that may change
-the mathematics: latents of decided steps, losses, every gradient and the random stream agree
-with the reference path (every step for every image, affine_grid, dense products, every object
-drawn in its step) to float rounding, for AIR and DAIR.
+The loop computes each step only for the images whose z_pres is still decided, builds sampling
+grids directly, multiplies mostly-blank images sparsely (embedding_bag), holds the image
+projections as (in, out), starts each LSTM from its zero state with the latents' columns alone
+and draws plain AIR's objects after the loop, only those present. None of that may change the
+mathematics: latents of decided steps, losses, every gradient and the random stream agree with
+the reference (every step for every image, affine_grid, dense products, every object drawn in
+its step) to float rounding, for AIR and DAIR.
 """
 
 import copy
@@ -14,10 +15,12 @@ import dataclasses
 
 import pytest
 import torch
+from tiny import model_config
 
+from airscene import reference
 from airscene.checkpoint import read_checkpoint, save_checkpoint
-from airscene.config import ModelConfig, RunConfig, TrainConfig
-from airscene.model import AIR, decided_steps
+from airscene.config import RunConfig, TrainConfig
+from airscene.model import build_model
 from airscene.networks import (
     BaselineNetwork,
     ImageProjection,
@@ -25,10 +28,11 @@ from airscene.networks import (
     _SparseImageProduct,
 )
 from airscene.objective import SignalNormaliser, air_objective
+from airscene.rows import decided_steps
 from airscene.spatial import read_grid, write_grid
 from airscene.train import Trainer
 
-CONFIG = ModelConfig(lstm_size=64, encoder_hidden=64, decoder_hidden=64, predictor_hidden=64)
+CONFIG = model_config(lstm_size=64, encoder_hidden=64, decoder_hidden=64, predictor_hidden=64)
 
 
 def blank_canvas_images(batch: int = 48, seed: int = 1) -> torch.Tensor:
@@ -42,17 +46,20 @@ def blank_canvas_images(batch: int = 48, seed: int = 1) -> torch.Tensor:
     return x
 
 
-def losses_and_gradients(model, baseline, x, reference: bool):
+def losses_and_gradients(model, baseline, x, plain: bool):
     model.zero_grad(set_to_none=True)
     baseline.zero_grad(set_to_none=True)
     generator = torch.Generator().manual_seed(7)
-    inference = model(x, generator=generator, reference=reference)
-    baselines = baseline(
-        x.flatten(1),
-        inference.previous_latents().detach(),
-        reference=reference,
-        decided=decided_steps(inference.z_pres),
-    )
+    if plain:
+        inference = reference.infer(model, x, generator=generator)
+        baselines = reference.baselines(
+            baseline, x.flatten(1), inference.previous_latents().detach()
+        )
+    else:
+        inference = model(x, generator=generator)
+        baselines = baseline(
+            x.flatten(1), inference.previous_latents().detach(), decided_steps(inference.z_pres)
+        )
     objective = air_objective(inference, baselines, SignalNormaliser())
     (objective.loss + objective.baseline_loss).backward()
     grads = {
@@ -68,18 +75,16 @@ def losses_and_gradients(model, baseline, x, reference: bool):
 def test_fast_path_equals_reference_path(dair):
     config = dataclasses.replace(CONFIG, dair=dair)
     torch.manual_seed(0)
-    model, baseline = AIR(config), BaselineNetwork(2500, 3 + 50 + 1, 32)
+    model, baseline = build_model(config), BaselineNetwork(2500, 3 + 50 + 1, 32)
     with torch.no_grad():  # q(z_pres = 1) near 1/2, so every count and every mask occurs
         model.predictor.net[-1].bias[0] = 0.0
     x = blank_canvas_images()
     assert _sparse_pays(x.flatten(1)), "the test images must take the sparse product"
 
     fast, fast_objective, fast_grads, fast_rng = losses_and_gradients(
-        model, baseline, x, reference=False
+        model, baseline, x, plain=False
     )
-    ref, ref_objective, ref_grads, ref_rng = losses_and_gradients(
-        model, baseline, x, reference=True
-    )
+    ref, ref_objective, ref_grads, ref_rng = losses_and_gradients(model, baseline, x, plain=True)
 
     assert torch.equal(fast.z_pres, ref.z_pres)
     assert torch.equal(fast_rng, ref_rng), "both paths must draw the same random numbers"
@@ -87,9 +92,13 @@ def test_fast_path_equals_reference_path(dair):
     # The fast path infers only decided steps; it leaves the latents of the others at zero.
     decided = decided_steps(ref.z_pres).bool()
     assert not decided.all(), "some images must stop before the last step"
-    latents = ("z_pres_prob", "z_where", "z_where_loc", "z_where_scale", "z_what")
-    for name in latents:
-        fast_value, ref_value = getattr(fast, name), getattr(ref, name)
+    latents = {
+        "z_pres_prob": (fast.z_pres_prob, ref.z_pres_prob),
+        "feedback": (fast.feedback, ref.feedback),
+        **{name: (fast.objects[name], ref.objects[name]) for name in ref.objects},
+    }
+    assert fast.objects.keys() == ref.objects.keys()
+    for name, (fast_value, ref_value) in latents.items():
         torch.testing.assert_close(fast_value[decided], ref_value[decided], rtol=1e-5, atol=1e-4)
         assert not fast_value[~decided].any(), name
     for name in ("log_q_z_pres", "log_p_z_pres", "log_q_object", "log_p_object", "canvas"):
@@ -111,15 +120,15 @@ def test_fast_path_when_every_image_stops_at_the_first_step(dair):
     # random numbers as the reference path, so the generator ends in the same state.
     config = dataclasses.replace(CONFIG, dair=dair)
     torch.manual_seed(0)
-    model = AIR(config)
+    model = build_model(config)
     with torch.no_grad():
         model.predictor.net[-1].bias[0] = -30.0
     x = blank_canvas_images(8)
     results = {}
-    for reference in (False, True):
+    for plain in (False, True):
         generator = torch.Generator().manual_seed(5)
-        inference = model(x, generator=generator, reference=reference)
-        results[reference] = (inference, generator.get_state())
+        infer = reference.infer if plain else lambda model, x, generator: model(x, generator)
+        results[plain] = (infer(model, x, generator=generator), generator.get_state())
     (fast, fast_rng), (ref, ref_rng) = results[False], results[True]
     assert not fast.z_pres.any() and not ref.z_pres.any()
     assert torch.equal(fast_rng, ref_rng)
@@ -136,7 +145,8 @@ def test_trainers_on_both_paths_stay_together():
         model=CONFIG, train=TrainConfig(batch_size=24, seed=3, threads=None, eval_every=0)
     )
     images = (blank_canvas_images(200, seed=2) * 255).to(torch.uint8)
-    fast, ref = Trainer(config, torch.device("cpu")), Trainer(config, torch.device("cpu"), True)
+    fast = Trainer(config, torch.device("cpu"))
+    ref = reference.ReferenceTrainer(config, torch.device("cpu"))
     for _ in range(5):
         assert fast.train_step(images, None) and ref.train_step(images, None)
     fast_loss, fast_elbo, _ = fast.take_means()
@@ -157,8 +167,8 @@ def test_direct_grids_equal_affine_grid():
         [0.1, -1, -1]
     )
     z_where[:5, 0] *= -1  # negative scales (mirrored windows) too
-    torch.testing.assert_close(read_grid(z_where, 28), read_grid(z_where, 28, reference=True))
-    torch.testing.assert_close(write_grid(z_where, 50), write_grid(z_where, 50, reference=True))
+    torch.testing.assert_close(read_grid(z_where, 28), reference.read_grid(z_where, 28))
+    torch.testing.assert_close(write_grid(z_where, 50), reference.write_grid(z_where, 50))
 
 
 def test_sparse_product_only_for_mostly_blank_images():

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import TINY_MODEL
+from tiny import TINY_MODEL, model_config
 
 from airscene.checkpoint import save_checkpoint
 from airscene.cli import main
-from airscene.config import ModelConfig, RunConfig
+from airscene.config import RunConfig
 from airscene.data.images import (
     ImageError,
     find_images,
@@ -19,15 +19,15 @@ from airscene.data.images import (
     read_image,
     to_grey,
 )
-from airscene.model import AIR
+from airscene.model import build_model
 from airscene.pipeline import Pipeline, load
 
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
     torch.manual_seed(0)
-    config = RunConfig(model=ModelConfig(**TINY_MODEL))
-    return save_checkpoint(tmp_path / "tiny", config, AIR(config.model), step=1)
+    config = RunConfig(model=model_config(**TINY_MODEL))
+    return save_checkpoint(tmp_path / "tiny", config, build_model(config.model), step=1)
 
 
 @pytest.fixture

@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+from tiny import model_config
 
-from airscene.config import ModelConfig
-from airscene.model import AIR, bernoulli_log_prob, decided_steps, normal_log_prob
+from airscene.densities import bernoulli_log_prob, normal_log_prob
+from airscene.model import AIR, build_model
+from airscene.rows import decided_steps
 
 SMALL = dict(
     lstm_size=32,
@@ -18,7 +20,7 @@ SMALL = dict(
 
 def small_model(seed: int = 0, **overrides) -> AIR:
     torch.manual_seed(seed)
-    model = AIR(ModelConfig(**{**SMALL, **overrides}))
+    model = build_model(model_config(**{**SMALL, **overrides}))
     with torch.no_grad():  # z_pres probability about 1/2: every count shows up in a batch
         model.predictor.net[-1].bias[0] = 0.0
     return model
@@ -67,7 +69,7 @@ def test_steps_after_z_pres_zero_contribute_nothing(dair):
     # the canvas is the sum of the present objects only
     rendered = torch.stack(
         [
-            model.objects.render(out.z_what[:, t], out.z_where[:, t], 50)
+            model.objects.draw({k: v[:, t] for k, v in out.objects.items()})
             for t in range(out.z_pres.shape[1])
         ],
         1,
@@ -149,7 +151,7 @@ def test_z_where_posterior_scale_is_bounded():
         model.predictor.net[-1].bias[4:7] = 50.0  # would be a huge spread without the bound
     with torch.no_grad():
         out = model(images(8), generator=torch.Generator().manual_seed(0))
-    assert float(out.z_where_scale.max()) <= 0.1 + 2e-4
+    assert float(out.objects["z_where_scale"].max()) <= 0.1 + 2e-4
     unbounded = small_model(z_where_max_scale=None)
     with torch.no_grad():
         unbounded.predictor.net[-1].bias[4:7] = 50.0
@@ -157,4 +159,4 @@ def test_z_where_posterior_scale_is_bounded():
         out = unbounded(images(8))
     # Steps after the first z_pres = 0 are not inferred: their latents are zero.
     decided = decided_steps(out.z_pres).bool()
-    assert float(out.z_where_scale[decided].min()) > 10
+    assert float(out.objects["z_where_scale"][decided].min()) > 10

@@ -3,9 +3,10 @@
 import math
 
 import torch
+from tiny import model_config
 
-from airscene.config import ModelConfig
-from airscene.model import AIR, Inference, bernoulli_log_prob
+from airscene.densities import bernoulli_log_prob
+from airscene.model import AIR, Inference, build_model
 from airscene.networks import BaselineNetwork
 from airscene.objective import (
     SignalNormaliser,
@@ -13,6 +14,7 @@ from airscene.objective import (
     importance_weighted_log_px,
     learning_signals,
 )
+from airscene.rows import decided_steps
 
 
 def toy_inference(
@@ -25,14 +27,13 @@ def toy_inference(
     return Inference(
         z_pres=present,
         z_pres_prob=torch.sigmoid(logit).expand(b, 1),
-        z_where=torch.zeros(b, 1, 3),
-        z_where_loc=torch.zeros(b, 1, 3),
-        z_where_scale=torch.ones(b, 1, 3),
-        z_what=torch.zeros(b, 1, 2),
+        objects={"z_where": torch.zeros(b, 1, 3)},
+        feedback=torch.zeros(b, 1, 3),
         log_q_z_pres=bernoulli_log_prob(present, logit.expand(b, 1)),
         log_p_z_pres=present * math.log(rho) + (1 - present) * math.log(1 - rho),
         log_q_object=zeros,
         log_p_object=zeros,
+        log_q_discrete=zeros,
         log_likelihood=reward,
         canvas=torch.zeros(b, 2, 2),
     )
@@ -71,14 +72,13 @@ def test_learning_signals_credit_only_later_steps():
     inference = Inference(
         z_pres=torch.ones(b, n),
         z_pres_prob=torch.ones(b, n),
-        z_where=torch.zeros(b, n, 3),
-        z_where_loc=torch.zeros(b, n, 3),
-        z_where_scale=torch.ones(b, n, 3),
-        z_what=torch.zeros(b, n, 2),
+        objects={"z_where": torch.zeros(b, n, 3)},
+        feedback=torch.zeros(b, n, 3),
         log_q_z_pres=torch.zeros(b, n),
         log_p_z_pres=weights,
         log_q_object=torch.zeros(b, n),
         log_p_object=torch.zeros(b, n),
+        log_q_discrete=torch.zeros(b, n),
         log_likelihood=torch.tensor([100.0, 200.0]),
         canvas=torch.zeros(b, 2, 2),
     )
@@ -88,8 +88,8 @@ def test_learning_signals_credit_only_later_steps():
 
 def small_air() -> AIR:
     torch.manual_seed(0)
-    return AIR(
-        ModelConfig(
+    return build_model(
+        model_config(
             lstm_size=16, encoder_hidden=16, decoder_hidden=16, predictor_hidden=16, z_what_dim=4
         )
     )
@@ -100,7 +100,9 @@ def test_baseline_has_no_gradient_path_into_the_inference_network():
     baseline = BaselineNetwork(2500, model.latent_dim, 8)
     x = torch.rand(8, 50, 50)
     inference = model(x, generator=torch.Generator().manual_seed(1))
-    baselines = baseline(x.flatten(1), inference.previous_latents().detach())
+    baselines = baseline(
+        x.flatten(1), inference.previous_latents().detach(), decided_steps(inference.z_pres)
+    )
     objective = air_objective(inference, baselines, SignalNormaliser())
 
     objective.baseline_loss.backward(retain_graph=True)

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import TINY_FLAGS, TINY_MODEL
+from tiny import TINY_FLAGS, TINY_MODEL, model_config
 
 import airscene
 import airscene.checkpoint
 from airscene.cli import main
-from airscene.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from airscene.config import DataConfig, RunConfig, TrainConfig
 from airscene.errors import AirsceneError
 from airscene.train import train
 
@@ -39,7 +39,7 @@ def config(**train) -> RunConfig:
     )
     return RunConfig(
         data=DataConfig(n_train=100, n_test=40),
-        model=ModelConfig(**TINY_MODEL),
+        model=model_config(**TINY_MODEL),
         train=TrainConfig(**{**base, **train}),
     )
 

@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import TINY_FLAGS, TINY_MODEL
+from tiny import TINY_FLAGS, TINY_MODEL, model_config
 
 from airscene.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from airscene.cli import main
-from airscene.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from airscene.model import AIR
+from airscene.config import DataConfig, RunConfig, TrainConfig
+from airscene.model import build_model
 from airscene.train import Trainer, train, z_pres_prior_at
 
 
 def tiny_config(**train_overrides) -> RunConfig:
     return RunConfig(
         data=DataConfig(n_train=200, n_test=100),
-        model=ModelConfig(**TINY_MODEL),
+        model=model_config(**TINY_MODEL),
         train=TrainConfig(
             **{
                 "steps": 12,
@@ -74,8 +74,8 @@ def test_z_pres_prior_annealing_is_geometric():
 @pytest.mark.parametrize("dair", [False, True])
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, dair):
     torch.manual_seed(0)
-    config = RunConfig(model=ModelConfig(dair=dair, **TINY_MODEL))
-    model = AIR(config.model)
+    config = RunConfig(model=model_config(dair=dair, **TINY_MODEL))
+    model = build_model(config.model)
     save_checkpoint(tmp_path / "ckpt", config, model, step=7, metrics={"count_accuracy": 0.5})
     loaded, checkpoint = load_model(tmp_path / "ckpt")
     assert checkpoint.step == 7 and checkpoint.metrics == {"count_accuracy": 0.5}
@@ -88,8 +88,8 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, dair):
 
 def test_corrupt_and_mismatched_checkpoints_are_rejected(tmp_path):
     torch.manual_seed(0)
-    config = RunConfig(model=ModelConfig(**TINY_MODEL))
-    path = save_checkpoint(tmp_path / "ckpt", config, AIR(config.model), step=1)
+    config = RunConfig(model=model_config(**TINY_MODEL))
+    path = save_checkpoint(tmp_path / "ckpt", config, build_model(config.model), step=1)
     weights = (path / "model.safetensors").read_bytes()
 
     (path / "model.safetensors").write_bytes(weights[: len(weights) // 2])
@@ -173,8 +173,8 @@ def test_cosine_learning_rate_schedule():
 
 def test_cli_bad_checkpoints_are_one_line_errors(tmp_path, capsys):
     torch.manual_seed(0)
-    config = RunConfig(model=ModelConfig(**TINY_MODEL))
-    good = save_checkpoint(tmp_path / "good", config, AIR(config.model), step=1)
+    config = RunConfig(model=model_config(**TINY_MODEL))
+    good = save_checkpoint(tmp_path / "good", config, build_model(config.model), step=1)
     corrupt = tmp_path / "corrupt"
     shutil.copytree(good, corrupt)
     (corrupt / "model.safetensors").write_bytes(b"\x00" * 100)
@@ -186,7 +186,7 @@ def test_cli_bad_checkpoints_are_one_line_errors(tmp_path, capsys):
     mismatched = tmp_path / "mismatched"
     shutil.copytree(good, mismatched)
     meta = json.loads((mismatched / "checkpoint.json").read_text())
-    meta["config"]["model"]["z_what_dim"] = 7
+    meta["config"]["model"]["objects"]["z_what_dim"] = 7
     (mismatched / "checkpoint.json").write_text(json.dumps(meta))
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((50, 50), dtype=np.uint8)).save(image)
@@ -213,7 +213,7 @@ def test_tiny_model_overfits_a_handful_of_scenes():
     # lets the decoder memorise a digit split over two windows, so multi-object counting is
     # shown by benchmarks/time_to_accuracy.py, not here.)
     from airscene.data.scenes import load_scenes
-    from airscene.evaluate import images_to_tensor
+    from airscene.data.training import images_to_tensor
     from airscene.train import Trainer
 
     size = dict(
@@ -225,7 +225,7 @@ def test_tiny_model_overfits_a_handful_of_scenes():
     )
     config = RunConfig(
         data=DataConfig(n_train=16, counts=(0, 1)),
-        model=ModelConfig(max_steps=1, z_what_dim=8, **size),
+        model=model_config(max_steps=1, z_what_dim=8, **size),
         train=TrainConfig(
             steps=1500, batch_size=16, learning_rate=2e-3, lr_schedule="constant", threads=2
         ),

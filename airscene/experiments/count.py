@@ -12,16 +12,13 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
-import platform
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from airscene.config import RunConfig, to_dict
 from airscene.errors import AirsceneError
-from airscene.train import git_revision, train
+from airscene.provenance import git_revision, hardware
+from airscene.train import train
 
 # Pyro 1.9.2 examples/air with its tutorial's settings, on the project's 2-core CPU machine:
 # count accuracy reached after this many minutes of training (measured when the speed target
@@ -29,33 +26,6 @@ from airscene.train import git_revision, train
 PYRO_REFERENCE_MINUTES = [(15, 0.95), (28, 0.97), (55, 0.98)]
 PYRO_FINAL_ACCURACY = 0.987  # the Pyro example after ~200k steps (~4 GPU-hours)
 THRESHOLDS = (0.95, 0.98)
-
-
-def cpu_model() -> str | None:
-    """The CPU's model name from /proc/cpuinfo (Linux; ``platform.processor()`` is empty there)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def hardware() -> dict[str, Any]:
-    """What the figures were measured on."""
-    from airscene import __version__
-
-    return {
-        "machine": platform.machine(),
-        "processor": platform.processor() or cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "airscene": __version__,
-    }
 
 
 def first_reaching(curve: list[dict[str, Any]], threshold: float) -> dict[str, Any] | None:

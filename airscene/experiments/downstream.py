@@ -22,7 +22,8 @@ import torch
 from airscene.checkpoint import PRETRAINED, load_model
 from airscene.config import DataConfig
 from airscene.data.scenes import Scenes, load_scenes
-from airscene.evaluate import evaluate, images_to_tensor
+from airscene.data.training import images_to_tensor
+from airscene.evaluate import evaluate
 from airscene.experiments.baselines import (
     ObjectDigitReadout,
     PixelCNN,
@@ -33,7 +34,7 @@ from airscene.experiments.baselines import (
     train_vae,
 )
 from airscene.model import AIR
-from airscene.train import git_revision
+from airscene.provenance import git_revision
 
 
 def _left_to_right(scenes: Scenes) -> np.ndarray:

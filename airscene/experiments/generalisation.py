@@ -23,8 +23,9 @@ from airscene.config import DataConfig, RunConfig, TrainConfig
 from airscene.data.scenes import load_scenes
 from airscene.evaluate import evaluate
 from airscene.experiments.report import accuracy_table_markdown
-from airscene.model import AIR
-from airscene.train import git_revision, train
+from airscene.model import build_model
+from airscene.provenance import git_revision
+from airscene.train import train
 
 TASKS = {
     # name: (training counts, test counts)
@@ -50,7 +51,7 @@ def evaluate_with_extra_step(
 ) -> dict[str, Any]:
     """Count accuracy of a trained run on scenes with ``test_counts`` digits, with N + 1 steps."""
     trained, checkpoint = load_model(run_dir)
-    wider = AIR(
+    wider = build_model(
         dataclasses.replace(
             checkpoint.config.model, max_steps=checkpoint.config.model.max_steps + 1
         )

@@ -1,0 +1,30 @@
+"""Log-densities of the distributions AIR's latents and pixels follow, elementwise."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def normal_log_prob(value: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(value | loc, scale)."""
+    return -0.5 * ((value - loc) / scale) ** 2 - scale.log() - LOG_SQRT_2PI
+
+
+def standard_normal_log_prob(value: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(value | 0, 1)."""
+    return -0.5 * value**2 - LOG_SQRT_2PI
+
+
+def bernoulli_log_prob(value: torch.Tensor, logit: torch.Tensor) -> torch.Tensor:
+    """Elementwise log Bernoulli(value | sigmoid(logit)), stable for large |logit|."""
+    return value * F.logsigmoid(logit) + (1 - value) * F.logsigmoid(-logit)
+
+
+def categorical_log_prob(value: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """log Categorical(value | softmax(logits)) per row: ``value`` (K,) int64, ``logits`` (K, C)."""
+    return logits.log_softmax(-1).gather(-1, value.unsqueeze(-1)).squeeze(-1)

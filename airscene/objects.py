@@ -1,0 +1,180 @@
+"""Object models: what one object of a scene is, and how objects make an image.
+
+AIR's recurrent core decides, step by step, whether another object is present (z_pres); an
+object model owns everything else about an object (paper eq. 1: p(z | n) and p(x | z)):
+
+  * its latents, their prior p and their posterior q given the step's input (the image or the
+    residual, and the parameters the core's predictor emits for them from its state);
+  * how a present object is drawn, and how the drawn objects combine into the image (a sum for
+    the paper's 2D objects; a renderer may occlude, nearest surface first).
+
+``infer`` returns, per object, the log q of the reparameterised latents and, separately, the
+log q of discrete latents (an object's identity, say), which the objective gives the same
+likelihood-ratio term, baseline and per-step credit as z_pres. ``GlimpseObjects`` is the paper's
+learned 2D object; a fixed renderer is another ``ObjectModel`` with its own config kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from airscene.config import GlimpseConfig, ModelConfig
+from airscene.densities import normal_log_prob, standard_normal_log_prob
+from airscene.networks import GlimpseDecoder, GlimpseEncoder
+from airscene.rows import StepNoise, standard_normal
+from airscene.spatial import read_glimpse, write_glimpse
+
+
+@dataclass
+class ObjectStep:
+    """What an object model inferred at one step, one object per active row (K rows)."""
+
+    values: dict[str, torch.Tensor]  # latents and their posterior's parameters, (K, ...) floats
+    feedback: torch.Tensor  # (K, F) what the next step's network sees of this object
+    log_q: torch.Tensor  # (K,) log q of the reparameterised latents
+    log_p: torch.Tensor  # (K,) log p of all the object's latents (discrete ones included)
+    log_q_discrete: torch.Tensor | None  # (K,) log q of the discrete latents; None: it has none
+
+
+class ObjectModel(nn.Module):
+    """The interface between the recurrent loop (``airscene.model.AIR``) and one kind of object.
+
+    Objects combine by summing unless a subclass overrides ``blank_canvas``, ``paint`` and
+    ``canvas_image`` (a renderer that occludes keeps depth in its canvas, for instance).
+    """
+
+    param_dim: int  # numbers per step the core's predictor emits for this model's posterior
+    feedback_dim: int  # size of ``ObjectStep.feedback``
+    canvas_size: int
+
+    def initial_params(self) -> torch.Tensor:
+        """(param_dim,) what the predictor emits at initialisation (its output bias)."""
+        raise NotImplementedError
+
+    def infer(
+        self, seen: torch.Tensor, params: torch.Tensor, noise: StepNoise | None
+    ) -> ObjectStep:
+        """Draw one object per row from q given what the step sees ``seen`` (K, H, W) and the
+        predictor's ``params`` (K, param_dim), with ``noise`` (the mode of q where it is None)."""
+        raise NotImplementedError
+
+    def sample_prior(
+        self, n: int, like: torch.Tensor, generator: torch.Generator | None
+    ) -> dict[str, torch.Tensor]:
+        """``n`` objects' latents drawn from the prior, the same names as ``ObjectStep.values``."""
+        raise NotImplementedError
+
+    def draw(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each of M objects alone on a blank canvas, (M, H, W)."""
+        raise NotImplementedError
+
+    def blank_canvas(self, x: torch.Tensor) -> torch.Tensor:
+        """The canvas of images ``x`` (B, H, W) before any object is painted."""
+        return torch.zeros_like(x)
+
+    def paint(
+        self, canvas: torch.Tensor, image: torch.Tensor, values: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """``canvas`` with the M objects ``values`` painted into the images ``image`` (M,), in
+        order (the same image may appear several times)."""
+        return canvas.index_add(0, image, self.draw(values))
+
+    def canvas_image(self, canvas: torch.Tensor) -> torch.Tensor:
+        """The mean image (B, H, W) of a canvas: what p(x | z) scores."""
+        return canvas
+
+
+class GlimpseObjects(ObjectModel):
+    """The paper's 2D objects. z_where = (scale, x, y) ~ Normal places a window; q(z_where) is
+    predicted by the core, the glimpse is read at z_where and encoded to q(z_what); z_what ~
+    N(0, I) is decoded to a glimpse that the spatial transformer writes into the window."""
+
+    def __init__(self, config: GlimpseConfig, canvas_size: int) -> None:
+        super().__init__()
+        self.config, self.canvas_size = config, canvas_size
+        self.z_what_dim = config.z_what_dim
+        self.param_dim = 6  # z_where's loc (3) and its scale before the bound (3)
+        self.feedback_dim = 3 + config.z_what_dim  # z_where, z_what
+        pixels = config.glimpse_size**2
+        self.encoder = GlimpseEncoder(pixels, config.encoder_hidden, config.z_what_dim)
+        self.decoder = GlimpseDecoder(
+            config.z_what_dim,
+            config.decoder_hidden,
+            config.glimpse_size,
+            config.decoder_output_bias,
+        )
+        self.register_buffer(
+            "z_where_prior_loc", torch.tensor(config.z_where_prior_loc), persistent=False
+        )
+        self.register_buffer(
+            "z_where_prior_scale", torch.tensor(config.z_where_prior_scale), persistent=False
+        )
+
+    def initial_params(self) -> torch.Tensor:
+        # The window starts at the prior's z_where with a small spread: glimpses then begin
+        # where objects of the expected size would be.
+        return torch.tensor([*self.config.z_where_prior_loc, -2.0, -2.0, -2.0])
+
+    def where_posterior(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z_where)'s loc and scale, each (K, 3), from the predictor's ``params`` (K, 6)."""
+        loc, raw_scale = params[:, :3], params[:, 3:]
+        bound = self.config.z_where_max_scale
+        if bound is None:
+            return loc, F.softplus(raw_scale) + 1e-4
+        return loc, bound * torch.sigmoid(raw_scale) + 1e-4
+
+    def log_prior_z_where(self, z_where: torch.Tensor) -> torch.Tensor:
+        """log p(z_where) per object, (K,)."""
+        return normal_log_prob(z_where, self.z_where_prior_loc, self.z_where_prior_scale).sum(-1)
+
+    def infer(self, seen, params, noise):
+        where_loc, where_scale = self.where_posterior(params)
+        z_where = where_loc if noise is None else where_loc + where_scale * noise.normal(3)
+        glimpse = read_glimpse(seen, z_where, self.config.glimpse_size)  # (K, G, G)
+        what_loc, what_scale = self.encoder(glimpse.flatten(1))
+        z_what = (
+            what_loc if noise is None else what_loc + what_scale * noise.normal(self.z_what_dim)
+        )
+        log_q_where = normal_log_prob(z_where, where_loc, where_scale).sum(-1)
+        log_q_what = normal_log_prob(z_what, what_loc, what_scale).sum(-1)
+        return ObjectStep(
+            values={
+                "z_where": z_where,
+                "z_where_loc": where_loc,
+                "z_where_scale": where_scale,
+                "z_what": z_what,
+            },
+            feedback=torch.cat([z_where, z_what], dim=1),
+            log_q=log_q_where + log_q_what,
+            log_p=self.log_prior_z_where(z_where) + standard_normal_log_prob(z_what).sum(-1),
+            log_q_discrete=None,
+        )
+
+    def sample_prior(self, n, like, generator):
+        z_where = self.z_where_prior_loc + self.z_where_prior_scale * standard_normal(
+            (n, 3), like, generator
+        )
+        return {
+            "z_where": z_where,
+            "z_what": standard_normal((n, self.z_what_dim), like, generator),
+        }
+
+    def draw(self, values):
+        glimpse = self.decoder(values["z_what"])  # (M, G, G)
+        return write_glimpse(glimpse, values["z_where"], self.canvas_size)
+
+
+# The object models, by the ``kind`` of their config (``airscene.config.OBJECT_CONFIGS``).
+OBJECT_MODELS: dict[str, Callable[[object, ModelConfig], ObjectModel]] = {
+    "glimpse": lambda objects, model: GlimpseObjects(objects, model.canvas_size),
+}
+
+
+def build_objects(config: ModelConfig) -> ObjectModel:
+    """The object model ``config.objects`` describes."""
+    return OBJECT_MODELS[config.objects.kind](config.objects, config)

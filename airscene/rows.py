@@ -1,0 +1,120 @@
+"""Which images a step of the recurrent loop still runs for, and the noise it draws for them.
+
+A step of AIR is *decided* for an image while every earlier z_pres of that image was 1; the
+others enter no term of p or q (they are masked), so the loops of the inference network and of
+the baseline network compute each step only for the images it is decided for. ``ActiveRows``
+holds those images, takes their rows out of a batch, keeps the ones that go on, and scatters
+what each step computed back into (B, N, ...) at the end, with zeros for undecided steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def decided_steps(z_pres: torch.Tensor) -> torch.Tensor:
+    """(B, N) 1 where step i's z_pres was actually decided: every earlier object was present."""
+    return torch.cat([torch.ones_like(z_pres[:, :1]), z_pres[:, :-1]], dim=1)
+
+
+class ActiveRows:
+    """The images (rows of a batch of ``batch``) whose current step of ``steps`` is decided."""
+
+    def __init__(self, batch: int, steps: int, device: torch.device) -> None:
+        self.batch, self.steps = batch, steps
+        self.index = torch.arange(batch, device=device)  # (K,) rows still running
+        self._flat: list[torch.Tensor] = []  # per recorded step, its rows' places in B * N
+
+    @property
+    def every_row(self) -> bool:
+        return self.index.numel() == self.batch
+
+    def __len__(self) -> int:
+        return self.index.numel()
+
+    def take(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The active rows of a (B, ...) tensor, (K, ...); the tensor itself while all are."""
+        return tensor if self.every_row else tensor[self.index]
+
+    def record(self, step: int) -> None:
+        """Note that the values of ``step`` are about to be computed for the active rows."""
+        self._flat.append(self.index * self.steps + step)
+
+    def keep(self, keep: torch.Tensor, *carried: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Go on with the active rows at positions ``keep`` (K',) only; returns the ``carried``
+        (K, ...) tensors cut to those rows."""
+        if keep.numel() == self.index.numel():
+            return carried
+        self.index = self.index[keep]
+        return tuple(tensor[keep] for tensor in carried)
+
+    def scatter(self, values: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Per name, the values of every recorded step ((K_t, ...) each, floating point, in step
+        order) as one (B, N, ...) tensor, zero where a step was not computed.
+
+        All names travel in one (K, F) table, one scatter for all of them (and one in the
+        backward pass); the table is an implementation detail, each name comes back whole.
+        """
+        names = list(values)
+        parts = [torch.cat(values[name]) for name in names]  # each (K, ...)
+        shapes = [part.shape[1:] for part in parts]
+        columns = [part.reshape(part.shape[0], -1) for part in parts]  # each (K, F_name)
+        table = torch.cat(columns, dim=1)  # (K, F)
+        every = table.new_zeros(self.batch * self.steps, table.shape[1])
+        every = every.index_copy(0, self.flat_index(), table).view(self.batch, self.steps, -1)
+        split = every.split([c.shape[1] for c in columns], dim=-1)
+        return {
+            name: part.reshape(self.batch, self.steps, *shape)
+            for name, part, shape in zip(names, split, shapes, strict=True)
+        }
+
+    def flat_index(self) -> torch.Tensor:
+        """(K,) the place in B * N of every recorded row, in the order ``scatter`` takes them."""
+        return torch.cat(self._flat)
+
+
+def standard_normal(
+    shape: torch.Size | tuple, like: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Standard-normal draws of ``shape`` on ``like``'s device and dtype."""
+    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+class StepNoise:
+    """The random draws of one inference step, for the active rows of a batch of ``batch``.
+
+    Every draw is made for the whole batch and the rows taken from it, so the random stream does
+    not depend on which images are still being inferred: the loop that skips the images whose
+    objects have all been found draws exactly what the plain every-step loop draws.
+    """
+
+    def __init__(
+        self,
+        generator: torch.Generator | None,
+        batch: int,
+        like: torch.Tensor,
+        rows: ActiveRows | None = None,
+    ) -> None:
+        self.generator, self.batch, self.like, self.rows = generator, batch, like, rows
+
+    def _rows(self, draws: torch.Tensor) -> torch.Tensor:
+        return draws if self.rows is None else self.rows.take(draws)
+
+    def uniform(self) -> torch.Tensor:
+        """U(0, 1) draws, (K,)."""
+        like = self.like
+        draws = torch.rand(
+            self.batch, generator=self.generator, device=like.device, dtype=like.dtype
+        )
+        return self._rows(draws)
+
+    def normal(self, dim: int) -> torch.Tensor:
+        """Standard-normal draws, (K, dim)."""
+        return self._rows(standard_normal((self.batch, dim), self.like, self.generator))
+
+    def categorical(self, logits: torch.Tensor) -> torch.Tensor:
+        """One draw per row from the categorical of ``logits`` (K, C), as int64 (K,): the
+        inverse CDF at one uniform per image of the batch."""
+        u = self.uniform().unsqueeze(1)  # (K, 1)
+        cdf = torch.softmax(logits, dim=-1).cumsum(-1)
+        return (cdf < u).sum(-1).clamp_max(logits.shape[-1] - 1)
