@@ -184,8 +184,9 @@ class AIR(nn.Module):
         objects = {name: torch.stack([v[name] for v in values], 1) for name in values[0]}
         z_pres = torch.stack(z_pres, 1)  # (n, N)
         image, step = z_pres.nonzero(as_tuple=True)  # present objects, in image-then-step order
+        size = self.config.canvas_size
         canvas = self.objects.paint(
-            self.objects.blank_canvas(like.new_zeros(n, *(self.config.canvas_size,) * 2)),
+            self.objects.blank_canvas(like.new_zeros(n, size, size)),
             image,
             {name: value[image, step] for name, value in objects.items()},
         )
@@ -267,31 +268,29 @@ class AIR(nn.Module):
             else:
                 gates = rows.take(image_gates)
             rows.record(t)
-            step = self.step(
-                seen,
-                gates,
-                previous,
-                state,
-                rho,
-                StepNoise(generator, batch, x, rows) if sample else None,
-            )
+            noise = StepNoise(generator, batch, x, rows) if sample else None
+            step = self.step(seen, gates, previous, state, rho, noise)
             _append(record, step)
             # The next step is decided only for the images with an object at this one.
             found = step.z_pres.nonzero().squeeze(1)
             if config.dair:  # the canvas must be up to date before the next step reads it
-                canvas = self.objects.paint(
-                    canvas, rows.index[found], {k: v[found] for k, v in step.objects.values.items()}
-                )
+                present = {k: v[found] for k, v in step.objects.values.items()}
+                canvas = self.objects.paint(canvas, rows.index[found], present)
             h, c, feedback = rows.keep(found, *step.state, step.objects.feedback)
             state = (h, c)
             previous = torch.cat([feedback, feedback.new_ones(len(rows), 1)], dim=1)
         if not config.dair:
             canvas = self._paint_present(canvas, rows, record)
-        every = rows.scatter(record)
+        return self._inference(x, self.objects.canvas_image(canvas), rows.scatter(record))
+
+    def _inference(
+        self, x: torch.Tensor, image: torch.Tensor, every: dict[str, torch.Tensor]
+    ) -> Inference:
+        """The loop's record, scattered into (B, N, ...) ``every``, and the painted ``image``
+        scored against ``x``, as an ``Inference``."""
         objects = {
-            name[len("object.") :]: v for name, v in every.items() if name.startswith("object.")
+            name[len(_OBJECT) :]: value for name, value in every.items() if name.startswith(_OBJECT)
         }
-        image = self.objects.canvas_image(canvas)
         return Inference(
             z_pres=every["z_pres"].detach(),  # a discrete draw: no gradient path
             z_pres_prob=every["z_pres_prob"],
@@ -315,11 +314,14 @@ class AIR(nn.Module):
         found = z_pres.nonzero().squeeze(1)
         image = rows.flat_index()[found] // rows.steps
         values = {
-            name[len("object.") :]: torch.cat(v)[found]
+            name[len(_OBJECT) :]: torch.cat(v)[found]
             for name, v in record.items()
-            if name.startswith("object.")
+            if name.startswith(_OBJECT)
         }
         return self.objects.paint(canvas, image, values)
+
+
+_OBJECT = "object."  # the record's names of the object model's values start with this
 
 
 def _append(record: dict[str, list[torch.Tensor]], step: Step) -> None:
@@ -332,7 +334,7 @@ def _append(record: dict[str, list[torch.Tensor]], step: Step) -> None:
         "log_q_object": step.log_q_object,
         "log_p_object": step.log_p_object,
         "feedback": step.objects.feedback,
-        **{f"object.{k}": v for k, v in step.objects.values.items()},
+        **{_OBJECT + k: v for k, v in step.objects.values.items()},
     }
     if step.log_q_discrete is not None:
         named["log_q_discrete"] = step.log_q_discrete

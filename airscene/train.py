@@ -71,8 +71,9 @@ def keep_freed_memory_for_reuse() -> None:
     """Keep freed blocks of up to 32 MiB in the process's heap (glibc only).
 
     By default glibc hands large blocks straight back to the OS when they are freed, so every
-    training step's fresh 10 MB weight gradients of the image projections page-fault anew:
-    about 3 ms of a 25 ms step on a 2-core CPU. Process-wide, and harmless for a training process.
+    training step's fresh 10 MB weight gradients of the image projections page-fault anew, a
+    visible part of a CPU step (benchmarks/profile_step.py). Process-wide, and harmless for a
+    training process.
     """
     if not sys.platform.startswith("linux"):
         return
