@@ -12,17 +12,20 @@ LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 def normal_log_prob(value: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Elementwise log N(value | loc, scale)."""
-    return -0.5 * ((value - loc) / scale) ** 2 - scale.log() - LOG_SQRT_2PI
+    z = (value - loc) / scale
+    # z * z rather than z ** 2: the same numbers, forward and backward, with fewer operations.
+    return -0.5 * (z * z) - scale.log() - LOG_SQRT_2PI
 
 
 def standard_normal_log_prob(value: torch.Tensor) -> torch.Tensor:
     """Elementwise log N(value | 0, 1)."""
-    return -0.5 * value**2 - LOG_SQRT_2PI
+    return -0.5 * (value * value) - LOG_SQRT_2PI
 
 
 def bernoulli_log_prob(value: torch.Tensor, logit: torch.Tensor) -> torch.Tensor:
-    """Elementwise log Bernoulli(value | sigmoid(logit)), stable for large |logit|."""
-    return value * F.logsigmoid(logit) + (1 - value) * F.logsigmoid(-logit)
+    """Elementwise log Bernoulli(value | sigmoid(logit)) of a 0/1 ``value``, stable for large
+    |logit| (the same numbers as value * log p + (1 - value) * log(1 - p), in fewer operations)."""
+    return torch.where(value > 0, F.logsigmoid(logit), F.logsigmoid(-logit))
 
 
 def categorical_log_prob(value: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ from airscene.config import ModelConfig
 from airscene.densities import bernoulli_log_prob, normal_log_prob
 from airscene.networks import RecurrentCore, StepPredictor
 from airscene.objects import ObjectModel, ObjectStep, build_objects
-from airscene.rows import ActiveRows, StepNoise
+from airscene.rows import ActiveRows, Packed, StepNoise
 
 # ---------------------------------------------------------------------------------------------
 # What inference and sampling return
@@ -60,7 +60,8 @@ class Inference:
     log_p_z_pres: torch.Tensor  # (B, N)
     log_q_object: torch.Tensor  # (B, N) log q of the object's latents (discrete ones included)
     log_p_object: torch.Tensor  # (B, N) log p of the object's latents
-    log_q_discrete: torch.Tensor  # (B, N) the discrete latents' part of log_q_object
+    log_q_discrete: torch.Tensor | None  # (B, N) the discrete latents' part of log_q_object;
+    # None where the object model has no discrete latents
     log_likelihood: torch.Tensor  # (B,) log p(x | z)
     canvas: torch.Tensor  # (B, H, W) the reconstruction: the present objects painted
 
@@ -162,9 +163,12 @@ class AIR(nn.Module):
         return (x * mean.log() + (1 - x) * (1 - mean).log()).flatten(1).sum(1)
 
     @staticmethod
-    def log_prior_z_pres(z_pres: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-        """log p(z_pres^i | z_pres^{i-1} = 1) = log Bernoulli(z_pres^i | rho), elementwise."""
-        return z_pres * rho.log() + (1 - z_pres) * torch.log1p(-rho)
+    def log_prior_z_pres(
+        z_pres: torch.Tensor, log_rho: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """log p(z_pres^i | z_pres^{i-1} = 1) = log Bernoulli(z_pres^i | rho), elementwise, from
+        ``log_rho`` = (log rho, log(1 - rho))."""
+        return torch.where(z_pres > 0, log_rho[0], log_rho[1])
 
     @torch.no_grad()
     def sample(
@@ -202,12 +206,13 @@ class AIR(nn.Module):
         image_gates: torch.Tensor,
         previous: torch.Tensor,
         state: tuple[torch.Tensor, torch.Tensor] | None,
-        rho: torch.Tensor,
+        log_rho: tuple[torch.Tensor, torch.Tensor],
         noise: StepNoise | None,
     ) -> Step:
         """One step for K images: what the step sees ``seen`` (K, H, W) and its projection into
         the LSTM's gates ``image_gates`` (K, 4H), the previous step's latents ``previous``
-        (K, L) and the LSTM ``state`` (None: zero). ``noise`` None takes every mode."""
+        (K, L), the LSTM ``state`` (None: zero) and the count prior ``log_rho`` (log rho,
+        log(1 - rho)). ``noise`` None takes every mode."""
         state = self.core(image_gates, previous, state)
         z_pres_logit, object_params = self.predictor(state[0])
         z_pres_prob = torch.sigmoid(z_pres_logit)
@@ -222,7 +227,7 @@ class AIR(nn.Module):
             z_pres=z_pres,
             z_pres_prob=z_pres_prob,
             log_q_z_pres=bernoulli_log_prob(z_pres, z_pres_logit),
-            log_p_z_pres=self.log_prior_z_pres(z_pres, rho),
+            log_p_z_pres=self.log_prior_z_pres(z_pres, log_rho),
             objects=drawn,
             log_q_object=z_pres * log_q,
             log_p_object=z_pres * drawn.log_p,
@@ -251,6 +256,7 @@ class AIR(nn.Module):
             dtype=x.dtype,
             device=x.device,
         )
+        log_rho = (rho.log(), torch.log1p(-rho))
         batch, steps = x.shape[0], config.max_steps
         rows = ActiveRows(batch, steps, x.device)
         # Plain AIR sees the same image at every step: project it into the gates once.
@@ -269,19 +275,22 @@ class AIR(nn.Module):
                 gates = rows.take(image_gates)
             rows.record(t)
             noise = StepNoise(generator, batch, x, rows) if sample else None
-            step = self.step(seen, gates, previous, state, rho, noise)
+            step = self.step(seen, gates, previous, state, log_rho, noise)
             _append(record, step)
             # The next step is decided only for the images with an object at this one.
             found = step.z_pres.nonzero().squeeze(1)
             if config.dair:  # the canvas must be up to date before the next step reads it
                 present = {k: v[found] for k, v in step.objects.values.items()}
                 canvas = self.objects.paint(canvas, rows.index[found], present)
-            h, c, feedback = rows.keep(found, *step.state, step.objects.feedback)
+            h, c, feedback = rows.keep(
+                found, *step.state, self.objects.feedback(step.objects.values)
+            )
             state = (h, c)
             previous = torch.cat([feedback, feedback.new_ones(len(rows), 1)], dim=1)
+        packed = rows.pack(record)
         if not config.dair:
-            canvas = self._paint_present(canvas, rows, record)
-        return self._inference(x, self.objects.canvas_image(canvas), rows.scatter(record))
+            canvas = self._paint_present(canvas, packed)
+        return self._inference(x, self.objects.canvas_image(canvas), packed.scatter())
 
     def _inference(
         self, x: torch.Tensor, image: torch.Tensor, every: dict[str, torch.Tensor]
@@ -295,27 +304,25 @@ class AIR(nn.Module):
             z_pres=every["z_pres"].detach(),  # a discrete draw: no gradient path
             z_pres_prob=every["z_pres_prob"],
             objects=objects,
-            feedback=every["feedback"],
+            feedback=self.objects.feedback(objects),
             log_q_z_pres=every["log_q_z_pres"],
             log_p_z_pres=every["log_p_z_pres"],
             log_q_object=every["log_q_object"],
             log_p_object=every["log_p_object"],
-            log_q_discrete=every.get("log_q_discrete", torch.zeros_like(every["log_q_object"])),
+            log_q_discrete=every.get("log_q_discrete"),
             log_likelihood=self.log_likelihood(x, image),
             canvas=image,
         )
 
-    def _paint_present(
-        self, canvas: torch.Tensor, rows: ActiveRows, record: dict[str, list[torch.Tensor]]
-    ) -> torch.Tensor:
+    def _paint_present(self, canvas: torch.Tensor, packed: Packed) -> torch.Tensor:
         """Plain AIR's objects, painted after the loop: only the present ones, each into its
         image in step order (on Multi-MNIST a third of all steps hold an object)."""
-        z_pres = torch.cat(record["z_pres"])  # (K,) every decided step of every image
-        found = z_pres.nonzero().squeeze(1)
-        image = rows.flat_index()[found] // rows.steps
+        columns = packed.columns()
+        found = columns["z_pres"].nonzero().squeeze(1)  # of every decided step
+        image = packed.rows.flat_index()[found] // packed.rows.steps
         values = {
-            name[len(_OBJECT) :]: torch.cat(v)[found]
-            for name, v in record.items()
+            name[len(_OBJECT) :]: value[found]
+            for name, value in columns.items()
             if name.startswith(_OBJECT)
         }
         return self.objects.paint(canvas, image, values)
@@ -333,7 +340,6 @@ def _append(record: dict[str, list[torch.Tensor]], step: Step) -> None:
         "log_p_z_pres": step.log_p_z_pres,
         "log_q_object": step.log_q_object,
         "log_p_object": step.log_p_object,
-        "feedback": step.objects.feedback,
         **{_OBJECT + k: v for k, v in step.objects.values.items()},
     }
     if step.log_q_discrete is not None:

@@ -238,4 +238,4 @@ class BaselineNetwork(nn.Module):
             rows.record(t)
             state = self.core(rows.take(image_gates), rows.take(previous_latents[:, t]), state)
             values.append(self.head(state[0]).squeeze(-1))
-        return rows.scatter({"baseline": values})["baseline"]
+        return rows.pack({"baseline": values}).scatter()["baseline"]

@@ -84,7 +84,8 @@ def air_objective(
     if normaliser is not None:
         residual = normaliser(residual, decided)
     surrogate = (decided * residual * inference.log_q_z_pres).sum(1)
-    surrogate = surrogate + (residual * inference.log_q_discrete).sum(1)  # present objects only
+    if inference.log_q_discrete is not None:  # present objects' discrete latents
+        surrogate = surrogate + (residual * inference.log_q_discrete).sum(1)
     elbo = inference.elbo
     loss = -(elbo + surrogate).mean()
     baseline_loss = (decided * (baselines - signals) ** 2).sum(1).mean()

@@ -35,7 +35,6 @@ class ObjectStep:
     """What an object model inferred at one step, one object per active row (K rows)."""
 
     values: dict[str, torch.Tensor]  # latents and their posterior's parameters, (K, ...) floats
-    feedback: torch.Tensor  # (K, F) what the next step's network sees of this object
     log_q: torch.Tensor  # (K,) log q of the reparameterised latents
     log_p: torch.Tensor  # (K,) log p of all the object's latents (discrete ones included)
     log_q_discrete: torch.Tensor | None  # (K,) log q of the discrete latents; None: it has none
@@ -49,7 +48,7 @@ class ObjectModel(nn.Module):
     """
 
     param_dim: int  # numbers per step the core's predictor emits for this model's posterior
-    feedback_dim: int  # size of ``ObjectStep.feedback``
+    feedback_dim: int  # size of ``feedback``'s last dimension
     canvas_size: int
 
     def initial_params(self) -> torch.Tensor:
@@ -61,6 +60,10 @@ class ObjectModel(nn.Module):
     ) -> ObjectStep:
         """Draw one object per row from q given what the step sees ``seen`` (K, H, W) and the
         predictor's ``params`` (K, param_dim), with ``noise`` (the mode of q where it is None)."""
+        raise NotImplementedError
+
+    def feedback(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the next step's network sees of objects ``values`` (..., feedback_dim)."""
         raise NotImplementedError
 
     def sample_prior(
@@ -149,11 +152,13 @@ class GlimpseObjects(ObjectModel):
                 "z_where_scale": where_scale,
                 "z_what": z_what,
             },
-            feedback=torch.cat([z_where, z_what], dim=1),
             log_q=log_q_where + log_q_what,
             log_p=self.log_prior_z_where(z_where) + standard_normal_log_prob(z_what).sum(-1),
             log_q_discrete=None,
         )
+
+    def feedback(self, values):
+        return torch.cat([values["z_where"], values["z_what"]], dim=-1)
 
     def sample_prior(self, n, like, generator):
         z_where = self.z_where_prior_loc + self.z_where_prior_scale * standard_normal(

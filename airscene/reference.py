@@ -84,7 +84,6 @@ def glimpse_object(
             "z_where_scale": where_scale,
             "z_what": z_what,
         },
-        feedback=torch.cat([z_where, z_what], dim=1),
         log_q=log_q_where + log_q_what,
         log_p=objects.log_prior_z_where(z_where) + standard_normal_log_prob(z_what).sum(-1),
         log_q_discrete=None,
@@ -141,28 +140,28 @@ def infer(
             "z_pres": present,
             "z_pres_prob": z_pres_prob,
             "z_pres_logit": z_pres_logit,
-            "feedback": drawn.feedback,
             "log_q": drawn.log_q,
             "log_p": drawn.log_p,
             **{f"object.{k}": v for k, v in drawn.values.items()},
         }.items():
             steps.setdefault(name, []).append(value)
         previous_present = present
-        previous = torch.cat([drawn.feedback, present.unsqueeze(-1)], dim=-1)
+        previous = torch.cat([objects.feedback(drawn.values), present.unsqueeze(-1)], dim=-1)
 
     every = {name: torch.stack(values, dim=1) for name, values in steps.items()}
     z_pres = every["z_pres"]
     decided = decided_steps(z_pres)
+    values = {k[len("object.") :]: v for k, v in every.items() if k.startswith("object.")}
     return Inference(
         z_pres=z_pres,
         z_pres_prob=every["z_pres_prob"],
-        objects={k[len("object.") :]: v for k, v in every.items() if k.startswith("object.")},
-        feedback=every["feedback"],
+        objects=values,
+        feedback=objects.feedback(values),
         log_q_z_pres=decided * bernoulli_log_prob(z_pres, every["z_pres_logit"]),
-        log_p_z_pres=decided * AIR.log_prior_z_pres(z_pres, rho),
+        log_p_z_pres=decided * AIR.log_prior_z_pres(z_pres, (rho.log(), torch.log1p(-rho))),
         log_q_object=z_pres * every["log_q"],
         log_p_object=z_pres * every["log_p"],
-        log_q_discrete=torch.zeros_like(z_pres),
+        log_q_discrete=None,
         log_likelihood=model.log_likelihood(x, canvas),
         canvas=canvas,
     )

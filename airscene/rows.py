@@ -9,6 +9,9 @@ what each step computed back into (B, N, ...) at the end, with zeros for undecid
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 
@@ -48,29 +51,59 @@ class ActiveRows:
         self.index = self.index[keep]
         return tuple(tensor[keep] for tensor in carried)
 
-    def scatter(self, values: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Per name, the values of every recorded step ((K_t, ...) each, floating point, in step
-        order) as one (B, N, ...) tensor, zero where a step was not computed.
-
-        All names travel in one (K, F) table, one scatter for all of them (and one in the
-        backward pass); the table is an implementation detail, each name comes back whole.
-        """
+    def pack(self, values: dict[str, list[torch.Tensor]]) -> Packed:
+        """The values of every recorded step ((K_t, ...) floating point tensors per name, in
+        step order) side by side in one (K, F) table: one scatter (and one in the backward pass)
+        for all of them, instead of one per name."""
         names = list(values)
-        parts = [torch.cat(values[name]) for name in names]  # each (K, ...)
-        shapes = [part.shape[1:] for part in parts]
-        columns = [part.reshape(part.shape[0], -1) for part in parts]  # each (K, F_name)
-        table = torch.cat(columns, dim=1)  # (K, F)
-        every = table.new_zeros(self.batch * self.steps, table.shape[1])
-        every = every.index_copy(0, self.flat_index(), table).view(self.batch, self.steps, -1)
-        split = every.split([c.shape[1] for c in columns], dim=-1)
-        return {
-            name: part.reshape(self.batch, self.steps, *shape)
-            for name, part, shape in zip(names, split, shapes, strict=True)
-        }
+        flat = [name for name in names if values[name][0].dim() == 1]
+        wide = [name for name in names if values[name][0].dim() > 1]
+        blocks = []
+        for t in range(len(self._flat)):
+            parts = [torch.stack([values[name][t] for name in flat], dim=1)] if flat else []
+            parts += [_as_columns(values[name][t]) for name in wide]
+            blocks.append(torch.cat(parts, dim=1))  # (K_t, F)
+        wide_shapes = {name: values[name][0].shape[1:] for name in wide}
+        return Packed(torch.cat(blocks), flat, wide_shapes, self)
 
     def flat_index(self) -> torch.Tensor:
         """(K,) the place in B * N of every recorded row, in the order ``scatter`` takes them."""
         return torch.cat(self._flat)
+
+
+def _as_columns(value: torch.Tensor) -> torch.Tensor:
+    return value if value.dim() == 2 else value.flatten(1)
+
+
+@dataclass
+class Packed:
+    """Per-step values of the active rows, packed by ``ActiveRows.pack``: rows in step order,
+    the one-dimensional values' columns first, then each wider value's."""
+
+    table: torch.Tensor  # (K, F) every recorded row of every step
+    flat: list[str]  # names of values with one number per row, one column each
+    wide: dict[str, torch.Size]  # names of wider values, and one row's shape
+    rows: ActiveRows
+
+    def columns(self) -> dict[str, torch.Tensor]:
+        """Every name's values of every recorded row, (K, ...)."""
+        return self._split(self.table)
+
+    def scatter(self) -> dict[str, torch.Tensor]:
+        """Every name as one (B, N, ...) tensor, zero where a step was not computed."""
+        rows, table = self.rows, self.table
+        every = table.new_zeros(rows.batch * rows.steps, table.shape[1])
+        every = every.index_copy(0, rows.flat_index(), table).view(rows.batch, rows.steps, -1)
+        return self._split(every)
+
+    def _split(self, table: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = len(self.flat)
+        out = dict(zip(self.flat, table[..., :n].unbind(-1), strict=True))
+        widths = [math.prod(shape) for shape in self.wide.values()]
+        parts = table[..., n:].split(widths, dim=-1)
+        for (name, shape), part in zip(self.wide.items(), parts, strict=True):
+            out[name] = part if len(shape) == 1 else part.reshape(*table.shape[:-1], *shape)
+        return out
 
 
 def standard_normal(

@@ -65,15 +65,17 @@ class BarObjects(ObjectModel):
         scale = 0.1 * torch.sigmoid(params[:, 4:]) + 1e-4
         shape = logits.argmax(-1) if noise is None else noise.categorical(logits)
         position = loc if noise is None else loc + scale * noise.normal(2)
-        one_hot = torch.nn.functional.one_hot(shape, 2).to(params.dtype)
         return ObjectStep(
             values={"shape": shape.to(params.dtype), "position": position},
-            feedback=torch.cat([one_hot, position], dim=1),
             log_q=normal_log_prob(position, loc, scale).sum(-1),
             log_p=math.log(0.5)
             + normal_log_prob(position, torch.zeros(()), torch.ones(())).sum(-1),
             log_q_discrete=categorical_log_prob(shape, logits),
         )
+
+    def feedback(self, values):
+        one_hot = torch.nn.functional.one_hot(values["shape"].long(), 2)
+        return torch.cat([one_hot.to(values["position"].dtype), values["position"]], dim=-1)
 
     def sample_prior(self, n, like, generator):
         shape = torch.randint(0, 2, (n,), generator=generator).to(like.dtype)
@@ -191,7 +193,9 @@ def test_active_rows_take_keep_and_scatter():
         (carried,) = rows.keep(torch.tensor(keep), rows.take(x))
         assert carried.tolist() == rows.take(x).tolist()
     assert rows.index.tolist() == [0]
-    every = rows.scatter({"v": values, "pair": [torch.stack([v, -v], 1) for v in values]})
+    packed = rows.pack({"v": values, "pair": [torch.stack([v, -v], 1) for v in values]})
+    assert packed.columns()["v"].tolist() == [0, 1, 2, 3, 10, 13, 20]  # rows in step order
+    every = packed.scatter()
     assert every["v"].tolist() == [[0, 10, 20], [1, 0, 0], [2, 0, 0], [3, 13, 0]]
     assert every["pair"].shape == (4, 3, 2)
     torch.testing.assert_close(every["pair"][..., 1], -every["v"])
