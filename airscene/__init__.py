@@ -8,7 +8,7 @@ from airscene.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from airscene.data import Scenes, load_mnist, load_scenes
 from airscene.errors import AirsceneError
 from airscene.evaluate import Evaluation, evaluate
-from airscene.model import AIR
+from airscene.model import AIR, build_model
 from airscene.pipeline import Pipeline, load
 from airscene.provenance import __version__
 from airscene.train import train
@@ -24,6 +24,7 @@ __all__ = [
     "Scenes",
     "TrainConfig",
     "__version__",
+    "build_model",
     "evaluate",
     "load",
     "load_mnist",

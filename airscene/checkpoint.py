@@ -182,6 +182,11 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         config = from_dict(RunConfig, meta["config"])
     except (KeyError, TypeError, ConfigError) as error:
         raise CheckpointError(f"{meta_file}: invalid config in checkpoint ({error})") from None
+    kind = meta.get("object_model", config.model.objects.kind)  # absent before object models
+    if kind != config.model.objects.kind:
+        raise CheckpointError(
+            f"{meta_file}: says object model {kind!r}, its config holds {config.model.objects.kind!r}"
+        )
     model_state = _read_weights(directory / MODEL_FILE)
     baseline_file = directory / BASELINE_FILE
     baseline_state = _read_weights(baseline_file) if baseline_file.is_file() else None

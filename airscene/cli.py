@@ -104,8 +104,10 @@ def add_config_arguments(
                 default=None,
                 help=f"{field.metadata.get('help', '')} (default: {field.default_factory().kind})",
             )
+            added: set[str] = {"kind"}  # a field two kinds share is one flag
             for kind in kinds.values():
-                add_config_arguments(parser, kind, exclude=("kind",))
+                add_config_arguments(parser, kind, exclude=tuple(added))
+                added |= {f.name for f in dataclasses.fields(kind)}
             continue
         dest = (rename or {}).get(field.name, field.name)
         flag = "--" + dest.replace("_", "-")
@@ -165,8 +167,9 @@ def _kind_from_args(name: str, kinds: dict[str, type], args: argparse.Namespace,
     """The config of the kind ``--NAME`` chooses (else ``base``'s), from its own flags; a flag
     of another kind is an error."""
     kind = getattr(args, name, None) or base.kind
+    own = ("kind", *(f.name for f in dataclasses.fields(kinds[kind])))
     for other, other_cls in kinds.items():
-        stray = [] if other == kind else given_fields(other_cls, args, exclude=("kind",))
+        stray = [] if other == kind else given_fields(other_cls, args, exclude=own)
         if stray:
             flags = ", ".join(f"--{f.replace('_', '-')}" for f in stray)
             raise AirsceneError(f"{flags}: a setting of --{name} {other}, not of {kind}")
@@ -307,7 +310,7 @@ def _eval(args: argparse.Namespace) -> int:
     model, checkpoint = load_model(args.model)
     data = config_from_args(DataConfig, args, base=checkpoint.config.data, rename=_DATA_RENAME)
     if args.data is not None:  # the user's own images: all of them, counts if given
-        from airscene.train import training_data
+        from airscene.data.training import training_data
 
         own = dataclasses.replace(
             checkpoint.config, data=dataclasses.replace(data, holdout_fraction=0.0)
@@ -355,7 +358,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from airscene.checkpoint import load_model
     from airscene.data.scenes import load_scenes
-    from airscene.evaluate import images_to_tensor
+    from airscene.data.training import images_to_tensor
     from airscene.spatial import z_where_to_box
     from airscene.visualise import inference_figure
 

@@ -132,7 +132,7 @@ def from_dict(cls: type[C], values: dict[str, Any]) -> C:
     for name, value in values.items():
         hint, kinds = hints[name], fields[name].metadata.get("kinds")
         if kinds is not None and isinstance(value, dict):
-            kind = value.get("kind")
+            kind = value.get("kind", fields[name].default_factory().kind)
             if kind not in kinds:
                 raise ConfigError(f"{name}: unknown kind {kind!r} (known: {', '.join(kinds)})")
             kwargs[name] = from_dict(kinds[kind], value)
@@ -202,7 +202,9 @@ class GlimpseConfig:
 # The object models a ModelConfig can hold, by their ``kind``. A new object model adds its
 # config here (and its module to ``airscene.objects.OBJECT_MODELS``).
 OBJECT_CONFIGS: dict[str, type] = {"glimpse": GlimpseConfig}
-ObjectConfig = GlimpseConfig  # the union of OBJECT_CONFIGS' classes
+# The type of ModelConfig.objects: GlimpseConfig while it is the only kind (a union of the
+# OBJECT_CONFIGS classes once there are more).
+ObjectConfig = GlimpseConfig
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,7 @@ class ModelConfig:
         )
         _check(
             isinstance(self.objects, tuple(OBJECT_CONFIGS.values())),
-            f"objects must be one of {', '.join(OBJECT_CONFIGS)}' configs, got {self.objects!r}",
+            f"objects must be the config of one of {', '.join(OBJECT_CONFIGS)}, got {self.objects!r}",
         )
 
     @staticmethod

@@ -138,13 +138,14 @@ class AIR(nn.Module):
     """Attend, Infer, Repeat: ``model(x)`` runs inference on images ``x`` (B, H, W) in [0, 1].
 
     The recurrent core (LSTM and predictor) owns z_pres and its state; ``objects`` owns every
-    other per-object latent and how objects make the image. Build one with ``build_model``.
+    other per-object latent and how objects make the image: by default the one ``config.objects``
+    names (``build_model``); a model can also be given one directly.
     """
 
-    def __init__(self, config: ModelConfig, objects: ObjectModel) -> None:
+    def __init__(self, config: ModelConfig, objects: ObjectModel | None = None) -> None:
         super().__init__()
         self.config = config
-        self.objects = objects
+        self.objects = build_objects(config) if objects is None else objects
         # What a step sees of the one before: the object's feedback and its z_pres.
         self.latent_dim = objects.feedback_dim + 1
         self.core = RecurrentCore(config.canvas_size**2, self.latent_dim, config.lstm_size)
@@ -319,7 +320,7 @@ class AIR(nn.Module):
         image in step order (on Multi-MNIST a third of all steps hold an object)."""
         columns = packed.columns()
         found = columns["z_pres"].nonzero().squeeze(1)  # of every decided step
-        image = packed.rows.flat_index()[found] // packed.rows.steps
+        image = packed.flat_index[found] // packed.rows.steps
         values = {
             name[len(_OBJECT) :]: value[found]
             for name, value in columns.items()

@@ -37,7 +37,8 @@ class ObjectStep:
     values: dict[str, torch.Tensor]  # latents and their posterior's parameters, (K, ...) floats
     log_q: torch.Tensor  # (K,) log q of the reparameterised latents
     log_p: torch.Tensor  # (K,) log p of all the object's latents (discrete ones included)
-    log_q_discrete: torch.Tensor | None  # (K,) log q of the discrete latents; None: it has none
+    log_q_discrete: torch.Tensor | None  # (K,) log q of the discrete latents; None (at every
+    # step) for an object model that has none
 
 
 class ObjectModel(nn.Module):
@@ -47,19 +48,19 @@ class ObjectModel(nn.Module):
     ``canvas_image`` (a renderer that occludes keeps depth in its canvas, for instance).
     """
 
-    param_dim: int  # numbers per step the core's predictor emits for this model's posterior
     feedback_dim: int  # size of ``feedback``'s last dimension
     canvas_size: int
 
     def initial_params(self) -> torch.Tensor:
-        """(param_dim,) what the predictor emits at initialisation (its output bias)."""
+        """(P,) what the core's predictor emits for this model's posterior at initialisation (its
+        output bias): as many numbers as ``infer`` reads from ``params`` at every step."""
         raise NotImplementedError
 
     def infer(
         self, seen: torch.Tensor, params: torch.Tensor, noise: StepNoise | None
     ) -> ObjectStep:
         """Draw one object per row from q given what the step sees ``seen`` (K, H, W) and the
-        predictor's ``params`` (K, param_dim), with ``noise`` (the mode of q where it is None)."""
+        predictor's ``params`` (K, P), with ``noise`` (the mode of q where it is None)."""
         raise NotImplementedError
 
     def feedback(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -101,7 +102,6 @@ class GlimpseObjects(ObjectModel):
         super().__init__()
         self.config, self.canvas_size = config, canvas_size
         self.z_what_dim = config.z_what_dim
-        self.param_dim = 6  # z_where's loc (3) and its scale before the bound (3)
         self.feedback_dim = 3 + config.z_what_dim  # z_where, z_what
         pixels = config.glimpse_size**2
         self.encoder = GlimpseEncoder(pixels, config.encoder_hidden, config.z_what_dim)
@@ -119,8 +119,8 @@ class GlimpseObjects(ObjectModel):
         )
 
     def initial_params(self) -> torch.Tensor:
-        # The window starts at the prior's z_where with a small spread: glimpses then begin
-        # where objects of the expected size would be.
+        """z_where's loc (3) and its scale before the bound (3): the window starts at the prior's
+        z_where with a small spread, so glimpses begin where objects of the expected size would."""
         return torch.tensor([*self.config.z_where_prior_loc, -2.0, -2.0, -2.0])
 
     def where_posterior(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,8 +3,9 @@
 A step of AIR is *decided* for an image while every earlier z_pres of that image was 1; the
 others enter no term of p or q (they are masked), so the loops of the inference network and of
 the baseline network compute each step only for the images it is decided for. ``ActiveRows``
-holds those images, takes their rows out of a batch, keeps the ones that go on, and scatters
-what each step computed back into (B, N, ...) at the end, with zeros for undecided steps.
+holds those images, takes their rows out of a batch, keeps the ones that go on, and packs what
+each step computed into one table (``Packed``) that is scattered back into (B, N, ...) at the
+end, with zeros for undecided steps.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class ActiveRows:
         step order) side by side in one (K, F) table: one scatter (and one in the backward pass)
         for all of them, instead of one per name."""
         names = list(values)
+        for name in names:
+            first = values[name][0]
+            if first.dim() < 1 or not first.is_floating_point():
+                raise TypeError(f"{name}: pack takes floating (K, ...) values, got {first.dtype}")
         flat = [name for name in names if values[name][0].dim() == 1]
         wide = [name for name in names if values[name][0].dim() > 1]
         blocks = []
@@ -64,10 +69,10 @@ class ActiveRows:
             parts += [_as_columns(values[name][t]) for name in wide]
             blocks.append(torch.cat(parts, dim=1))  # (K_t, F)
         wide_shapes = {name: values[name][0].shape[1:] for name in wide}
-        return Packed(torch.cat(blocks), flat, wide_shapes, self)
+        return Packed(torch.cat(blocks), flat, wide_shapes, self, self.flat_index())
 
     def flat_index(self) -> torch.Tensor:
-        """(K,) the place in B * N of every recorded row, in the order ``scatter`` takes them."""
+        """(K,) the place in B * N of every recorded row, in the order ``pack`` lays them out."""
         return torch.cat(self._flat)
 
 
@@ -84,6 +89,7 @@ class Packed:
     flat: list[str]  # names of values with one number per row, one column each
     wide: dict[str, torch.Size]  # names of wider values, and one row's shape
     rows: ActiveRows
+    flat_index: torch.Tensor  # (K,) each table row's place in B * N
 
     def columns(self) -> dict[str, torch.Tensor]:
         """Every name's values of every recorded row, (K, ...)."""
@@ -93,7 +99,7 @@ class Packed:
         """Every name as one (B, N, ...) tensor, zero where a step was not computed."""
         rows, table = self.rows, self.table
         every = table.new_zeros(rows.batch * rows.steps, table.shape[1])
-        every = every.index_copy(0, rows.flat_index(), table).view(rows.batch, rows.steps, -1)
+        every = every.index_copy(0, self.flat_index, table).view(rows.batch, rows.steps, -1)
         return self._split(every)
 
     def _split(self, table: torch.Tensor) -> dict[str, torch.Tensor]:

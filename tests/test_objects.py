@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny import TINY_MODEL, model_config
 
-from airscene.checkpoint import read_checkpoint, save_checkpoint
+from airscene.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from airscene.cli import build_parser, config_from_args, main
 from airscene.config import (
     OBJECT_CONFIGS,
@@ -24,6 +24,7 @@ from airscene.config import (
     to_dict,
 )
 from airscene.densities import categorical_log_prob, normal_log_prob
+from airscene.errors import AirsceneError
 from airscene.model import Inference, build_model
 from airscene.objective import air_objective
 from airscene.objects import OBJECT_MODELS, ObjectModel, ObjectStep
@@ -52,12 +53,11 @@ class BarObjects(ObjectModel):
     def __init__(self, canvas_size: int) -> None:
         super().__init__()
         self.canvas_size = canvas_size
-        self.param_dim = 2 + 2 + 2  # shape logits, position loc, position scale before its bound
         self.feedback_dim = 2 + 2  # one-hot shape, position
         self.register_buffer("templates", TEMPLATES.clone(), persistent=False)
         self.prior_scale = torch.tensor(0.1)  # positions near the centre
 
-    def initial_params(self):
+    def initial_params(self):  # shape logits, position loc, position scale before its bound
         return torch.tensor([0.0, 0.0, 0.0, 0.0, -2.0, -2.0])
 
     def infer(self, seen, params, noise):
@@ -240,3 +240,34 @@ def test_object_model_flags_come_from_its_config(capsys):
     assert model.lstm_size == 9 and model.objects == GlimpseConfig(z_what_dim=7)
     assert main(["train", "--resume", "runs/x", "--z-what-dim", "7"]) == 2
     assert "drop --z-what-dim" in capsys.readouterr().err
+
+
+@dataclasses.dataclass(frozen=True)
+class OtherConfig:
+    """Another object model, sharing a setting with the glimpse model."""
+
+    kind: Literal["other"] = "other"
+    z_what_dim: int = 3
+    sides: int = 4
+
+
+def test_a_second_object_kind_gets_its_own_flags(monkeypatch, capsys):
+    monkeypatch.setitem(OBJECT_CONFIGS, "other", OtherConfig)
+    parser = build_parser()  # the shared --z-what-dim is one flag
+    args = parser.parse_args(["train", "--objects", "other", "--sides", "6", "--z-what-dim", "5"])
+    assert config_from_args(ModelConfig, args).objects == OtherConfig(z_what_dim=5, sides=6)
+    args = parser.parse_args(["train", "--sides", "6"])  # a setting of the kind not chosen
+    with pytest.raises(
+        AirsceneError, match="--sides: a setting of --objects other, not of glimpse"
+    ):
+        config_from_args(ModelConfig, args)
+
+
+def test_a_checkpoint_whose_object_model_disagrees_with_its_config_is_refused(tmp_path):
+    config = RunConfig(model=model_config(**TINY_MODEL))
+    path = save_checkpoint(tmp_path / "ckpt", config, build_model(config.model), step=1)
+    meta = json.loads((path / "checkpoint.json").read_text())
+    meta["object_model"] = "renderer"
+    (path / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="says object model 'renderer'"):
+        read_checkpoint(path)

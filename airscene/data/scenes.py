@@ -76,10 +76,6 @@ class Scenes:
             digit_index=np.zeros((n, 0), dtype=np.int32),
         )
 
-    def float_images(self) -> np.ndarray:
-        """Images as float32 in [0, 1], shape (B, H, W)."""
-        return self.images.astype(np.float32) / 255.0
-
 
 def _ink_boxes(patches: np.ndarray) -> np.ndarray:
     """Ink box (x0, y0, x1, y1), end exclusive, of each (M, S, S) patch; blank patches get the full box."""

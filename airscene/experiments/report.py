@@ -1,22 +1,6 @@
-"""Tables for experiment reports: count accuracy per true count, and confusion matrices."""
+"""Tables for experiment reports: count accuracy per true count."""
 
 from __future__ import annotations
-
-import numpy as np
-
-
-def accuracy_by_count(
-    true_counts: np.ndarray, inferred_counts: np.ndarray
-) -> dict[int, dict[str, float]]:
-    """Per true count: number of images and the fraction whose inferred count is right."""
-    table = {}
-    for count in np.unique(true_counts):
-        chosen = true_counts == count
-        table[int(count)] = {
-            "images": int(chosen.sum()),
-            "accuracy": float((inferred_counts[chosen] == count).mean()),
-        }
-    return table
 
 
 def accuracy_table_markdown(rows: dict[str, dict[int, dict[str, float]]]) -> str:
