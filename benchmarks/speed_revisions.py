@@ -7,7 +7,8 @@ slow spell of the machine falls on both alike.
 
 Both start from the shipped model's weights (the regime of most of a run) and, separately,
 from a fresh initialisation; each round times ``--steps`` steps after ``--warmup``. The figure
-is the median step over all rounds, and the ratio is against's / this tree's.
+is the median step over all rounds, and the ratio is against's / this tree's (also per round,
+the two revisions' rounds alternating which goes first).
 """
 
 from __future__ import annotations
@@ -84,13 +85,26 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for regime, trained in (("from shipped weights", True), ("from init", False)):
         times: dict[str, list[float]] = {"this": [], "against": []}
-        for _ in range(args.rounds):
-            for name, root in (("this", ROOT), ("against", against)):
-                times[name] += time_revision(root, args.batch, trained, args.warmup, args.steps)
+        ratios = []  # per round, against's median step / this tree's
+        for round_ in range(args.rounds):
+            order = [("this", ROOT), ("against", against)]
+            medians = {}
+            for name, root in order if round_ % 2 == 0 else order[::-1]:
+                steps = time_revision(root, args.batch, trained, args.warmup, args.steps)
+                times[name] += steps
+                medians[name] = statistics.median(steps)
+            ratios.append(medians["against"] / medians["this"])
         this, other = (statistics.median(times[n]) * 1e3 for n in ("this", "against"))
-        results[regime] = {"this_ms": this, "against_ms": other, "speedup": other / this}
+        results[regime] = {
+            "this_ms": this,
+            "against_ms": other,
+            "speedup": other / this,
+            "speedup_per_round": ratios,
+            "median_speedup_of_rounds": statistics.median(ratios),
+        }
         print(
-            f"{regime}: this tree {this:.2f} ms/step, against {other:.2f} ms (x{other / this:.3f})"
+            f"{regime}: this tree {this:.2f} ms/step, against {other:.2f} ms (x{other / this:.3f}; "
+            f"rounds x{min(ratios):.3f}-x{max(ratios):.3f}, median x{statistics.median(ratios):.3f})"
         )
     summary = {
         "benchmark": "speed_revisions",
