@@ -139,6 +139,18 @@ class GlimpseObjects(ObjectModel):
         where_loc, where_scale = self.where_posterior(params)
         z_where = where_loc if noise is None else where_loc + where_scale * noise.normal(3)
         glimpse = read_glimpse(seen, z_where, self.config.glimpse_size)  # (K, G, G)
+        return self.infer_from_glimpse(glimpse, z_where, where_loc, where_scale, noise)
+
+    def infer_from_glimpse(
+        self,
+        glimpse: torch.Tensor,
+        z_where: torch.Tensor,
+        where_loc: torch.Tensor,
+        where_scale: torch.Tensor,
+        noise: StepNoise | None,
+    ) -> ObjectStep:
+        """The rest of ``infer`` once the glimpse (K, G, G) is read at the drawn z_where (K, 3):
+        z_what from the encoder, and the object's log-densities."""
         what_loc, what_scale = self.encoder(glimpse.flatten(1))
         z_what = (
             what_loc if noise is None else what_loc + what_scale * noise.normal(self.z_what_dim)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from airscene.densities import bernoulli_log_prob, normal_log_prob, standard_normal_log_prob
+from airscene.densities import bernoulli_log_prob
 from airscene.model import AIR, Inference
 from airscene.networks import BaselineNetwork, RecurrentCore
 from airscene.objective import Objective, air_objective
@@ -68,26 +68,11 @@ def glimpse_object(
     objects: GlimpseObjects, seen: torch.Tensor, params: torch.Tensor, noise: StepNoise | None
 ) -> ObjectStep:
     """``GlimpseObjects.infer`` with the glimpse read through ``affine_grid``."""
-    config = objects.config
     where_loc, where_scale = objects.where_posterior(params)
     z_where = where_loc if noise is None else where_loc + where_scale * noise.normal(3)
-    grid = read_grid(z_where, config.glimpse_size)
+    grid = read_grid(z_where, objects.config.glimpse_size)
     glimpse = F.grid_sample(seen.unsqueeze(1), grid, align_corners=False).squeeze(1)
-    what_loc, what_scale = objects.encoder(glimpse.flatten(1))
-    z_what = what_loc if noise is None else what_loc + what_scale * noise.normal(config.z_what_dim)
-    log_q_where = normal_log_prob(z_where, where_loc, where_scale).sum(-1)
-    log_q_what = normal_log_prob(z_what, what_loc, what_scale).sum(-1)
-    return ObjectStep(
-        values={
-            "z_where": z_where,
-            "z_where_loc": where_loc,
-            "z_where_scale": where_scale,
-            "z_what": z_what,
-        },
-        log_q=log_q_where + log_q_what,
-        log_p=objects.log_prior_z_where(z_where) + standard_normal_log_prob(z_what).sum(-1),
-        log_q_discrete=None,
-    )
+    return objects.infer_from_glimpse(glimpse, z_where, where_loc, where_scale, noise)
 
 
 def draw_glimpse_object(objects: GlimpseObjects, values: dict[str, torch.Tensor]) -> torch.Tensor:
