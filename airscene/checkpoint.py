@@ -134,6 +134,52 @@ class Checkpoint:
             raise CheckpointError(f"{file}: unreadable trainer state ({error})") from None
 
 
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """The complete checkpoints of a run directory, oldest first (names sort by step)."""
+    folder = Path(run_dir) / CHECKPOINTS_DIR
+    if not folder.is_dir():
+        return []
+    return [p for p in sorted(folder.glob("step-*")) if (p / META_FILE).is_file()]
+
+
+class RunCheckpoints:
+    """The checkpoints of one run: each saved atomically as ``checkpoints/step-NNNNNNNNN``, all
+    but the newest ``keep`` deleted after a save, and the last one that was written remembered,
+    so an error can say what survives."""
+
+    def __init__(self, run_dir: Path, keep: int, last_good: Path | None = None) -> None:
+        self.run_dir, self.keep, self.last_good = Path(run_dir), max(keep, 1), last_good
+
+    def where_to_resume(self) -> str:
+        """Where a failed run can go on from, for an error message."""
+        if self.last_good is None:
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint is {self.last_good}"
+
+    def save(self, step: int, config: RunConfig, model: torch.nn.Module, **contents: Any) -> Path:
+        """Write the checkpoint of ``step`` (``contents``: ``save_checkpoint``'s keywords) and
+        prune the old ones; a failed write is an ``AirsceneError`` naming the last good one."""
+        target = self.run_dir / CHECKPOINTS_DIR / f"step-{step:09d}"
+        try:
+            save_checkpoint(target, config, model, step, **contents)
+        except OSError as error:
+            raise AirsceneError(
+                f"could not write checkpoint {target} ({error.strerror or error}); "
+                f"{self.where_to_resume()}"
+            ) from None
+        self.last_good = target
+        self.prune()
+        return target
+
+    def prune(self) -> None:
+        """Delete all but the newest ``keep`` complete checkpoints (the newest is always kept)."""
+        for old in run_checkpoints(self.run_dir)[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 PRETRAINED = {"default": "air-multi-mnist"}  # names of the models shipped in airscene/pretrained
 
 
@@ -154,10 +200,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         path = path.parent
     if (path / META_FILE).is_file():
         return path
-    candidates = (
-        sorted((path / "checkpoints").glob("step-*")) if (path / "checkpoints").is_dir() else []
-    )
-    candidates = [c for c in candidates if (c / META_FILE).is_file()]
+    candidates = run_checkpoints(path)
     if candidates:
         return candidates[-1]
     if not path.exists():

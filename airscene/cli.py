@@ -269,9 +269,12 @@ _DATA_RENAME = {"seed": "data_seed", "data_path": "data"}
 
 
 def _train(args: argparse.Namespace) -> int:
+    from airscene.distributed import launched_by_torchrun, main_process
     from airscene.train import train
 
     command = ["airscene", *sys.argv[1:]]
+    # Under torchrun every process runs this verb; rank 0 alone speaks.
+    say = print if main_process() else (lambda *a, **k: None)
     if args.resume:
         given = [
             *given_fields(ModelConfig, args),
@@ -281,7 +284,7 @@ def _train(args: argparse.Namespace) -> int:
         if given or args.run_dir or args.force:
             extra = ", ".join(f"--{n.replace('_', '-')}" for n in given) or "--run-dir/--force"
             raise AirsceneError(f"--resume continues a run with its own config; drop {extra}")
-        print(f"resuming {args.resume}", file=sys.stderr)
+        say(f"resuming {args.resume}", file=sys.stderr)
         result = train(None, args.resume, resume=True, command=command)
     else:
         model = config_from_args(ModelConfig, args)
@@ -289,14 +292,18 @@ def _train(args: argparse.Namespace) -> int:
             DataConfig, args, rename=_DATA_RENAME, canvas_size=model.canvas_size
         )
         config = RunConfig(data=data, model=model, train=config_from_args(TrainConfig, args))
+        if launched_by_torchrun() and not args.run_dir:
+            raise AirsceneError(
+                "under torchrun, give --run-dir: every process must name the same one"
+            )
         run_dir = Path(args.run_dir or time.strftime("runs/air-%Y%m%d-%H%M%S"))
-        print(
+        say(
             f"training {'DAIR' if model.dair else 'AIR'} for {config.train.steps} steps -> {run_dir}",
             file=sys.stderr,
         )
         result = train(config, run_dir, overwrite=args.force, command=command)
     summary = {k: v for k, v in result.final_metrics.items() if v is not None}
-    print(f"done: {result.steps} steps in {result.train_seconds:.0f}s; {summary}")
+    say(f"done: {result.steps} steps in {result.train_seconds:.0f}s; {summary}")
     return 0
 
 

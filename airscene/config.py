@@ -274,7 +274,11 @@ class TrainConfig:
     """Optimisation: the recipe that trains AIR quickly and from every seed."""
 
     steps: int = param(10_000, "training steps (minibatches)")
-    batch_size: int = param(64, "images per step")
+    batch_size: int = param(
+        64,
+        "images per step, over all processes: under torchrun each of K processes trains on "
+        "batch_size / K of them, so the recipe (and its learning rate) is the same at any K",
+    )
     learning_rate: float = param(
         1e-3, "Adam learning rate of the model (generative and inference networks)"
     )

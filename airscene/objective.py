@@ -15,6 +15,7 @@ Gradients of the single-sample ELBO (paper sec. 2.2):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -36,21 +37,35 @@ def learning_signals(inference: Inference) -> torch.Tensor:
 
 
 class SignalNormaliser(nn.Module):
-    """NVIL's running centring and scaling of the residual learning signal L - b."""
+    """NVIL's running centring and scaling of the residual learning signal L - b.
 
-    def __init__(self, momentum: float = 0.9) -> None:
+    The batch moments are those of the whole minibatch: under data-parallel training each
+    process holds a shard of it, and ``reduce_sum`` (a sum over the processes, in place) makes
+    every process update the running moments with the same numbers.
+    """
+
+    def __init__(
+        self,
+        momentum: float = 0.9,
+        reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self.momentum = momentum
+        self.reduce_sum = reduce_sum
         self.register_buffer("mean", torch.zeros(()))
         self.register_buffer("variance", torch.ones(()))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
 
+    def _sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.reduce_sum is None else self.reduce_sum(tensor)
+
     @torch.no_grad()
     def forward(self, residual: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Update the moments with the masked ``residual`` (B, N) and return it normalised."""
-        count = mask.sum().clamp_min(1.0)
-        mean = (residual * mask).sum() / count
-        variance = (((residual - mean) ** 2) * mask).sum() / count
+        count, total = self._sum(torch.stack([mask.sum(), (residual * mask).sum()])).unbind()
+        count = count.clamp_min(1.0)
+        mean = total / count
+        variance = self._sum((((residual - mean) ** 2) * mask).sum()) / count
         if self.training:
             keep = torch.where(self.initialised, self.momentum, 0.0)
             self.mean.copy_(keep * self.mean + (1 - keep) * mean)

@@ -11,6 +11,7 @@ end, with zeros for undecided steps.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -112,11 +113,36 @@ class Packed:
         return out
 
 
+# Where noise comes from: one generator for the whole batch, or one per equal slice of it (the
+# shards of a data-parallel minibatch, so one process can draw what several would).
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
 def standard_normal(
-    shape: torch.Size | tuple, like: torch.Tensor, generator: torch.Generator | None
+    shape: torch.Size | tuple, like: torch.Tensor, generator: Generators
 ) -> torch.Tensor:
     """Standard-normal draws of ``shape`` on ``like``'s device and dtype."""
-    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+    return _draw(torch.randn, shape, like, generator)
+
+
+def uniform(shape: torch.Size | tuple, like: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """U(0, 1) draws of ``shape`` on ``like``'s device and dtype."""
+    return _draw(torch.rand, shape, like, generator)
+
+
+def _draw(sample, shape, like: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """``sample(shape)`` from one generator; from several, each draws its equal slice of the
+    first dimension and the slices are joined in order."""
+    shape = tuple(shape)
+    if generator is None or isinstance(generator, torch.Generator):
+        return sample(shape, generator=generator, device=like.device, dtype=like.dtype)
+    shards = len(generator)
+    if shape[0] % shards:
+        raise ValueError(f"a batch of {shape[0]} does not split into {shards} equal shards")
+    part = (shape[0] // shards, *shape[1:])
+    return torch.cat(
+        [sample(part, generator=g, device=like.device, dtype=like.dtype) for g in generator]
+    )
 
 
 class StepNoise:
@@ -129,7 +155,7 @@ class StepNoise:
 
     def __init__(
         self,
-        generator: torch.Generator | None,
+        generator: Generators,
         batch: int,
         like: torch.Tensor,
         rows: ActiveRows | None = None,
@@ -141,11 +167,7 @@ class StepNoise:
 
     def uniform(self) -> torch.Tensor:
         """U(0, 1) draws, (K,)."""
-        like = self.like
-        draws = torch.rand(
-            self.batch, generator=self.generator, device=like.device, dtype=like.dtype
-        )
-        return self._rows(draws)
+        return self._rows(uniform((self.batch,), self.like, self.generator))
 
     def normal(self, dim: int) -> torch.Tensor:
         """Standard-normal draws, (K, dim)."""

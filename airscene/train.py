@@ -6,7 +6,6 @@ the objective (``airscene.objective``) turns them into losses.
 
 from __future__ import annotations
 
-import csv
 import ctypes
 import json
 import math
@@ -19,18 +18,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from airscene.checkpoint import (
     BASELINE_FILE,
     MODEL_FILE,
     Checkpoint,
     CheckpointError,
+    RunCheckpoints,
     load_state,
     read_checkpoint,
-    save_checkpoint,
 )
 from airscene.config import RunConfig, TrainConfig, to_dict
 from airscene.data.training import images_to_tensor, training_data
+from airscene.distributed import World
 from airscene.errors import AirsceneError
 from airscene.evaluate import evaluate
 from airscene.model import AIR, Inference, build_model
@@ -38,24 +39,11 @@ from airscene.networks import BaselineNetwork
 from airscene.objective import Objective, SignalNormaliser, air_objective
 from airscene.provenance import git_revision
 from airscene.rows import decided_steps
+from airscene.runlog import METRICS_FILE, RunLog, read_metric_rows
 
 # How trainer.pt holds the Adam moments of the image projections (absent in older checkpoints,
 # whose moments are (out, in)).
 IMAGE_PROJECTION_LAYOUT = "in_out"
-
-METRIC_FIELDS = (
-    "step",
-    "train_seconds",
-    "loss",
-    "elbo",
-    "count_accuracy",
-    "z_pres_prior",
-    "steps_per_second",
-    "eval_count_accuracy",
-    "eval_elbo",
-    "eval_mean_iou",
-    "skipped_steps",
-)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -132,40 +120,96 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
+def shard_streams(seed: int, shard: int) -> tuple[int, np.random.SeedSequence]:
+    """The seeds of shard ``shard``'s noise generator and minibatch stream. Shard 0's are those
+    of a single-process run, so one process trains exactly as it always has."""
+    if shard == 0:
+        return seed + 1, np.random.SeedSequence([seed, 2])
+    noise_seed = int(np.random.SeedSequence([seed, 1, shard]).generate_state(1, np.uint64)[0])
+    return noise_seed, np.random.SeedSequence([seed, 2, shard])
+
+
 class Trainer:
     """The optimisation state of one run, and one step of it.
 
     Everything a step depends on (weights, optimiser moments, the noise and minibatch random
     streams, the NVIL signal moments, the running metric sums) is in ``state()``, so a run
     resumed from a checkpoint continues bit for bit as if it had never stopped.
+
+    Data-parallel training: ``train_config.batch_size`` is the *global* minibatch, split into
+    equal shards, each with its own minibatch stream and noise. A process of a ``world`` of K
+    (torchrun) holds shard ``world.rank``; the gradients are averaged by DistributedDataParallel,
+    and the signal moments, metric sums and the skip decision are summed over the processes. One
+    process may also hold several shards (``shards``), drawing exactly the images and noise that
+    as many processes would: the single-process twin of a data-parallel run.
     """
 
-    def __init__(self, config: RunConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        device: torch.device,
+        world: World | None = None,
+        shards: tuple[int, ...] | None = None,
+    ) -> None:
         tc = self.train_config = config.train
         self.config = config
         self.device = device
+        self.world = world = world or World()
+        self.shards = shards if shards is not None else (world.rank,)
+        if world.distributed and len(self.shards) != 1:
+            raise AirsceneError("a process of a data-parallel run holds one shard, its rank's")
+        self.shard_count = world.size * len(self.shards)
+        if tc.batch_size % self.shard_count:
+            raise AirsceneError(
+                f"--batch-size {tc.batch_size} (the global minibatch) does not split evenly over "
+                f"{self.shard_count} processes"
+            )
+        self.shard_batch = tc.batch_size // self.shard_count
         keep_freed_memory_for_reuse()
         torch.manual_seed(tc.seed)  # parameter initialisation
         self.model = build_model(config.model).to(device)
         self.baseline = BaselineNetwork(
             config.model.canvas_size**2, self.model.latent_dim, config.model.baseline_lstm_size
         ).to(device)
-        self.normaliser = SignalNormaliser().to(device) if tc.normalise_signal else None
-        # The fused Adam kernel updates all parameters in one pass: a third of a CPU step otherwise.
+        self.normaliser = (
+            SignalNormaliser(reduce_sum=world.sum if world.distributed else None).to(device)
+            if tc.normalise_signal
+            else None
+        )
+        # What the step calls: under DDP the wrappers, which average the gradients.
+        self.step_model, self.step_baseline = self.model, self.baseline
+        if world.distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            self.step_model = DistributedDataParallel(self.model, device_ids=ids)
+            self.step_baseline = DistributedDataParallel(self.baseline, device_ids=ids)
+        # The fused Adam kernel updates all parameters in one pass.
         self.model_optimiser = torch.optim.Adam(
             self.model.parameters(), lr=tc.learning_rate, fused=True
         )
         self.baseline_optimiser = torch.optim.Adam(
             self.baseline.parameters(), lr=tc.baseline_learning_rate, fused=True
         )
-        self.noise = torch.Generator(device=device).manual_seed(tc.seed + 1)
-        self.batch_order = np.random.default_rng(np.random.SeedSequence([tc.seed, 2]))
+        self.noises, self.batch_orders = [], []
+        for shard in self.shards:
+            noise_seed, batch_seed = shard_streams(tc.seed, shard)
+            self.noises.append(torch.Generator(device=device).manual_seed(noise_seed))
+            self.batch_orders.append(np.random.default_rng(batch_seed))
         self.step = 0
         self.sums = torch.zeros(3, device=device)  # loss, elbo, count hits since the last log
         self.summed_steps = 0
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.train_seconds = 0.0
+
+    @property
+    def noise(self) -> torch.Generator | list[torch.Generator]:
+        """The noise of this process's minibatch: one generator, or one per shard it holds."""
+        return self.noises[0] if len(self.noises) == 1 else self.noises
+
+    def minibatch_index(self, n_images: int) -> torch.Tensor:
+        """The next minibatch's image indices: each of this process's shards draws its part."""
+        parts = [order.integers(0, n_images, self.shard_batch) for order in self.batch_orders]
+        return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
     def train_step(self, images: torch.Tensor, counts: torch.Tensor | None) -> bool:
         """One optimisation step on the next minibatch; False if it was skipped as non-finite."""
@@ -174,9 +218,7 @@ class Trainer:
         rho = z_pres_prior_at(self.step, self.config.model.z_pres_prior, tc)
         for group in self.model_optimiser.param_groups:
             group["lr"] = learning_rate_at(self.step, tc)
-        index = torch.from_numpy(self.batch_order.integers(0, len(images), tc.batch_size)).to(
-            self.device
-        )
+        index = self.minibatch_index(len(images)).to(self.device)
         x = images[index].float().div_(255.0)
 
         inference, objective = self.objective(x, rho)
@@ -189,7 +231,7 @@ class Trainer:
             & torch.isfinite(objective.baseline_loss)
             & torch.isfinite(self.clip_and_check_gradients())
         )
-        if not finite:
+        if not self.world.agree(finite):  # every process skips, or none does
             self.nonfinite_in_a_row += 1
             self.nonfinite_total += 1
             return False
@@ -210,8 +252,8 @@ class Trainer:
 
     def objective(self, x: torch.Tensor, rho: float) -> tuple[Inference, Objective]:
         """Inference on the minibatch ``x`` with the run's noise, and the objective of it."""
-        inference = self.model(x, generator=self.noise, z_pres_prior=rho)
-        baselines = self.baseline(
+        inference = self.step_model(x, generator=self.noise, z_pres_prior=rho)
+        baselines = self.step_baseline(
             x.flatten(1), inference.previous_latents().detach(), decided_steps(inference.z_pres)
         )
         return inference, air_objective(inference, baselines, self.normaliser)
@@ -220,7 +262,7 @@ class Trainer:
         """Clip the network's gradients if configured; a scalar that is finite only if every
         gradient is. A non-finite gradient must not reach Adam. Clipping needs the norm; without
         it, one sum per gradient tells the same (a NaN or inf anywhere makes it non-finite) with
-        less arithmetic than a norm over the 10 MB image-projection gradient."""
+        less arithmetic than a norm over the large image-projection gradient."""
         clip = self.train_config.grad_clip
         if clip is not None:
             return torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
@@ -228,28 +270,49 @@ class Trainer:
         return torch.stack([g.sum() for g in grads]).sum()
 
     def take_means(self) -> tuple[float, float, float]:
-        """Mean loss, ELBO and count accuracy since the last call (NaN where nothing was summed)."""
-        means = (
-            (self.sums / max(self.summed_steps, 1)).tolist()
-            if self.summed_steps
-            else [math.nan] * 3
-        )
+        """Mean loss, ELBO and count accuracy since the last call (NaN where nothing was summed),
+        over every process's shard (every process calls it at the same step)."""
+        sums = self.world.sum(self.sums.clone()) / self.world.size
+        means = (sums / max(self.summed_steps, 1)).tolist() if self.summed_steps else [math.nan] * 3
         self.sums.zero_()
         self.summed_steps = 0
         return means[0], means[1], means[2]
 
     # -- checkpointing ---------------------------------------------------------------------
 
-    def trainer_state(self) -> dict[str, Any]:
-        """Tensors and plain containers only: loaded back with ``torch.load(weights_only=True)``."""
-        return {
+    def _stream_states(self) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+        """Every shard's noise and minibatch-stream state, in shard order (gathered from every
+        process: a collective, so every process calls it when a checkpoint is written)."""
+        mine = [
+            (noise.get_state(), order.bit_generator.state)
+            for noise, order in zip(self.noises, self.batch_orders, strict=True)
+        ]
+        every = [pair for part in self.world.gather(mine) for pair in part]
+        return [noise for noise, _ in every], [order for _, order in every]
+
+    def checkpoint_contents(self) -> dict[str, Any]:
+        """``trainer_state`` (tensors) and ``counters`` (JSON) of the whole run, for
+        ``save_checkpoint``: every shard's streams, on every process (a collective)."""
+        noises, orders = self._stream_states()
+        if self.world.distributed:  # every process keeps the mean, so rank 0's sums stand for all
+            self.sums = self.world.sum(self.sums) / self.world.size
+        return {"trainer_state": self.trainer_state(noises), "counters": self.counters(orders)}
+
+    def trainer_state(self, shard_noise: list[torch.Tensor] | None = None) -> dict[str, Any]:
+        """Tensors and plain containers only: loaded back with ``torch.load(weights_only=True)``.
+        ``noise_rng`` is shard 0's; a run of several shards also keeps ``shard_noise_rng``."""
+        shard_noise = shard_noise or [noise.get_state() for noise in self.noises]
+        state = {
             "model_optimiser": self.model_optimiser.state_dict(),
             "baseline_optimiser": self.baseline_optimiser.state_dict(),
-            "noise_rng": self.noise.get_state(),
+            "noise_rng": shard_noise[0],
             "normaliser": self.normaliser.state_dict() if self.normaliser is not None else {},
             "sums": self.sums.detach().cpu(),
             "image_projection_layout": IMAGE_PROJECTION_LAYOUT,
         }
+        if len(shard_noise) > 1:
+            state["shard_noise_rng"] = shard_noise
+        return state
 
     def _transpose_image_projection_moments(self) -> None:
         """Checkpoints written before the image projections were held as (in, out) saved their
@@ -264,16 +327,20 @@ class Trainer:
                 if torch.is_tensor(moment) and moment.dim() == 2:
                     moments[name] = moment.t().contiguous()
 
-    def counters(self) -> dict[str, Any]:
-        """JSON-ready scalars of the state (the numpy minibatch stream's state included)."""
-        return {
+    def counters(self, shard_orders: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """JSON-ready scalars of the state (the numpy minibatch streams' states included)."""
+        shard_orders = shard_orders or [order.bit_generator.state for order in self.batch_orders]
+        counters = {
             "step": self.step,
             "summed_steps": self.summed_steps,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "nonfinite_total": self.nonfinite_total,
             "train_seconds": self.train_seconds,
-            "batch_rng": self.batch_order.bit_generator.state,
+            "batch_rng": shard_orders[0],
         }
+        if len(shard_orders) > 1:
+            counters.update(shards=len(shard_orders), shard_batch_rng=shard_orders)
+        return counters
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from ``checkpoint`` exactly where it was written."""
@@ -289,6 +356,13 @@ class Trainer:
             raise CheckpointError(
                 f"{checkpoint.path}: holds no trainer state, so it cannot be resumed"
             )
+        shards = int(counters.get("shards", 1))
+        if shards != self.shard_count:
+            raise CheckpointError(
+                f"{checkpoint.path}: the run was trained by {shards} process(es) and is resumed by "
+                f"{self.shard_count}; resume it with the same number (torchrun --nproc-per-node "
+                f"{shards}{' or no torchrun' if shards == 1 else ''})"
+            )
         try:
             for optimiser, key in (
                 (self.model_optimiser, "model_optimiser"),
@@ -297,48 +371,23 @@ class Trainer:
                 optimiser.load_state_dict(state[key])
             if state.get("image_projection_layout") != IMAGE_PROJECTION_LAYOUT:
                 self._transpose_image_projection_moments()
-            self.noise.set_state(state["noise_rng"])
+            noises = state.get("shard_noise_rng", [state["noise_rng"]])
+            orders = counters.get("shard_batch_rng", [counters["batch_rng"]])
+            for i, shard in enumerate(self.shards):
+                self.noises[i].set_state(noises[shard])
+                self.batch_orders[i].bit_generator.state = orders[shard]
             if self.normaliser is not None:
                 self.normaliser.load_state_dict(state["normaliser"])
             self.sums.copy_(state["sums"])
-            self.batch_order.bit_generator.state = counters["batch_rng"]
             self.step = int(counters["step"])
             self.summed_steps = int(counters["summed_steps"])
             self.nonfinite_in_a_row = int(counters["nonfinite_in_a_row"])
             self.nonfinite_total = int(counters["nonfinite_total"])
             self.train_seconds = float(counters["train_seconds"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
             raise CheckpointError(
                 f"{checkpoint.path}: trainer state does not fit this run ({error})"
             ) from None
-
-
-def _checkpoint_dirs(run_dir: Path) -> list[Path]:
-    folder = run_dir / "checkpoints"
-    return sorted(folder.glob("step-*")) if folder.is_dir() else []
-
-
-def _prune_checkpoints(run_dir: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` complete checkpoints (the newest is always kept)."""
-    complete = [p for p in _checkpoint_dirs(run_dir) if (p / "checkpoint.json").is_file()]
-    for old in complete[: -max(keep, 1)]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _read_metric_rows(path: Path, up_to_step: int) -> list[dict[str, Any]]:
-    """Rows of a metrics CSV up to ``up_to_step`` (later rows belong to the lost part of a run)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as file:
-        rows = [
-            row
-            for row in csv.DictReader(file)
-            if row.get("step") and int(row["step"]) <= up_to_step
-        ]
-    return [
-        {k: (float(v) if k != "step" else int(v)) for k, v in row.items() if v not in ("", None)}
-        for row in rows
-    ]
 
 
 def train(
@@ -348,184 +397,164 @@ def train(
     progress: bool = True,
     command: list[str] | None = None,
     resume: bool = False,
+    shards: tuple[int, ...] | None = None,
 ) -> TrainResult:
     """Train AIR (or DAIR) with ``config``, writing config, metrics, TensorBoard scalars and
     checkpoints into ``run_dir``. With ``resume`` the run in ``run_dir`` continues from its
-    newest checkpoint with its own config (``config`` may then be None). Returns the summary."""
+    newest checkpoint with its own config (``config`` may then be None). Returns the summary.
+
+    Started by torchrun, every process runs this and trains its shard of each minibatch (see
+    ``Trainer``); only rank 0 writes. ``shards`` lets one process hold several shards."""
     run_dir = Path(run_dir)
-    checkpoint = None
-    if resume:
-        checkpoint = read_checkpoint(run_dir)
-        if config is not None and config != checkpoint.config:
-            raise AirsceneError(
-                f"{run_dir}: the run's config differs from the one given; resume takes the run's own"
-            )
-        config = checkpoint.config
-    elif config is None:
-        raise AirsceneError("a config is needed to start a run")
+    config, checkpoint = _run_config(config, run_dir, resume)
     # Data first: a bad data path must not leave a half-made run directory behind.
     images, counts, eval_scenes = training_data(config)
-    if not resume:
-        _prepare_run_dir(run_dir, overwrite)
     tc = config.train
     device = resolve_device(tc.device)
-    if tc.threads is not None:
-        torch.set_num_threads(tc.threads)
-    provenance = {
-        "command": command if command is not None else sys.argv,
-        "git_revision": git_revision(),
-    }
-    if not resume:
-        (run_dir / "config.json").write_text(
-            json.dumps({"config": to_dict(config), **provenance}, indent=2)
-        )
-
-    eval_scenes = eval_scenes[: tc.eval_scenes]
-    train_images = torch.from_numpy(images).to(device)  # uint8, (N, H, W)
-    train_counts = torch.from_numpy(counts).to(device) if counts is not None else None
-
-    trainer = Trainer(config, device)
-    history: list[dict[str, Any]] = []
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
-        history = _read_metric_rows(run_dir / "metrics.csv", trainer.step)
-    last_good = checkpoint.path if checkpoint is not None else None
-
-    writer = _tensorboard(run_dir / "tensorboard")
-    metrics_file = open(run_dir / "metrics.csv", "w", newline="")
-    metrics_csv = csv.DictWriter(metrics_file, fieldnames=METRIC_FIELDS)
-    metrics_csv.writeheader()
-    metrics_csv.writerows(history)
-    metrics_file.flush()
-    row: dict[str, Any] = history[-1] if history else {}
-    last_log_time, last_log_step = trainer.train_seconds, trainer.step
-    bar = _progress(tc.steps, progress, initial=trainer.step)
-
-    def save(step: int) -> Path:
-        nonlocal last_good
-        target = run_dir / "checkpoints" / f"step-{step:09d}"
-        try:
-            save_checkpoint(
-                target, config, trainer.model, step, row, baseline=trainer.baseline,
-                trainer_state=trainer.trainer_state(), extra={**provenance, "trainer": trainer.counters()},
-            )  # fmt: skip
-        except OSError as error:
-            where = (
-                f"the last good checkpoint is {last_good}"
-                if last_good
-                else "no checkpoint was written"
-            )
-            raise AirsceneError(
-                f"could not write checkpoint {target} ({error.strerror or error}); {where}"
-            ) from None
-        last_good = target
-        _prune_checkpoints(run_dir, tc.keep_checkpoints)
-        return target
-
+    world = World.from_environment(device)
     try:
-        while trainer.step < tc.steps:
-            started = time.perf_counter()
-            trainer.train_step(train_images, train_counts)
-            trainer.train_seconds += time.perf_counter() - started
-            step = trainer.step
-            if trainer.nonfinite_in_a_row >= tc.max_nonfinite_steps:
-                where = (
-                    f"the last good checkpoint is {last_good}"
-                    if last_good
-                    else "no checkpoint was written yet"
-                )
-                raise AirsceneError(
-                    f"training stopped at step {step}: {trainer.nonfinite_in_a_row} non-finite losses or "
-                    f"gradients in a row; {where}"
-                )
-            if step % tc.log_every == 0 or step == tc.steps:
-                loss, elbo, accuracy = trainer.take_means()
-                speed = (step - last_log_step) / max(trainer.train_seconds - last_log_time, 1e-9)
-                row = {
-                    "step": step,
-                    "train_seconds": round(trainer.train_seconds, 3),
-                    "loss": loss,
-                    "elbo": elbo,
-                    "count_accuracy": accuracy,
-                    "z_pres_prior": z_pres_prior_at(step, config.model.z_pres_prior, tc),
-                    "steps_per_second": speed,
-                    "skipped_steps": trainer.nonfinite_total,
-                }
-                last_log_time, last_log_step = trainer.train_seconds, step
-                if (
-                    tc.eval_every
-                    and len(eval_scenes)
-                    and (step % tc.eval_every == 0 or step == tc.steps)
-                ):
-                    # A generator of its own keeps evaluation from touching any training stream.
-                    result = evaluate(
-                        trainer.model, eval_scenes, generator=torch.Generator(device).manual_seed(0)
-                    )
-                    row.update(
-                        eval_count_accuracy=result.count_accuracy,
-                        eval_elbo=result.elbo,
-                        eval_mean_iou=result.mean_iou,
-                    )
-                    if writer is not None:
-                        _log_reconstructions(writer, trainer.model, eval_scenes.images[:8], step)
-                metrics_csv.writerow(row)
-                metrics_file.flush()
-                history.append(row)
-                if writer is not None:
-                    for key, value in row.items():
-                        if key != "step":
-                            writer.add_scalar(key, value, step)
-                postfix = {"loss": f"{loss:.1f}", "acc": f"{accuracy:.3f}", "sps": f"{speed:.1f}"}
-                if "eval_count_accuracy" in row:
-                    postfix["eval"] = f"{row['eval_count_accuracy']:.3f}"
-                bar.set_postfix(postfix)
-            bar.update(1)
-            if step % tc.checkpoint_every == 0 or step == tc.steps:
-                save(step)
+        device = world.device(device)
+        if tc.threads is not None:
+            torch.set_num_threads(tc.threads)
+        provenance = {
+            "command": command if command is not None else sys.argv,
+            "git_revision": git_revision(),
+        }
+        if not resume and world.is_main:
+            _prepare_run_dir(run_dir, overwrite)
+            (run_dir / "config.json").write_text(
+                json.dumps({"config": to_dict(config), **provenance}, indent=2)
+            )
+        world.barrier()  # the run directory exists before any process goes on
+        trainer = Trainer(config, device, world, shards)
+        history: list[dict[str, Any]] = []
+        if checkpoint is not None:
+            trainer.restore(checkpoint)
+            history = read_metric_rows(run_dir / METRICS_FILE, trainer.step)
+        checkpoints = RunCheckpoints(
+            run_dir, tc.keep_checkpoints, checkpoint.path if checkpoint is not None else None
+        )
+        log = RunLog(run_dir, tc.steps, history, progress, world.is_main, trainer.step)
+        with log:
+            _loop(
+                trainer,
+                torch.from_numpy(images).to(device),  # uint8, (N, H, W)
+                torch.from_numpy(counts).to(device) if counts is not None else None,
+                eval_scenes[: tc.eval_scenes],
+                log,
+                checkpoints,
+                provenance,
+            )
     finally:
-        bar.close()
-        metrics_file.close()
-        if writer is not None:
-            writer.close()
+        world.close()
     return TrainResult(
         run_dir=run_dir,
         steps=tc.steps,
         train_seconds=trainer.train_seconds,
-        final_metrics=row,
-        history=history,
+        final_metrics=log.last,
+        history=log.history,
     )
 
 
+def _run_config(
+    config: RunConfig | None, run_dir: Path, resume: bool
+) -> tuple[RunConfig, Checkpoint | None]:
+    """The run's config, and the checkpoint it resumes from (None for a new run)."""
+    if not resume:
+        if config is None:
+            raise AirsceneError("a config is needed to start a run")
+        return config, None
+    checkpoint = read_checkpoint(run_dir)
+    if config is not None and config != checkpoint.config:
+        raise AirsceneError(
+            f"{run_dir}: the run's config differs from the one given; resume takes the run's own"
+        )
+    return checkpoint.config, checkpoint
+
+
+def _loop(
+    trainer: Trainer,
+    images: torch.Tensor,
+    counts: torch.Tensor | None,
+    eval_scenes,
+    log: RunLog,
+    checkpoints: RunCheckpoints,
+    provenance: dict[str, Any],
+) -> None:
+    """Train to the configured number of steps: log, evaluate and checkpoint on schedule."""
+    tc = trainer.train_config
+    last_log = (trainer.train_seconds, trainer.step)
+    while trainer.step < tc.steps:
+        started = time.perf_counter()
+        trainer.train_step(images, counts)
+        trainer.train_seconds += time.perf_counter() - started
+        step = trainer.step
+        if trainer.nonfinite_in_a_row >= tc.max_nonfinite_steps:
+            raise AirsceneError(
+                f"training stopped at step {step}: {trainer.nonfinite_in_a_row} non-finite losses "
+                f"or gradients in a row; {checkpoints.where_to_resume()}"
+            )
+        last = step == tc.steps
+        if step % tc.log_every == 0 or last:
+            row = _metrics_row(trainer, last_log)
+            last_log = (trainer.train_seconds, step)
+            if tc.eval_every and len(eval_scenes) and (step % tc.eval_every == 0 or last):
+                if trainer.world.is_main:  # the others go on and wait at the next step's sums
+                    row.update(_evaluation(trainer.model, eval_scenes, trainer.device))
+                    if log.wants_images:
+                        log.image(
+                            "reconstructions",
+                            _reconstructions(trainer.model, eval_scenes.images[:8]),
+                            step,
+                        )
+            log.write(row)
+        log.advance()
+        if step % tc.checkpoint_every == 0 or last:
+            contents = trainer.checkpoint_contents()  # every process: it gathers their streams
+            if trainer.world.is_main:
+                checkpoints.save(
+                    step, trainer.config, trainer.model, metrics=log.last,
+                    baseline=trainer.baseline, trainer_state=contents["trainer_state"],
+                    extra={**provenance, "trainer": contents["counters"]},
+                )  # fmt: skip
+
+
+def _metrics_row(trainer: Trainer, last_log: tuple[float, int]) -> dict[str, Any]:
+    """The metrics of the steps since the last row (``last_log``: its seconds and step)."""
+    loss, elbo, accuracy = trainer.take_means()
+    seconds, step = last_log
+    return {
+        "step": trainer.step,
+        "train_seconds": round(trainer.train_seconds, 3),
+        "loss": loss,
+        "elbo": elbo,
+        "count_accuracy": accuracy,
+        "z_pres_prior": z_pres_prior_at(
+            trainer.step, trainer.config.model.z_pres_prior, trainer.train_config
+        ),
+        "steps_per_second": (trainer.step - step) / max(trainer.train_seconds - seconds, 1e-9),
+        "skipped_steps": trainer.nonfinite_total,
+    }
+
+
+def _evaluation(model: AIR, scenes, device: torch.device) -> dict[str, float]:
+    """Count accuracy, ELBO and box IoU on held-out ``scenes``."""
+    # A generator of its own keeps evaluation from touching any training stream.
+    result = evaluate(model, scenes, generator=torch.Generator(device).manual_seed(0))
+    return {
+        "eval_count_accuracy": result.count_accuracy,
+        "eval_elbo": result.elbo,
+        "eval_mean_iou": result.mean_iou,
+    }
+
+
 @torch.no_grad()
-def _log_reconstructions(writer, model: AIR, images: np.ndarray, step: int) -> None:
-    """TensorBoard image: held-out scenes (top row) above their reconstructions (bottom row)."""
+def _reconstructions(model: AIR, images: np.ndarray) -> torch.Tensor:
+    """Held-out scenes (top row) above their reconstructions (bottom row), (1, 2H, 8W)."""
     was_training = model.training
     model.eval()
     x = images_to_tensor(images, next(model.parameters()).device)
     canvas = model(x, sample=False).canvas.clamp(0, 1)
-    grid = torch.cat([torch.cat(list(x), dim=1), torch.cat(list(canvas), dim=1)], dim=0)  # (2H, 8W)
-    writer.add_image("reconstructions", grid.unsqueeze(0).cpu(), step)
+    grid = torch.cat([torch.cat(list(x), dim=1), torch.cat(list(canvas), dim=1)], dim=0)
     model.train(was_training)
-
-
-def _progress(total: int, enabled: bool, initial: int = 0):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        disable=not enabled,
-        dynamic_ncols=True,
-        desc="train",
-        file=sys.stderr,
-    )
-
-
-def _tensorboard(directory: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except (
-        ImportError
-    ):  # tensorboard is a dependency, but a broken install should not stop training
-        return None
-    return SummaryWriter(log_dir=str(directory))
+    return grid.unsqueeze(0).cpu()

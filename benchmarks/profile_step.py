@@ -46,7 +46,6 @@ def phase_split(
 ) -> dict[str, float]:
     """Median milliseconds of each phase of the training step, replayed as ``train_step`` runs
     it (without its bookkeeping), and of the real ``train_step`` in alternation with it."""
-    tc = trainer.train_config
     times: dict[str, list[float]] = {}
 
     def lap(name: str, started: float) -> float:
@@ -60,7 +59,7 @@ def phase_split(
         lap("whole train_step", started)
 
         started = first = time.perf_counter()
-        index = torch.from_numpy(trainer.batch_order.integers(0, len(images), tc.batch_size))
+        index = trainer.minibatch_index(len(images))
         x = images[index].float().div_(255.0)
         started = lap("minibatch", started)
         inference = trainer.model(x, generator=trainer.noise)

@@ -20,6 +20,7 @@ import airscene.checkpoint
 from airscene.cli import main
 from airscene.config import DataConfig, RunConfig, TrainConfig
 from airscene.errors import AirsceneError
+from airscene.runlog import read_metric_rows
 from airscene.train import train
 
 # ``airscene.train`` is also the name of the function the package exports; take the module.
@@ -58,8 +59,8 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     for key in wa:
         assert torch.equal(wa[key], wb[key]), key
-    rows_a = train_module._read_metric_rows(a / "metrics.csv", 10**9)
-    rows_b = train_module._read_metric_rows(b / "metrics.csv", 10**9)
+    rows_a = read_metric_rows(a / "metrics.csv", 10**9)
+    rows_b = read_metric_rows(b / "metrics.csv", 10**9)
     assert comparable(rows_a) == comparable(rows_b) and len(rows_a) > 0
 
 
