@@ -347,8 +347,24 @@ def _sample(args: argparse.Namespace) -> int:
     from airscene.spatial import z_where_to_box
     from airscene.visualise import scene_grid
 
-    model, _ = load_model(args.model)
-    drawn = model.sample(args.n, generator=torch_generator(args.seed))
+    model, checkpoint = load_model(args.model)
+    if args.counts is None:  # the training data's count distribution
+        counts, probs = checkpoint.config.data.counts, checkpoint.config.data.probabilities
+    else:
+        counts, probs = _int_list(args.counts, "--counts"), None
+        if args.count_probs is not None:
+            probs = tuple(float(p) for p in _number_list(args.count_probs, "--count-probs"))
+    if max(counts) > model.config.max_steps:
+        raise AirsceneError(
+            f"--counts {','.join(map(str, counts))}: this model draws at most "
+            f"{model.config.max_steps} objects (its N)"
+        )
+    try:
+        drawn = model.sample(
+            args.n, generator=torch_generator(args.seed), counts=counts, count_probs=probs
+        )
+    except ValueError as error:
+        raise AirsceneError(str(error)) from None
     boxes = z_where_to_box(drawn.z_where, model.config.canvas_size).numpy()
     present = drawn.z_pres.numpy() > 0
     path = scene_grid(
@@ -358,8 +374,24 @@ def _sample(args: argparse.Namespace) -> int:
         captions=[f"n={int(c)}" for c in drawn.count],
         title="scenes drawn from the prior",
     )
-    print(f"wrote {path}")
+    drawn_counts = [int(c) for c in drawn.count]
+    histogram = ", ".join(f"{c}: {drawn_counts.count(c)}" for c in sorted(set(counts)))
+    print(f"wrote {path} (scenes by count: {histogram})")
     return 0
+
+
+def _number_list(text: str, flag: str) -> list[str]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise AirsceneError(f"{flag}: expected a comma-separated list, got {text!r}")
+    return parts
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _number_list(text, flag))
+    except ValueError:
+        raise AirsceneError(f"{flag}: expected whole numbers such as 0,1,2, got {text!r}") from None
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -574,8 +606,29 @@ def _add_eval_parser(verbs) -> None:
 
 
 def _add_sample_parser(verbs) -> None:
-    sample = verbs.add_parser("sample", help="PNG grid of scenes drawn from the model's prior")
+    sample = verbs.add_parser(
+        "sample",
+        help="PNG grid of scenes drawn from the model's prior",
+        description="Scenes drawn from the generative model: a count per scene, then every "
+        "object's latents from their prior, decoded into the image. The count is drawn from "
+        "--counts, not from the model's count prior rho: rho is a counting penalty chosen for "
+        "training (the default 1e-7 makes each object ten million times less likely than none, "
+        "so that a digit is not split over two windows), and scenes drawn with it are almost "
+        "always empty.",
+    )
     sample.add_argument("--model", required=True, help="checkpoint or run directory")
+    sample.add_argument(
+        "--counts",
+        default=None,
+        metavar="N,N,...",
+        help="object counts to draw scenes with, e.g. 0,1,2 (default: the training data's)",
+    )
+    sample.add_argument(
+        "--count-probs",
+        default=None,
+        metavar="P,P,...",
+        help="probability of each entry of --counts (default: uniform)",
+    )
     sample.add_argument("--n", type=int, default=36, help="scenes to draw")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", default="samples.png", help="PNG file to write")

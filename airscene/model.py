@@ -173,21 +173,37 @@ class AIR(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, n: int, generator: torch.Generator | None = None, z_pres_prior: float | None = None
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        z_pres_prior: float | None = None,
+        counts: tuple[int, ...] | None = None,
+        count_probs: tuple[float, ...] | None = None,
     ) -> PriorSample:
-        """Draw ``n`` scenes from the prior: count, object latents and the image."""
-        rho = self.config.z_pres_prior if z_pres_prior is None else z_pres_prior
+        """Draw ``n`` scenes from the prior: count, object latents and the image.
+
+        The count comes from the model's geometric prior (``z_pres_prior``, default the model's
+        rho) or, given ``counts``, from the categorical over ``counts`` (``count_probs``, default
+        uniform): rho is a counting penalty chosen for training (1e-7 makes a second object
+        ten million times less likely than none), so scenes drawn with it are almost always
+        empty. Every other latent is drawn from its prior either way."""
         like = next(self.parameters())
-        z_pres, values = [], []
-        present = like.new_ones(n)
-        for _ in range(self.config.max_steps):
-            present = present * (torch.rand(n, generator=generator, device=like.device) < rho).to(
-                like.dtype
-            )
-            z_pres.append(present)
-            values.append(self.objects.sample_prior(n, like, generator))
+        if counts is None:
+            rho = self.config.z_pres_prior if z_pres_prior is None else z_pres_prior
+            z_pres, values = [], []
+            present = like.new_ones(n)
+            for _ in range(self.config.max_steps):
+                keep = torch.rand(n, generator=generator, device=like.device) < rho
+                present = present * keep.to(like.dtype)
+                z_pres.append(present)
+                values.append(self.objects.sample_prior(n, like, generator))
+            z_pres = torch.stack(z_pres, 1)  # (n, N)
+        else:
+            z_pres = self._z_pres_of_counts(n, counts, count_probs, like, generator)
+            values = [
+                self.objects.sample_prior(n, like, generator) for _ in range(self.config.max_steps)
+            ]
         objects = {name: torch.stack([v[name] for v in values], 1) for name in values[0]}
-        z_pres = torch.stack(z_pres, 1)  # (n, N)
         image, step = z_pres.nonzero(as_tuple=True)  # present objects, in image-then-step order
         size = self.config.canvas_size
         canvas = self.objects.paint(
@@ -198,6 +214,29 @@ class AIR(nn.Module):
         return PriorSample(
             images=self.objects.canvas_image(canvas).clamp(0, 1), z_pres=z_pres, objects=objects
         )
+
+    def _z_pres_of_counts(
+        self,
+        n: int,
+        counts: tuple[int, ...],
+        count_probs: tuple[float, ...] | None,
+        like: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """(n, N) z_pres of scenes whose counts are drawn from ``counts`` with ``count_probs``."""
+        if not counts or min(counts) < 0 or max(counts) > self.config.max_steps:
+            raise ValueError(
+                f"counts must lie in 0..{self.config.max_steps} (the model's N), got {counts}"
+            )
+        probs = torch.tensor(
+            count_probs if count_probs is not None else [1.0] * len(counts), dtype=torch.float64
+        )
+        if len(probs) != len(counts) or (probs < 0).any() or probs.sum() <= 0:
+            raise ValueError(f"count_probs {count_probs} do not fit counts {counts}")
+        which = torch.multinomial(probs / probs.sum(), n, replacement=True, generator=generator)
+        count = torch.tensor(counts)[which].to(like.device)
+        steps = torch.arange(self.config.max_steps, device=like.device)
+        return (steps < count.unsqueeze(1)).to(like.dtype)
 
     # -- inference: one step ----------------------------------------------------------------
 

@@ -160,3 +160,20 @@ def test_z_where_posterior_scale_is_bounded():
     # Steps after the first z_pres = 0 are not inferred: their latents are zero.
     decided = decided_steps(out.z_pres).bool()
     assert float(out.objects["z_where_scale"][decided].min()) > 10
+
+
+def test_prior_samples_with_the_counts_asked_for():
+    model = small_model()
+    drawn = model.sample(
+        600,
+        generator=torch.Generator().manual_seed(1),
+        counts=(0, 2, 3),
+        count_probs=(0.5, 0.25, 0.25),
+    )
+    histogram = torch.bincount(drawn.count, minlength=4).float() / 600
+    torch.testing.assert_close(histogram, torch.tensor([0.5, 0.0, 0.25, 0.25]), atol=0.05, rtol=0)
+    # Objects fill the first steps: z_pres is 1 exactly for the first `count` steps.
+    steps = torch.arange(model.config.max_steps)
+    assert torch.equal(drawn.z_pres, (steps < drawn.count.unsqueeze(1)).float())
+    with pytest.raises(ValueError, match="counts must lie in 0..3"):
+        model.sample(4, counts=(4,))

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 from PIL import Image
 
@@ -54,3 +55,22 @@ def test_shipped_model_counts_upscaled_jpegs(tmp_path, capsys):
     )
     assert len(records) == 200 and correct / 200 >= 0.95
     assert all(r["width"] == 100 for r in records)
+
+
+def test_cli_sample_default_model_draws_the_counts_asked_for(tmp_path, capsys):
+    out = tmp_path / "samples.png"
+    assert (
+        main(["sample", "--model", "default", "--n", "300", "--counts", "1,2", "--out", str(out)])
+        == 0
+    )
+    line = capsys.readouterr().out
+    counts = dict(re.findall(r"(\d+): (\d+)", line.split("scenes by count:")[1]))
+    assert set(counts) == {"1", "2"} and abs(int(counts["1"]) - 150) < 30, line
+    assert out.stat().st_size > 0
+    # Default: the training data's counts {0, 1, 2}, uniform - not rho, which draws empty scenes.
+    assert main(["sample", "--model", "default", "--n", "300", "--out", str(out)]) == 0
+    counts = dict(re.findall(r"(\d+): (\d+)", capsys.readouterr().out.split("scenes by count:")[1]))
+    assert set(counts) == {"0", "1", "2"} and all(abs(int(v) - 100) < 30 for v in counts.values())
+    assert main(["sample", "--model", "default", "--counts", "0,5", "--out", str(out)]) == 2
+    assert "at most 3 objects" in capsys.readouterr().err
+    assert main(["sample", "--model", "default", "--counts", "a", "--out", str(out)]) == 2
