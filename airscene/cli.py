@@ -614,7 +614,8 @@ def _add_sample_parser(verbs) -> None:
         "--counts, not from the model's count prior rho: rho is a counting penalty chosen for "
         "training (the default 1e-7 makes each object ten million times less likely than none, "
         "so that a digit is not split over two windows), and scenes drawn with it are almost "
-        "always empty.",
+        "always empty. The position prior is the model's too (N(0, 1) in half-canvas units), "
+        "so about half of the objects drawn have their centre off the canvas (a third of 1-object scenes show no ink).",
     )
     sample.add_argument("--model", required=True, help="checkpoint or run directory")
     sample.add_argument(
