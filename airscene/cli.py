@@ -605,6 +605,54 @@ def _add_eval_parser(verbs) -> None:
     evaluate.set_defaults(handler=_eval)
 
 
+def _add_render3d_parser(verbs) -> None:
+    render = verbs.add_parser(
+        "render3d",
+        help="render 3D scenes you describe (JSON) with the fixed renderer of the 3D experiment",
+        description='Render scenes described as {"scenes": [{"objects": [{"shape": NAME, '
+        '"position": [x, y], "rotation_deg": R}, ...]}, ...]} to DIR/00000.png, ... in order. '
+        "--describe prints the scene space: shapes, floor extent, the smallest distance between "
+        "object centres, image size and each shape's rotational symmetry.",
+    )
+    render.add_argument("scenes", nargs="?", help="JSON file of scene descriptions")
+    render.add_argument("--out", help="directory for the PNG files")
+    render.add_argument("--describe", action="store_true", help="print the scene space as JSON")
+    render.set_defaults(handler=_render3d)
+
+
+def _render3d(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from airscene.render3d import SceneError, SceneSpace, read_scenes, render_scenes
+
+    space = SceneSpace()
+    if args.describe:
+        print(json.dumps(space.describe(), indent=2))
+        return 0
+    if not args.scenes or not args.out:
+        raise AirsceneError("render3d needs SCENES.json and --out DIR (or --describe)")
+    try:
+        document = json.loads(Path(args.scenes).read_text())
+    except OSError as error:
+        raise AirsceneError(f"{args.scenes}: cannot read ({error.strerror or error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AirsceneError(f"{args.scenes}: not valid JSON ({error})") from None
+    try:
+        scenes = read_scenes(document, space)
+    except SceneError as error:
+        raise AirsceneError(f"{args.scenes}: {error}") from None
+    images = render_scenes(scenes)  # every scene checked and drawn before any file is written
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images.numpy()):
+        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(out / f"{i:05d}.png")
+    print(f"wrote {len(images)} image(s) to {out}")
+    return 0
+
+
 def _add_sample_parser(verbs) -> None:
     sample = verbs.add_parser(
         "sample",
@@ -763,6 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_sample_parser,
         _add_show_parser,
         _add_infer_parser,
+        _add_render3d_parser,
         _add_experiment_parser,
     ):
         add(verbs)

@@ -1,0 +1,368 @@
+"""A fixed 3D renderer, usable as p(x | z): 0-3 objects resting on a floor, seen in perspective.
+
+Closed-form ray casting, batched over scenes and objects in plain PyTorch, deterministic and
+differentiable with respect to every object's position and rotation:
+
+* world axes: x to the right, y away from the camera along the floor, z up; the floor is z = 0
+  and object centres lie in the square [-floor_extent, floor_extent]^2;
+* a perspective camera looks down at the floor's centre from ``camera_elevation_deg`` above
+  the horizon, so objects show their tops and sides;
+* shapes (one albedo for all: identity must come from shape, not brightness): a sphere, a cube
+  (90-degree rotational symmetry about the vertical axis) and a cylinder lying on its side (an
+  elongated shape, 180-degree symmetry);
+* one directional light plus ambient, Lambertian shading; the floor is a darker Lambertian plane;
+* each object's coverage of a pixel is a sigmoid of a signed distance of the pixel's ray from
+  the object's silhouette (positive inside), about a pixel wide, so the image moves smoothly
+  with the pose; occlusion is soft: an object is hidden by every other that covers the pixel
+  and is nearer along the ray, by a sigmoid of their depth difference.
+
+Each primitive is intersected in its own frame (the ray rotated by minus the object's rotation):
+the sphere and the cylinder's body by the quadratic's discriminant, the cube and the cylinder's
+caps by the slab test. The renderer has no parameters: nothing of it is learnt.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+SHAPES = ("sphere", "cube", "cylinder")
+
+
+@dataclass(frozen=True)
+class SceneSpace:
+    """The scenes the renderer draws: camera, light, shapes and the floor (all fixed)."""
+
+    image_size: int = 64  # rotation of a cube or a cylinder is visible at this size
+    floor_extent: float = 0.8  # object centres lie in [-extent, extent]^2
+    camera_distance: float = 4.0
+    camera_elevation_deg: float = 45.0
+    field_of_view_deg: float = 50.0  # the whole floor and every object on it in view
+    light_direction: tuple[float, float, float] = (-0.45, -0.6, 0.75)  # towards the light
+    ambient: float = 0.3
+    albedo: float = 0.95  # every object's
+    floor_albedo: float = 0.25
+    sphere_radius: float = 0.3
+    cube_half_side: float = 0.24
+    cylinder_radius: float = 0.17
+    cylinder_half_length: float = 0.42
+    edge_pixels: float = 0.25  # silhouette softness: sigmoid scale, in pixels at the floor's centre
+    depth_softness: float = 0.02  # world units over which a nearer object takes over a pixel
+    symmetry_deg: dict[str, float] = field(
+        default_factory=lambda: {"sphere": 0.0, "cube": 90.0, "cylinder": 180.0}
+    )  # rotations about the vertical axis that leave a shape's image unchanged (0: every one)
+
+    @property
+    def resting_height(self) -> dict[str, float]:
+        """Height of each shape's centre above the floor when it rests on it."""
+        return {
+            "sphere": self.sphere_radius,
+            "cube": self.cube_half_side,
+            "cylinder": self.cylinder_radius,
+        }
+
+    @property
+    def bounding_radius(self) -> dict[str, float]:
+        """Radius of each shape's footprint's bounding circle on the floor (any rotation)."""
+        return {
+            "sphere": self.sphere_radius,
+            "cube": self.cube_half_side * math.sqrt(2),
+            "cylinder": math.hypot(self.cylinder_half_length, self.cylinder_radius),
+        }
+
+    @property
+    def min_centre_distance(self) -> float:
+        """Two objects whose centres are at least this far apart cannot intersect."""
+        return 2 * max(self.bounding_radius.values())
+
+    def describe(self) -> dict:
+        """The scene space as JSON-ready data (``airscene render3d --describe``)."""
+        return {
+            "shapes": list(SHAPES),
+            "floor_extent": [[-self.floor_extent, self.floor_extent]] * 2,
+            "min_centre_distance": round(self.min_centre_distance, 6),
+            "image_size": [self.image_size, self.image_size],
+            "symmetry_deg": dict(self.symmetry_deg),
+            "symmetry_note": "rotations about the vertical axis that leave the image unchanged; "
+            "0 means every rotation does (the sphere)",
+            "max_objects": 3,
+        }
+
+
+class Camera:
+    """The rays of every pixel: one origin, (H*W, 3) unit directions (row 0 at the top)."""
+
+    def __init__(self, space: SceneSpace, device: torch.device | None = None) -> None:
+        elevation = math.radians(space.camera_elevation_deg)
+        eye = torch.tensor(
+            [
+                0.0,
+                -space.camera_distance * math.cos(elevation),
+                space.camera_distance * math.sin(elevation),
+            ],
+            dtype=torch.float64,
+        )
+        forward = -eye / eye.norm()
+        right = torch.linalg.cross(forward, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+        right = right / right.norm()
+        up = torch.linalg.cross(right, forward)
+        size = space.image_size
+        half = math.tan(math.radians(space.field_of_view_deg) / 2)
+        centres = (torch.arange(size, dtype=torch.float64) + 0.5) / size * 2 - 1  # -1 .. 1
+        v, u = torch.meshgrid(-centres, centres, indexing="ij")  # v: up is positive
+        directions = forward + half * (u.reshape(-1, 1) * right + v.reshape(-1, 1) * up)
+        directions = directions / directions.norm(dim=-1, keepdim=True)
+        self.eye = eye.float().to(device)
+        self.directions = directions.float().to(device)  # (P, 3)
+        # World length of one pixel at the floor's centre: the scale of a silhouette's softness.
+        self.pixel = float(space.camera_distance * 2 * half / size)
+
+
+def _safe(value: torch.Tensor) -> torch.Tensor:
+    """``value`` kept away from zero (a ray parallel to a slab), sign preserved."""
+    tiny = 1e-6
+    return torch.where(value.abs() < tiny, torch.where(value < 0, -tiny, tiny), value)
+
+
+def _slab(origin: torch.Tensor, direction: torch.Tensor, half: torch.Tensor | float):
+    """Entry and exit distances of rays through the slab |coordinate| <= half (per axis)."""
+    inverse = 1.0 / _safe(direction)
+    t1, t2 = (-half - origin) * inverse, (half - origin) * inverse
+    return torch.minimum(t1, t2), torch.maximum(t1, t2)
+
+
+class Renderer:
+    """Scenes of objects -> grey images (B, H, W) in [0, 1]."""
+
+    def __init__(self, space: SceneSpace | None = None, device: torch.device | None = None) -> None:
+        self.space = space or SceneSpace()
+        self.camera = Camera(self.space, device)
+        light = torch.tensor(self.space.light_direction)
+        self.light = (light / light.norm()).to(device)
+        space = self.space
+        self.floor_shade = space.floor_albedo * (
+            space.ambient + (1 - space.ambient) * max(0.0, float(self.light[2]))
+        )
+
+    def render(
+        self,
+        shape: torch.Tensor,
+        position: torch.Tensor,
+        rotation: torch.Tensor,
+        presence: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``shape`` (B, K) indices into SHAPES, ``position`` (B, K, 2) on the floor,
+        ``rotation`` (B, K) radians about the vertical axis, ``presence`` (B, K) in [0, 1]
+        (default all 1) -> images (B, H, W)."""
+        coverage, depth, shade = self.objects(shape, position, rotation)
+        if presence is not None:
+            coverage = coverage * presence.unsqueeze(-1)
+        return self.composite(coverage, depth, shade)
+
+    def objects(self, shape: torch.Tensor, position: torch.Tensor, rotation: torch.Tensor):
+        """Per object and pixel: coverage in [0, 1], depth along the ray and shaded intensity,
+        each (B, K, P)."""
+        space, camera = self.space, self.camera
+        heights = torch.tensor([space.resting_height[s] for s in SHAPES], device=position.device)
+        centre = torch.cat([position, heights[shape].unsqueeze(-1)], dim=-1)  # (B, K, 3)
+        cos, sin = torch.cos(rotation), torch.sin(rotation)
+
+        def to_local(v: torch.Tensor) -> torch.Tensor:  # rotate by -rotation about z
+            x, y, z = v.unbind(-1)
+            return torch.stack([cos.unsqueeze(-1) * x + sin.unsqueeze(-1) * y,
+                                -sin.unsqueeze(-1) * x + cos.unsqueeze(-1) * y, z], dim=-1)  # fmt: skip
+
+        relative = (camera.eye - centre).unsqueeze(2)  # (B, K, 1, 3)
+        origin = to_local(relative.expand(-1, -1, camera.directions.shape[0], -1))  # (B, K, P, 3)
+        direction = to_local(camera.directions.expand(*shape.shape, -1, -1))
+        results = [
+            self._sphere(origin, direction),
+            self._cube(origin, direction),
+            self._cylinder(origin, direction),
+        ]
+        pixels = camera.directions.shape[0]
+        which = shape[..., None, None].expand(-1, -1, 1, pixels)  # each object's own shape
+
+        def select(values: list[torch.Tensor]) -> torch.Tensor:
+            stacked = torch.stack(values, dim=2)  # (B, K, S, P, ...)
+            index = which if stacked.dim() == 4 else which.unsqueeze(-1).expand(-1, -1, -1, -1, 3)
+            return stacked.gather(2, index).squeeze(2)
+
+        signed, depth, normal = (select([r[i] for r in results]) for i in range(3))
+        x, y, z = normal.unbind(-1)  # back to world axes: rotate by +rotation
+        normal_world = torch.stack([cos.unsqueeze(-1) * x - sin.unsqueeze(-1) * y,
+                                    sin.unsqueeze(-1) * x + cos.unsqueeze(-1) * y, z], dim=-1)  # fmt: skip
+        lambert = (normal_world * self.light).sum(-1).clamp_min(0.0)
+        shade = space.albedo * (space.ambient + (1 - space.ambient) * lambert)
+        coverage = torch.sigmoid(signed / (space.edge_pixels * camera.pixel))
+        return coverage, depth, shade
+
+    def composite(self, coverage: torch.Tensor, depth: torch.Tensor, shade: torch.Tensor):
+        """Soft nearest-surface-wins: object k is seen where it covers the pixel and no nearer
+        object does; the floor where none covers it. (B, K, P) -> (B, H, W)."""
+        softness = self.space.depth_softness
+        nearer = torch.sigmoid(
+            (depth.unsqueeze(2) - depth.unsqueeze(1)) / softness
+        )  # [b,k,j,p]: j before k
+        hides = coverage.unsqueeze(1) * nearer  # (B, K, K, P): how much j hides k
+        k = coverage.shape[1]
+        eye = torch.eye(k, dtype=torch.bool, device=coverage.device)[None, :, :, None]
+        hides = hides.masked_fill(eye, 0.0)
+        seen = coverage * (1 - hides).prod(dim=2)  # (B, K, P)
+        floor = (1 - coverage).prod(dim=1)  # (B, P)
+        total = seen.sum(1) + floor
+        image = ((seen * shade).sum(1) + floor * self.floor_shade) / total.clamp_min(1e-6)
+        size = self.space.image_size
+        return image.view(-1, size, size)
+
+    # -- the primitives, in the object's frame (centre at the origin) -------------------------
+    # Each returns the signed distance of the ray from the silhouette (> 0: it hits), the depth of
+    # the first hit along the ray (where it misses: of the nearest approach) and the normal there.
+
+    def _sphere(self, origin: torch.Tensor, direction: torch.Tensor):
+        r = self.space.sphere_radius
+        b = (origin * direction).sum(-1)
+        disc = b * b - ((origin * origin).sum(-1) - r * r)  # r^2 - (ray's distance to centre)^2
+        depth = -b - disc.clamp_min(0.0).add(1e-9).sqrt()
+        normal = (origin + depth.unsqueeze(-1) * direction) / r
+        return disc / (2 * r), depth, normal
+
+    def _cube(self, origin: torch.Tensor, direction: torch.Tensor):
+        near, far = _slab(origin, direction, self.space.cube_half_side)
+        entry, axis = near.max(-1)
+        exit_ = far.min(-1).values
+        signed = exit_ - entry  # chord through the cube (negative: the ray misses it)
+        normal = torch.nn.functional.one_hot(axis, 3).to(origin.dtype)
+        normal = -normal * torch.sign(direction)
+        return signed, entry, normal
+
+    def _cylinder(self, origin: torch.Tensor, direction: torch.Tensor):
+        space = self.space
+        r, half = space.cylinder_radius, space.cylinder_half_length
+        oyz, dyz = origin[..., 1:], direction[..., 1:]  # the axis is the local x axis
+        a = (dyz * dyz).sum(-1).clamp_min(1e-9)
+        b = (oyz * dyz).sum(-1)
+        disc = (b * b - a * ((oyz * oyz).sum(-1) - r * r)) / a  # r^2 - (distance to axis)^2
+        root = disc.clamp_min(0.0).add(1e-9).sqrt() / a.sqrt()
+        body_in, body_out = -b / a - root, -b / a + root
+        cap_in, cap_out = _slab(origin[..., 0], direction[..., 0], half)
+        entry = torch.maximum(body_in, cap_in)
+        exit_ = torch.minimum(body_out, cap_out)
+        signed = torch.minimum(disc / (2 * r), exit_ - entry)
+        point = origin + entry.unsqueeze(-1) * direction
+        on_cap = (cap_in > body_in).unsqueeze(-1)
+        cap_normal = torch.zeros_like(point)
+        cap_normal[..., 0] = -torch.sign(direction[..., 0])
+        body_normal = torch.cat([torch.zeros_like(point[..., :1]), point[..., 1:] / r], dim=-1)
+        return signed, entry, torch.where(on_cap, cap_normal, body_normal)
+
+
+class SceneError(ValueError):
+    """A scene description the renderer cannot draw (reported as a one-line error)."""
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One object of a described scene: its shape, centre on the floor and turn about z."""
+
+    shape: str
+    position: tuple[float, float]
+    rotation_deg: float
+
+
+def read_scenes(document: object, space: SceneSpace) -> list[list[SceneObject]]:
+    """``{"scenes": [{"objects": [{"shape", "position": [x, y], "rotation_deg"}, ...]}, ...]}``
+    -> the scenes' objects, checked against ``space`` (``SceneError`` naming what is wrong)."""
+    if not isinstance(document, dict) or not isinstance(document.get("scenes"), list):
+        raise SceneError('expected a JSON object {"scenes": [{"objects": [...]}, ...]}')
+    scenes = []
+    for i, scene in enumerate(document["scenes"]):
+        where = f"scene {i}"
+        if not isinstance(scene, dict) or not isinstance(scene.get("objects"), list):
+            raise SceneError(f'{where}: expected {{"objects": [...]}}')
+        if len(scene["objects"]) > space.describe()["max_objects"]:
+            raise SceneError(f"{where}: {len(scene['objects'])} objects, at most 3")
+        objects = [
+            _read_object(o, f"{where}, object {j}", space) for j, o in enumerate(scene["objects"])
+        ]
+        _check_apart(objects, where, space)
+        scenes.append(objects)
+    return scenes
+
+
+def _read_object(value: object, where: str, space: SceneSpace) -> SceneObject:
+    if not isinstance(value, dict):
+        raise SceneError(f"{where}: expected an object with shape, position and rotation_deg")
+    shape = value.get("shape")
+    if shape not in SHAPES:
+        raise SceneError(f"{where}: unknown shape {shape!r} (known: {', '.join(SHAPES)})")
+    position = value.get("position")
+    if (
+        not isinstance(position, list)
+        or len(position) != 2
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in position)
+    ):
+        raise SceneError(f"{where}: position must be [x, y], got {position!r}")
+    extent = space.floor_extent
+    if not all(math.isfinite(v) and -extent <= v <= extent for v in position):
+        raise SceneError(
+            f"{where}: position {position} is off the floor ([-{extent:g}, {extent:g}] on each axis)"
+        )
+    rotation = value.get("rotation_deg", 0.0)
+    if (
+        not isinstance(rotation, int | float)
+        or isinstance(rotation, bool)
+        or not math.isfinite(rotation)
+    ):
+        raise SceneError(f"{where}: rotation_deg must be a number, got {rotation!r}")
+    unknown = sorted(set(value) - {"shape", "position", "rotation_deg", "box"})
+    if unknown:
+        raise SceneError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    return SceneObject(shape, (float(position[0]), float(position[1])), float(rotation))
+
+
+def _check_apart(objects: list[SceneObject], where: str, space: SceneSpace) -> None:
+    """Objects may not intersect: their centres must be ``min_centre_distance`` apart."""
+    for i, a in enumerate(objects):
+        for j in range(i + 1, len(objects)):
+            b = objects[j]
+            distance = math.dist(a.position, b.position)
+            if distance < space.min_centre_distance:
+                raise SceneError(
+                    f"{where}: objects {i} and {j} intersect (centres {distance:.3f} apart, "
+                    f"at least {space.min_centre_distance:.3f} needed)"
+                )
+
+
+def scene_tensors(scenes: list[list[SceneObject]], device: torch.device | None = None):
+    """Described scenes -> ``Renderer.render``'s (shape, position, rotation, presence), padded
+    to 3 objects per scene with absent ones."""
+    n, k = len(scenes), 3
+    shape = torch.zeros(n, k, dtype=torch.long)
+    position = torch.zeros(n, k, 2)
+    rotation = torch.zeros(n, k)
+    presence = torch.zeros(n, k)
+    for i, objects in enumerate(scenes):
+        for j, o in enumerate(objects):
+            shape[i, j] = SHAPES.index(o.shape)
+            position[i, j] = torch.tensor(o.position)
+            rotation[i, j] = math.radians(o.rotation_deg)
+            presence[i, j] = 1.0
+    return tuple(t.to(device) for t in (shape, position, rotation, presence))
+
+
+def render_scenes(
+    scenes: list[list[SceneObject]], renderer: Renderer | None = None, batch: int = 64
+) -> torch.Tensor:
+    """Images (n, H, W) in [0, 1] of described scenes."""
+    renderer = renderer or Renderer()
+    tensors = scene_tensors(scenes)
+    with torch.no_grad():
+        parts = [
+            renderer.render(*(t[start : start + batch] for t in tensors))
+            for start in range(0, len(scenes), batch)
+        ]
+    size = renderer.space.image_size
+    return torch.cat(parts) if parts else torch.zeros(0, size, size)

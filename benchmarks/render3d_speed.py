@@ -1,0 +1,76 @@
+"""The 3D renderer's speed: forward and forward + backward (gradients for position and rotation)
+for a batch of scenes of 3 objects, at 32x32 and 64x64, median over repeats.
+
+    python benchmarks/render3d_speed.py            # batch 64, this machine's CPU threads
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from airscene.provenance import git_revision, hardware
+from airscene.render3d import Renderer, SceneSpace
+
+HERE = Path(__file__).resolve().parent
+
+
+def median_ms(run, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        run()
+    laps = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        laps.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(laps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", default=str(HERE / "results" / "render3d_speed.json"))
+    args = parser.parse_args(argv)
+    generator = torch.Generator().manual_seed(0)
+    shape = torch.randint(0, 3, (args.batch, 3), generator=generator)
+    position = (torch.rand(args.batch, 3, 2, generator=generator) * 1.6 - 0.8).requires_grad_()
+    rotation = (torch.rand(args.batch, 3, generator=generator) * 6.28).requires_grad_()
+    results = {}
+    for size in (32, 64):
+        renderer = Renderer(dataclasses.replace(SceneSpace(), image_size=size))
+
+        def forward(renderer=renderer):
+            with torch.no_grad():
+                renderer.render(shape, position, rotation)
+
+        def forward_backward(renderer=renderer):
+            renderer.render(shape, position, rotation).sum().backward()
+
+        results[f"{size}x{size}"] = {
+            "forward_ms": median_ms(forward, args.repeats),
+            "forward_backward_ms": median_ms(forward_backward, args.repeats),
+        }
+        print(f"{size}x{size}, batch {args.batch}, 3 objects: {results[f'{size}x{size}']}")
+    summary = {
+        "benchmark": "render3d_speed",
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_revision": git_revision(),
+        "hardware": hardware(),
+        "batch": args.batch,
+        "objects_per_scene": 3,
+        "results": results,
+    }
+    Path(args.out).write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
