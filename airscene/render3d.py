@@ -177,20 +177,23 @@ class Renderer:
         relative = (camera.eye - centre).unsqueeze(2)  # (B, K, 1, 3)
         origin = to_local(relative.expand(-1, -1, camera.directions.shape[0], -1))  # (B, K, P, 3)
         direction = to_local(camera.directions.expand(*shape.shape, -1, -1))
-        results = [
-            self._sphere(origin, direction),
-            self._cube(origin, direction),
-            self._cylinder(origin, direction),
-        ]
-        pixels = camera.directions.shape[0]
-        which = shape[..., None, None].expand(-1, -1, 1, pixels)  # each object's own shape
-
-        def select(values: list[torch.Tensor]) -> torch.Tensor:
-            stacked = torch.stack(values, dim=2)  # (B, K, S, P, ...)
-            index = which if stacked.dim() == 4 else which.unsqueeze(-1).expand(-1, -1, -1, -1, 3)
-            return stacked.gather(2, index).squeeze(2)
-
-        signed, depth, normal = (select([r[i] for r in results]) for i in range(3))
+        # Each object is intersected with its own shape only: the objects of each shape are
+        # taken out, cast, and put back in place (index_put keeps the gradient paths).
+        flat_shape = shape.reshape(-1)
+        origin, direction = origin.flatten(0, 1), direction.flatten(0, 1)  # (B*K, P, 3)
+        signed = origin.new_zeros(origin.shape[:2])
+        depth = origin.new_zeros(origin.shape[:2])
+        normal = origin.new_zeros(origin.shape)
+        for index, primitive in enumerate((self._sphere, self._cube, self._cylinder)):
+            rows = (flat_shape == index).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            s_, d_, n_ = primitive(origin[rows], direction[rows])
+            signed = signed.index_put((rows,), s_)
+            depth = depth.index_put((rows,), d_)
+            normal = normal.index_put((rows,), n_)
+        signed, depth = signed.view(*shape.shape, -1), depth.view(*shape.shape, -1)
+        normal = normal.view(*shape.shape, -1, 3)
         x, y, z = normal.unbind(-1)  # back to world axes: rotate by +rotation
         normal_world = torch.stack([cos.unsqueeze(-1) * x - sin.unsqueeze(-1) * y,
                                     sin.unsqueeze(-1) * x + cos.unsqueeze(-1) * y, z], dim=-1)  # fmt: skip

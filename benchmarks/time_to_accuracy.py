@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--eval-scenes", type=int, default=None, help="default: the protocol's (10,000)"
     )
+    parser.add_argument(
+        "--z-pres-prior", type=float, default=None, help="rho (default: the recipe's)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--run-dir", default=None, help="default: runs/tta-{air,dair}-seedN")
     parser.add_argument(
@@ -60,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             **{key: value for key, value in given.items() if value is not None},
         ),
     )
+    if args.z_pres_prior is not None:
+        config = dataclasses.replace(
+            config, model=dataclasses.replace(config.model, z_pres_prior=args.z_pres_prior)
+        )
     run_dir = Path(args.run_dir or f"runs/tta-{name}")
     summary = time_to_accuracy(config, run_dir, name, command=[sys.executable, *sys.argv])
     curve = summary["curve"]
