@@ -202,9 +202,52 @@ def given_fields(
 # Verbs
 
 
+# The DataConfig flags that mean something for 3D scenes too.
+_SCENES3D_FIELDS = ("counts", "seed", "n_train", "n_test")
+
+
+def _data_make_scenes3d(args: argparse.Namespace) -> int:
+    """``data make --kind scenes3d``: rendered 3D scenes with their descriptions."""
+    from airscene.data.scenes import cache_dir
+    from airscene.data.scenes3d import export_png3d, load_scenes3d
+
+    other = [n for n in given_fields(DataConfig, args) if n not in _SCENES3D_FIELDS]
+    if other:
+        flags = ", ".join(f"--{n.replace('_', '-')}" for n in other)
+        raise AirsceneError(f"{flags}: Multi-MNIST only, not for --kind scenes3d")
+    if args.format == "npz" and args.out:
+        raise AirsceneError("--kind scenes3d writes --format png to --out (npz stays in the cache)")
+    config = config_from_args(DataConfig, args)
+    counts = config.counts if "counts" in given_fields(DataConfig, args) else (0, 1, 2, 3)
+    if max(counts) > 3:
+        raise AirsceneError(f"--counts {counts}: 3D scenes hold at most 3 objects")
+    splits = ("train", "test") if args.split == "both" else (args.split,)
+    out = Path(args.out) if args.out else (Path("scenes3d") if args.format == "png" else None)
+    if out is not None:
+        for split in splits:
+            if (out / split).exists() and any((out / split).iterdir()):
+                raise AirsceneError(f"{out / split}: exists and is not empty; choose another --out")
+    for split in splits:
+        n = (
+            args.n
+            if args.n is not None
+            else (config.n_train if split == "train" else config.n_test)
+        )
+        started = time.perf_counter()
+        scenes = load_scenes3d(n, split, config.seed, counts)
+        seconds = time.perf_counter() - started
+        histogram = np.bincount(scenes.counts, minlength=4)
+        summary = ", ".join(f"{k}: {int(histogram[k])}" for k in counts)
+        where = export_png3d(scenes, out / split) if out is not None else cache_dir()
+        print(f"{split}: {len(scenes)} 3D scenes ({summary}) in {seconds:.1f}s -> {where}")
+    return 0
+
+
 def _data_make(args: argparse.Namespace) -> int:
     from airscene.data.scenes import cache_dir, export_png, load_scenes, save_npz
 
+    if args.kind == "scenes3d":
+        return _data_make_scenes3d(args)
     config = config_from_args(DataConfig, args)
     splits = ("train", "test") if args.split == "both" else (args.split,)
     out = Path(args.out) if args.out else (Path("multi-mnist") if args.format == "png" else None)
@@ -531,6 +574,14 @@ def _add_data_parser(verbs) -> None:
         "make",
         help="generate Multi-MNIST scenes (cached; optionally exported as .npz or PNG files)",
         description="Generate Multi-MNIST scenes with their ground truth (count, ink boxes, labels).",
+    )
+    make.add_argument(
+        "--kind",
+        choices=("multi-mnist", "scenes3d"),
+        default="multi-mnist",
+        help="multi-mnist: the paper's 2D scenes; scenes3d: 0-3 objects on a floor rendered in 3D "
+        "(ground truth: count, and per object shape, position, rotation_deg, box; default "
+        "--counts 0,1,2,3; only --counts, --seed, --n/--n-train/--n-test apply)",
     )
     make.add_argument("--split", choices=("train", "test", "both"), default="both")
     make.add_argument(

@@ -202,9 +202,9 @@ class Renderer:
         coverage = torch.sigmoid(signed / (space.edge_pixels * camera.pixel))
         return coverage, depth, shade
 
-    def composite(self, coverage: torch.Tensor, depth: torch.Tensor, shade: torch.Tensor):
-        """Soft nearest-surface-wins: object k is seen where it covers the pixel and no nearer
-        object does; the floor where none covers it. (B, K, P) -> (B, H, W)."""
+    def visibility(self, coverage: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """How much of each pixel each object is seen in, (B, K, P): it covers the pixel and no
+        nearer object does (softly: by a sigmoid of the depth difference)."""
         softness = self.space.depth_softness
         nearer = torch.sigmoid(
             (depth.unsqueeze(2) - depth.unsqueeze(1)) / softness
@@ -213,7 +213,12 @@ class Renderer:
         k = coverage.shape[1]
         eye = torch.eye(k, dtype=torch.bool, device=coverage.device)[None, :, :, None]
         hides = hides.masked_fill(eye, 0.0)
-        seen = coverage * (1 - hides).prod(dim=2)  # (B, K, P)
+        return coverage * (1 - hides).prod(dim=2)
+
+    def composite(self, coverage: torch.Tensor, depth: torch.Tensor, shade: torch.Tensor):
+        """Soft nearest-surface-wins: object k is seen where it covers the pixel and no nearer
+        object does; the floor where none covers it. (B, K, P) -> (B, H, W)."""
+        seen = self.visibility(coverage, depth)
         floor = (1 - coverage).prod(dim=1)  # (B, P)
         total = seen.sum(1) + floor
         image = ((seen * shade).sum(1) + floor * self.floor_shade) / total.clamp_min(1e-6)

@@ -16,6 +16,7 @@ import os
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -332,23 +333,35 @@ def export_png(scenes: Scenes, out_dir: str | Path, config: DataConfig | None = 
 
     Refuses a non-empty ``out_dir`` so nothing already there is overwritten.
     """
+    return write_png_scenes(
+        scenes.images,
+        scenes.counts,
+        out_dir,
+        lambda names: {
+            "config": to_dict(config) if config else None,
+            "images": ground_truth_records(scenes, names),
+        },
+    )
+
+
+def write_png_scenes(
+    images: np.ndarray, counts: np.ndarray, out_dir: str | Path, truth: Callable[[list[str]], dict]
+) -> Path:
+    """``images`` (n, H, W) uint8 as ``00000.png``, ... in ``out_dir``, with ``counts.csv`` and
+    ``ground_truth.json`` (``truth`` of the file names); refuses a non-empty ``out_dir``."""
     from PIL import Image
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AirsceneError(f"{out}: exists and is not empty; choose a new directory")
     out.mkdir(parents=True, exist_ok=True)
-    width = max(5, len(str(len(scenes) - 1)))
-    names = [f"{i:0{width}d}.png" for i in range(len(scenes))]
-    for name, image in zip(names, scenes.images, strict=True):
+    width = max(5, len(str(len(images) - 1)))
+    names = [f"{i:0{width}d}.png" for i in range(len(images))]
+    for name, image in zip(names, images, strict=True):
         Image.fromarray(image).save(out / name)
-    truth = {
-        "config": to_dict(config) if config else None,
-        "images": ground_truth_records(scenes, names),
-    }
-    (out / "ground_truth.json").write_text(json.dumps(truth, indent=1))
+    (out / "ground_truth.json").write_text(json.dumps(truth(names), indent=1))
     with open(out / "counts.csv", "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["file", "count"])
-        writer.writerows((name, int(c)) for name, c in zip(names, scenes.counts, strict=True))
+        writer.writerows((name, int(c)) for name, c in zip(names, counts, strict=True))
     return out
