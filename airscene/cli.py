@@ -711,7 +711,7 @@ def _add_sample_parser(verbs) -> None:
         description="Scenes drawn from the generative model: a count per scene, then every "
         "object's latents from their prior, decoded into the image. The count is drawn from "
         "--counts, not from the model's count prior rho: rho is a counting penalty chosen for "
-        "training (the default 1e-7 makes each object ten million times less likely than none, "
+        "training (the default 1e-10 makes each object ten billion times less likely than none, "
         "so that a digit is not split over two windows), and scenes drawn with it are almost "
         "always empty. The position prior is the model's too (N(0, 1) in half-canvas units), "
         "so about half of the objects drawn have their centre off the canvas (a third of 1-object scenes show no ink).",

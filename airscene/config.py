@@ -224,10 +224,10 @@ class ModelConfig:
     )
     baseline_lstm_size: int = param(256, "units of the NVIL baseline network's own LSTM")
     z_pres_prior: float = param(
-        1e-7,
+        1e-10,
         "rho: prior probability that another object is present; each object costs log(1/rho) nats, "
-        "so a strong prior (1e-7: 16.1 nats) stops one digit being split over two windows (with 1e-5, "
-        "3 of seeds 0-4 split digits for good)",
+        "so a strong prior (1e-10: 23.0 nats) keeps one digit from being split over two windows "
+        "(seeds 0-19 split digits for good: 1 at 1e-10, 4 at 1e-7; 3 of seeds 0-4 at 1e-5)",
     )
     likelihood: Literal["normal", "bernoulli"] = param("normal", "pixel likelihood p(x | z)")
     likelihood_sigma: float = param(0.3, "standard deviation of the normal pixel likelihood")

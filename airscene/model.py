@@ -184,8 +184,8 @@ class AIR(nn.Module):
 
         The count comes from the model's geometric prior (``z_pres_prior``, default the model's
         rho) or, given ``counts``, from the categorical over ``counts`` (``count_probs``, default
-        uniform): rho is a counting penalty chosen for training (1e-7 makes a second object
-        ten million times less likely than none), so scenes drawn with it are almost always
+        uniform): rho is a counting penalty chosen for training (1e-10 makes a second object
+        ten billion times less likely than none), so scenes drawn with it are almost always
         empty. Every other latent is drawn from its prior either way."""
         like = next(self.parameters())
         if counts is None:
