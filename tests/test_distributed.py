@@ -50,6 +50,31 @@ def finish(process: subprocess.Popen, timeout: float = 240) -> str:
     return output
 
 
+def _state(pid: int) -> str:
+    """A process's state letter from /proc (R, S, Z, ...); '' once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def descendants(pid: int) -> list[int]:
+    """Every living process below ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def run_config(steps: int, **train) -> RunConfig:
     """The config the CLI flags below make (the tiny model on 100 scenes)."""
     return RunConfig(
@@ -103,19 +128,25 @@ def test_ranks_agree_on_weights_baseline_and_signal_moments(tmp_path):
     assert bool(rank0["normaliser.initialised"]) and float(rank0["normaliser.variance"]) != 1.0
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the workers in /proc")
 def test_a_killed_two_process_run_resumes_exactly(tmp_path):
     flags = ["--steps", "120", "--batch-size", "8", "--checkpoint-every", "10", "--log-every", "5"]
     flags += ["--eval-every", "60", "--eval-scenes", "20", *DATA_FLAGS]
     killed = tmp_path / "killed"
-    process = torchrun(
-        "-m", "airscene", "train", "--run-dir", str(killed), *flags, start_new_session=True
-    )
+    process = torchrun("-m", "airscene", "train", "--run-dir", str(killed), *flags)
     deadline = time.monotonic() + 120
     while not any((killed / "checkpoints").glob("step-*/checkpoint.json")):
         assert time.monotonic() < deadline and process.poll() is None, "no checkpoint appeared"
         time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)  # torchrun and both of its workers
+    # torchrun starts each worker in a session of its own: kill the workers, then torchrun.
+    workers = descendants(process.pid)
+    assert len(workers) >= 2, workers
+    for pid in [*workers, process.pid]:
+        os.kill(pid, signal.SIGKILL)
     process.wait()
+    for pid in workers:  # gone before anything resumes the run
+        while Path(f"/proc/{pid}").exists() and _state(pid) != "Z":
+            time.sleep(0.01)
     checkpoints = sorted((killed / "checkpoints").glob("step-*"))
     assert checkpoints[-1].name != "step-000000120", "the run ended before it could be killed"
     finish(torchrun("-m", "airscene", "train", "--resume", str(killed)))
