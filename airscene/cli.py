@@ -394,10 +394,8 @@ def _sample(args: argparse.Namespace) -> int:
     if args.counts is None:  # the training data's count distribution
         counts, probs = checkpoint.config.data.counts, checkpoint.config.data.probabilities
     else:
-        counts, probs = _int_list(args.counts, "--counts"), None
-        if args.count_probs is not None:
-            probs = tuple(float(p) for p in _number_list(args.count_probs, "--count-probs"))
-    if max(counts) > model.config.max_steps:
+        counts, probs = args.counts, args.count_probs
+    if counts and max(counts) > model.config.max_steps:
         raise AirsceneError(
             f"--counts {','.join(map(str, counts))}: this model draws at most "
             f"{model.config.max_steps} objects (its N)"
@@ -421,20 +419,6 @@ def _sample(args: argparse.Namespace) -> int:
     histogram = ", ".join(f"{c}: {drawn_counts.count(c)}" for c in sorted(set(counts)))
     print(f"wrote {path} (scenes by count: {histogram})")
     return 0
-
-
-def _number_list(text: str, flag: str) -> list[str]:
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts:
-        raise AirsceneError(f"{flag}: expected a comma-separated list, got {text!r}")
-    return parts
-
-
-def _int_list(text: str, flag: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in _number_list(text, flag))
-    except ValueError:
-        raise AirsceneError(f"{flag}: expected whole numbers such as 0,1,2, got {text!r}") from None
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -720,12 +704,14 @@ def _add_sample_parser(verbs) -> None:
     sample.add_argument(
         "--counts",
         default=None,
+        type=_value_parser(tuple[int, ...])[0],
         metavar="N,N,...",
         help="object counts to draw scenes with, e.g. 0,1,2 (default: the training data's)",
     )
     sample.add_argument(
         "--count-probs",
         default=None,
+        type=_value_parser(tuple[float, ...])[0],
         metavar="P,P,...",
         help="probability of each entry of --counts (default: uniform)",
     )

@@ -23,9 +23,6 @@ import torch.distributed as dist
 
 from airscene.errors import AirsceneError
 
-# Variables torchrun sets in every process it starts.
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
 
 def launched_by_torchrun() -> bool:
     """True in a process started by torchrun (or any launcher that sets its variables)."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 SHAPES = ("sphere", "cube", "cylinder")
+MAX_OBJECTS = 3  # objects in one scene
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class SceneSpace:
             "symmetry_deg": dict(self.symmetry_deg),
             "symmetry_note": "rotations about the vertical axis that leave the image unchanged; "
             "0 means every rotation does (the sphere)",
-            "max_objects": 3,
+            "max_objects": MAX_OBJECTS,
         }
 
 
@@ -118,6 +119,14 @@ class Camera:
         self.directions = directions.float().to(device)  # (P, 3)
         # World length of one pixel at the floor's centre: the scale of a silhouette's softness.
         self.pixel = float(space.camera_distance * 2 * half / size)
+
+
+def _turn(v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Vectors ``v`` (B, K, P, 3) turned about the vertical axis by each object's angle, given as
+    its ``cos`` and ``sin`` (B, K)."""
+    x, y, z = v.unbind(-1)
+    c, s = cos.unsqueeze(-1), sin.unsqueeze(-1)
+    return torch.stack([c * x - s * y, s * x + c * y, z], dim=-1)
 
 
 def _safe(value: torch.Tensor) -> torch.Tensor:
@@ -169,14 +178,10 @@ class Renderer:
         centre = torch.cat([position, heights[shape].unsqueeze(-1)], dim=-1)  # (B, K, 3)
         cos, sin = torch.cos(rotation), torch.sin(rotation)
 
-        def to_local(v: torch.Tensor) -> torch.Tensor:  # rotate by -rotation about z
-            x, y, z = v.unbind(-1)
-            return torch.stack([cos.unsqueeze(-1) * x + sin.unsqueeze(-1) * y,
-                                -sin.unsqueeze(-1) * x + cos.unsqueeze(-1) * y, z], dim=-1)  # fmt: skip
-
         relative = (camera.eye - centre).unsqueeze(2)  # (B, K, 1, 3)
-        origin = to_local(relative.expand(-1, -1, camera.directions.shape[0], -1))  # (B, K, P, 3)
-        direction = to_local(camera.directions.expand(*shape.shape, -1, -1))
+        # The rays in each object's frame: turned by minus its rotation.
+        origin = _turn(relative.expand(-1, -1, camera.directions.shape[0], -1), cos, -sin)
+        direction = _turn(camera.directions.expand(*shape.shape, -1, -1), cos, -sin)
         # Each object is intersected with its own shape only: the objects of each shape are
         # taken out, cast, and put back in place (index_put keeps the gradient paths).
         flat_shape = shape.reshape(-1)
@@ -194,9 +199,7 @@ class Renderer:
             normal = normal.index_put((rows,), n_)
         signed, depth = signed.view(*shape.shape, -1), depth.view(*shape.shape, -1)
         normal = normal.view(*shape.shape, -1, 3)
-        x, y, z = normal.unbind(-1)  # back to world axes: rotate by +rotation
-        normal_world = torch.stack([cos.unsqueeze(-1) * x - sin.unsqueeze(-1) * y,
-                                    sin.unsqueeze(-1) * x + cos.unsqueeze(-1) * y, z], dim=-1)  # fmt: skip
+        normal_world = _turn(normal, cos, sin)  # back to world axes
         lambert = (normal_world * self.light).sum(-1).clamp_min(0.0)
         shade = space.albedo * (space.ambient + (1 - space.ambient) * lambert)
         coverage = torch.sigmoid(signed / (space.edge_pixels * camera.pixel))
@@ -290,8 +293,8 @@ def read_scenes(document: object, space: SceneSpace) -> list[list[SceneObject]]:
         where = f"scene {i}"
         if not isinstance(scene, dict) or not isinstance(scene.get("objects"), list):
             raise SceneError(f'{where}: expected {{"objects": [...]}}')
-        if len(scene["objects"]) > space.describe()["max_objects"]:
-            raise SceneError(f"{where}: {len(scene['objects'])} objects, at most 3")
+        if len(scene["objects"]) > MAX_OBJECTS:
+            raise SceneError(f"{where}: {len(scene['objects'])} objects, at most {MAX_OBJECTS}")
         objects = [
             _read_object(o, f"{where}, object {j}", space) for j, o in enumerate(scene["objects"])
         ]
@@ -346,8 +349,8 @@ def _check_apart(objects: list[SceneObject], where: str, space: SceneSpace) -> N
 
 def scene_tensors(scenes: list[list[SceneObject]], device: torch.device | None = None):
     """Described scenes -> ``Renderer.render``'s (shape, position, rotation, presence), padded
-    to 3 objects per scene with absent ones."""
-    n, k = len(scenes), 3
+    to MAX_OBJECTS objects per scene with absent ones."""
+    n, k = len(scenes), MAX_OBJECTS
     shape = torch.zeros(n, k, dtype=torch.long)
     position = torch.zeros(n, k, 2)
     rotation = torch.zeros(n, k)

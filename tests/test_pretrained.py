@@ -4,6 +4,7 @@ import csv
 import json
 import re
 
+import pytest
 from PIL import Image
 
 import airscene
@@ -73,4 +74,6 @@ def test_cli_sample_default_model_draws_the_counts_asked_for(tmp_path, capsys):
     assert set(counts) == {"0", "1", "2"} and all(abs(int(v) - 100) < 30 for v in counts.values())
     assert main(["sample", "--model", "default", "--counts", "0,5", "--out", str(out)]) == 2
     assert "at most 3 objects" in capsys.readouterr().err
-    assert main(["sample", "--model", "default", "--counts", "a", "--out", str(out)]) == 2
+    with pytest.raises(SystemExit) as usage:  # argparse, as for every list flag
+        main(["sample", "--model", "default", "--counts", "a", "--out", str(out)])
+    assert usage.value.code == 2

@@ -19,6 +19,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -245,7 +246,6 @@ def cache_key(config: DataConfig, split: str) -> str:
 
 def save_npz(scenes: Scenes, path: Path, config: DataConfig | None = None) -> None:
     """Write scenes as an uncompressed ``.npz`` (no pickled objects), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {
         "images": scenes.images,
         "counts": scenes.counts,
@@ -255,6 +255,12 @@ def save_npz(scenes: Scenes, path: Path, config: DataConfig | None = None) -> No
     }
     if config is not None:
         arrays["config_json"] = np.array(json.dumps(to_dict(config)))
+    write_npz(path, arrays)
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``arrays`` as an uncompressed ``.npz`` at ``path``, atomically (written beside, renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
     try:
         with os.fdopen(handle, "wb") as file:
@@ -265,6 +271,29 @@ def save_npz(scenes: Scenes, path: Path, config: DataConfig | None = None) -> No
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+T = TypeVar("T")
+
+
+def cached(
+    path: Path | None, load: Callable[[Path], T], make: Callable[[], T], save: Callable[[T], None]
+) -> T:
+    """What ``load`` reads from the cache file ``path``, or else what ``make`` makes, then saved
+    there by ``save`` (``path`` None: no cache). An unreadable cache file is regenerated, and a
+    cache that cannot be written is not fatal: the data is in memory."""
+    if path is not None and path.is_file():
+        try:
+            return load(path)
+        except AirsceneError as error:
+            warnings.warn(f"regenerating scenes: {error}", stacklevel=3)
+    value = make()
+    if path is not None:
+        try:
+            save(value)
+        except OSError as error:
+            warnings.warn(f"could not cache scenes at {path}: {error}", stacklevel=3)
+    return value
 
 
 def load_npz(path: str | Path) -> Scenes:
@@ -301,18 +330,12 @@ def load_scenes(
         config = dataclasses.replace(config, **{field: n})
     size = split_size(config, split)
     path = cache_dir() / f"{split}-{size}-{cache_key(config, split)[:20]}.npz"
-    if use_cache and path.is_file():
-        try:
-            return load_npz(path)
-        except AirsceneError as error:
-            warnings.warn(f"regenerating scenes: {error}", stacklevel=2)
-    scenes = generate_scenes(config, split, size, scene_rng(config, split))
-    if use_cache:
-        try:
-            save_npz(scenes, path, config)
-        except OSError as error:  # a read-only or full cache is not fatal: the data is in memory
-            warnings.warn(f"could not cache scenes at {path}: {error}", stacklevel=2)
-    return scenes
+    return cached(
+        path if use_cache else None,
+        load=load_npz,
+        make=lambda: generate_scenes(config, split, size, scene_rng(config, split)),
+        save=lambda scenes: save_npz(scenes, path, config),
+    )
 
 
 def ground_truth_records(scenes: Scenes, names: list[str]) -> list[dict]:

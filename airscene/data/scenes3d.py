@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +20,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from airscene.data.scenes import cache_dir, write_png_scenes
+from airscene.data.scenes import cache_dir, cached, write_npz, write_png_scenes
 from airscene.errors import AirsceneError
-from airscene.render3d import SHAPES, Renderer, SceneObject, SceneSpace, scene_tensors
+from airscene.render3d import (
+    MAX_OBJECTS,
+    SHAPES,
+    Renderer,
+    SceneObject,
+    SceneSpace,
+    scene_tensors,
+)
 
 GENERATOR_VERSION = 1
-MAX_OBJECTS = 3
 _SPLIT_STREAM = {"train": 0, "test": 1}
 
 
@@ -48,17 +51,24 @@ class Scenes3D:
 
     def descriptions(self) -> list[list[SceneObject]]:
         """The scenes as ``SceneObject`` lists (what ``render3d`` reads)."""
-        return [
-            [
-                SceneObject(
-                    SHAPES[self.shapes[i, j]],
-                    (float(self.positions[i, j, 0]), float(self.positions[i, j, 1])),
-                    float(self.rotations_deg[i, j]),
-                )
-                for j in range(int(self.counts[i]))
-            ]
-            for i in range(len(self))
+        return _descriptions(self.counts, self.shapes, self.positions, self.rotations_deg)
+
+
+def _descriptions(
+    counts: np.ndarray, shapes: np.ndarray, positions: np.ndarray, rotations_deg: np.ndarray
+) -> list[list[SceneObject]]:
+    """Scene descriptions from the arrays of ``Scenes3D``."""
+    return [
+        [
+            SceneObject(
+                SHAPES[shapes[i, j]],
+                (float(positions[i, j, 0]), float(positions[i, j, 1])),
+                float(rotations_deg[i, j]),
+            )
+            for j in range(int(counts[i]))
         ]
+        for i in range(len(counts))
+    ]
 
 
 def sample_descriptions(
@@ -125,10 +135,9 @@ def make_scenes3d(
             positions[i, j] = o.position
             rotations[i, j] = o.rotation_deg
     counts_out = np.array([len(o) for o in descriptions], dtype=np.int64)
-    scenes = Scenes3D(np.zeros(0, np.uint8), counts_out, shapes, positions, rotations, np.zeros(0))
     # Rendered from the stored (float32) description, so the ground truth re-renders exactly.
-    scenes.images, scenes.boxes = render_with_boxes(scenes.descriptions())
-    return scenes
+    images, boxes = render_with_boxes(_descriptions(counts_out, shapes, positions, rotations))
+    return Scenes3D(images, counts_out, shapes, positions, rotations, boxes)
 
 
 def load_scenes3d(
@@ -145,33 +154,15 @@ def load_scenes3d(
         sort_keys=True,
     )  # fmt: skip
     path = cache_dir() / f"scenes3d-{split}-{n}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
-    if use_cache and path.is_file():
-        try:
-            return _load_npz(path)
-        except AirsceneError as error:
-            warnings.warn(f"regenerating 3D scenes: {error}", stacklevel=2)
-    scenes = make_scenes3d(n, split, seed, counts)
-    if use_cache:
-        try:
-            _save_npz(scenes, path)
-        except OSError as error:
-            warnings.warn(f"could not cache 3D scenes at {path}: {error}", stacklevel=2)
-    return scenes
+    return cached(
+        path if use_cache else None,
+        load=_load_npz,
+        make=lambda: make_scenes3d(n, split, seed, counts),
+        save=lambda scenes: write_npz(path, {name: getattr(scenes, name) for name in _ARRAYS}),
+    )
 
 
 _ARRAYS = ("images", "counts", "shapes", "positions", "rotations_deg", "boxes")
-
-
-def _save_npz(scenes: Scenes3D, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **{name: getattr(scenes, name) for name in _ARRAYS})
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def _load_npz(path: Path) -> Scenes3D:
