@@ -20,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from airscene.config import OWN_DATA_FIELDS, DataConfig, ModelConfig, RunConfig, TrainConfig
+from airscene.config import (
+    OWN_DATA_FIELDS,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    scenes3d_run,
+)
 from airscene.errors import AirsceneError
 
 EXIT_USAGE = 2
@@ -173,7 +180,9 @@ def _kind_from_args(name: str, kinds: dict[str, type], args: argparse.Namespace,
         if stray:
             flags = ", ".join(f"--{f.replace('_', '-')}" for f in stray)
             raise AirsceneError(f"{flags}: a setting of --{name} {other}, not of {kind}")
-    return config_from_args(kinds[kind], args, base=base if base.kind == kind else None)
+    # A kind's own ``kind`` field is chosen by --NAME, never by a flag of another config's.
+    own_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "kind"})
+    return config_from_args(kinds[kind], own_args, base=base if base.kind == kind else None)
 
 
 def given_fields(
@@ -203,7 +212,7 @@ def given_fields(
 
 
 # The DataConfig flags that mean something for 3D scenes too.
-_SCENES3D_FIELDS = ("counts", "seed", "n_train", "n_test")
+_SCENES3D_FIELDS = ("kind", "counts", "seed", "n_train", "n_test")
 
 
 def _data_make_scenes3d(args: argparse.Namespace) -> int:
@@ -217,10 +226,10 @@ def _data_make_scenes3d(args: argparse.Namespace) -> int:
         raise AirsceneError(f"{flags}: Multi-MNIST only, not for --kind scenes3d")
     if args.format == "npz" and args.out:
         raise AirsceneError("--kind scenes3d writes --format png to --out (npz stays in the cache)")
-    config = config_from_args(DataConfig, args)
-    counts = config.counts if "counts" in given_fields(DataConfig, args) else (0, 1, 2, 3)
-    if max(counts) > 3:
-        raise AirsceneError(f"--counts {counts}: 3D scenes hold at most 3 objects")
+    if args.counts is not None and max(args.counts) > 3:
+        raise AirsceneError(f"--counts {args.counts}: 3D scenes hold at most 3 objects")
+    config = config_from_args(DataConfig, args, base=scenes3d_run().data)
+    counts = config.counts
     splits = ("train", "test") if args.split == "both" else (args.split,)
     out = Path(args.out) if args.out else (Path("scenes3d") if args.format == "png" else None)
     if out is not None:
@@ -246,7 +255,7 @@ def _data_make_scenes3d(args: argparse.Namespace) -> int:
 def _data_make(args: argparse.Namespace) -> int:
     from airscene.data.scenes import cache_dir, export_png, load_scenes, save_npz
 
-    if args.kind == "scenes3d":
+    if args.kind == "scenes3d":  # DataConfig's --kind
         return _data_make_scenes3d(args)
     config = config_from_args(DataConfig, args)
     splits = ("train", "test") if args.split == "both" else (args.split,)
@@ -283,6 +292,10 @@ def _data_show(args: argparse.Namespace) -> int:
     from airscene.data.scenes import load_npz, load_scenes
     from airscene.visualise import scene_grid
 
+    if args.kind == "scenes3d":
+        raise AirsceneError(
+            "data show draws Multi-MNIST; see 3D scenes with data make --kind scenes3d --format png"
+        )
     if args.input:
         scenes = load_npz(args.input)
     else:
@@ -330,11 +343,14 @@ def _train(args: argparse.Namespace) -> int:
         say(f"resuming {args.resume}", file=sys.stderr)
         result = train(None, args.resume, resume=True, command=command)
     else:
-        model = config_from_args(ModelConfig, args)
+        # --kind scenes3d starts from the 3D experiment's defaults; any flag still overrides.
+        preset = scenes3d_run() if args.kind == "scenes3d" else RunConfig()
+        model = config_from_args(ModelConfig, args, base=preset.model)
         data = config_from_args(
-            DataConfig, args, rename=_DATA_RENAME, canvas_size=model.canvas_size
+            DataConfig, args, base=preset.data, rename=_DATA_RENAME, canvas_size=model.canvas_size
         )
-        config = RunConfig(data=data, model=model, train=config_from_args(TrainConfig, args))
+        train_config = config_from_args(TrainConfig, args, base=preset.train)
+        config = RunConfig(data=data, model=model, train=train_config)
         if launched_by_torchrun() and not args.run_dir:
             raise AirsceneError(
                 "under torchrun, give --run-dir: every process must name the same one"
@@ -351,7 +367,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import json
 
     from airscene.checkpoint import load_model
     from airscene.data.scenes import Scenes, load_scenes
@@ -359,6 +374,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     model, checkpoint = load_model(args.model)
     data = config_from_args(DataConfig, args, base=checkpoint.config.data, rename=_DATA_RENAME)
+    if data.kind == "scenes3d":
+        return _eval_scenes3d(args, model, checkpoint, data)
     if args.data is not None:  # the user's own images: all of them, counts if given
         from airscene.data.training import training_data
 
@@ -368,15 +385,34 @@ def _eval(args: argparse.Namespace) -> int:
         images, counts, _ = training_data(own)
         scenes = Scenes.unlabelled(images, counts)
     else:
-        scenes = load_scenes(data, "test", n=args.n)
+        scenes = load_scenes(data, "test", n=args.n or 10_000)
     generator = torch_generator(args.seed)
     result = evaluate(model, scenes, iw_samples=args.iw_samples, generator=generator)
-    report = {"model": str(checkpoint.path), "step": checkpoint.step, **result.to_dict()}
+    return _print_report(args, checkpoint, result.to_dict())
+
+
+def _print_report(args: argparse.Namespace, checkpoint, metrics: dict) -> int:
+    """Print ``eval``'s JSON report (and write it to ``--out``)."""
+    import json
+
+    report = {"model": str(checkpoint.path), "step": checkpoint.step, **metrics}
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(text)
     return 0
+
+
+def _eval_scenes3d(args: argparse.Namespace, model, checkpoint, data: DataConfig) -> int:
+    """``eval`` of a 3D model: count, shape, position and rotation on held-out 3D scenes."""
+    from airscene.data.scenes3d import load_scenes3d
+    from airscene.evaluate3d import evaluate_scenes3d
+
+    if model.config.objects.kind != "render3d":
+        raise AirsceneError(f"{checkpoint.path}: a {model.config.objects.kind} model, not 3D")
+    scenes = load_scenes3d(args.n or data.n_test, "test", data.seed, data.counts)
+    result = evaluate_scenes3d(model, scenes, generator=torch_generator(args.seed))
+    return _print_report(args, checkpoint, result.to_dict())
 
 
 def torch_generator(seed: int):
@@ -559,14 +595,6 @@ def _add_data_parser(verbs) -> None:
         help="generate Multi-MNIST scenes (cached; optionally exported as .npz or PNG files)",
         description="Generate Multi-MNIST scenes with their ground truth (count, ink boxes, labels).",
     )
-    make.add_argument(
-        "--kind",
-        choices=("multi-mnist", "scenes3d"),
-        default="multi-mnist",
-        help="multi-mnist: the paper's 2D scenes; scenes3d: 0-3 objects on a floor rendered in 3D "
-        "(ground truth: count, and per object shape, position, rotation_deg, box; default "
-        "--counts 0,1,2,3; only --counts, --seed, --n/--n-train/--n-test apply)",
-    )
     make.add_argument("--split", choices=("train", "test", "both"), default="both")
     make.add_argument(
         "--n", type=int, default=None, help="scenes per split (overrides --n-train/--n-test)"
@@ -623,12 +651,18 @@ def _add_train_parser(verbs) -> None:
 def _add_eval_parser(verbs) -> None:
     evaluate = verbs.add_parser(
         "eval",
-        help="count accuracy, count confusion, box IoU, ELBO and log p(x) on held-out scenes",
-        description="Evaluate a trained model on test scenes (MNIST test digits). Data flags "
-        "default to the model's training data.",
+        help="count accuracy, count confusion, box IoU, ELBO and log p(x) on held-out scenes "
+        "(3D models: count, shape, position and rotation)",
+        description="Evaluate a trained model on test scenes (MNIST test digits, or a 3D model's "
+        "held-out rendered scenes). Data flags default to the model's training data.",
     )
     evaluate.add_argument("--model", required=True, help="checkpoint or run directory")
-    evaluate.add_argument("--n", type=int, default=10_000, help="test scenes")
+    evaluate.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="test scenes (default: 10,000 Multi-MNIST; for a 3D model its n-test, 1,000)",
+    )
     evaluate.add_argument(
         "--iw-samples", type=int, default=100, help="samples for log p(x) (0: skip)"
     )

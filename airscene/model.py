@@ -25,11 +25,13 @@ network reads the residual x - canvas-so-far instead of x (DAIR, paper sec. 3.1)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from airscene.config import ModelConfig
 from airscene.densities import bernoulli_log_prob, normal_log_prob
@@ -155,8 +157,14 @@ class AIR(nn.Module):
 
     # -- generative model -------------------------------------------------------------------
 
-    def log_likelihood(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """log p(x | z) summed over pixels, (B,), for the canvas's mean image ``mean``."""
+    def log_likelihood(
+        self, x: torch.Tensor, mean: torch.Tensor, blur: float = 0.0
+    ) -> torch.Tensor:
+        """log p(x | z) summed over pixels, (B,), for the canvas's mean image ``mean``. With
+        ``blur`` > 0 (pixels) both images are Gaussian-blurred first: a training curriculum
+        (``TrainConfig.likelihood_blur_start``), not the model's likelihood."""
+        if blur > 0:
+            x, mean = gaussian_blur(x, blur), gaussian_blur(mean, blur)
         if self.config.likelihood == "normal":
             sigma = torch.as_tensor(self.config.likelihood_sigma, dtype=x.dtype, device=x.device)
             return normal_log_prob(x, mean, sigma).flatten(1).sum(1)
@@ -283,12 +291,14 @@ class AIR(nn.Module):
         generator: torch.Generator | None = None,
         sample: bool = True,
         z_pres_prior: float | torch.Tensor | None = None,
+        likelihood_blur: float = 0.0,
     ) -> Inference:
         """Infer the objects in ``x`` (B, H, W) and score them under p and q.
 
         ``sample=False`` takes the mode of every step instead of a draw (z_pres = [p >= 0.5],
         the object's latents at their posterior means): the deterministic answer for counting.
-        ``z_pres_prior`` overrides rho (it may be annealed during training).
+        ``z_pres_prior`` overrides rho (it may be annealed during training);
+        ``likelihood_blur`` scores blurred images (``log_likelihood``).
         """
         config = self.config
         rho = torch.as_tensor(
@@ -330,10 +340,15 @@ class AIR(nn.Module):
         packed = rows.pack(record)
         if not config.dair:
             canvas = self._paint_present(canvas, packed)
-        return self._inference(x, self.objects.canvas_image(canvas), packed.scatter())
+        image = self.objects.canvas_image(canvas)
+        return self._inference(x, image, packed.scatter(), likelihood_blur)
 
     def _inference(
-        self, x: torch.Tensor, image: torch.Tensor, every: dict[str, torch.Tensor]
+        self,
+        x: torch.Tensor,
+        image: torch.Tensor,
+        every: dict[str, torch.Tensor],
+        likelihood_blur: float = 0.0,
     ) -> Inference:
         """The loop's record, scattered into (B, N, ...) ``every``, and the painted ``image``
         scored against ``x``, as an ``Inference``."""
@@ -350,7 +365,7 @@ class AIR(nn.Module):
             log_q_object=every["log_q_object"],
             log_p_object=every["log_p_object"],
             log_q_discrete=every.get("log_q_discrete"),
-            log_likelihood=self.log_likelihood(x, image),
+            log_likelihood=self.log_likelihood(x, image, likelihood_blur),
             canvas=image,
         )
 
@@ -386,6 +401,17 @@ def _append(record: dict[str, list[torch.Tensor]], step: Step) -> None:
         named["log_q_discrete"] = step.log_q_discrete
     for name, value in named.items():
         record.setdefault(name, []).append(value)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``images`` (B, H, W) blurred by a Gaussian of ``sigma`` pixels (edges replicated)."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = F.pad(images.unsqueeze(1), (radius, radius, radius, radius), mode="replicate")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1))  # along rows
+    return F.conv2d(out, kernel.view(1, 1, -1, 1)).squeeze(1)  # along columns
 
 
 def build_model(config: ModelConfig) -> AIR:

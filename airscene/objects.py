@@ -189,7 +189,14 @@ class GlimpseObjects(ObjectModel):
 # The object models, by the ``kind`` of their config (``airscene.config.OBJECT_CONFIGS``).
 OBJECT_MODELS: dict[str, Callable[[object, ModelConfig], ObjectModel]] = {
     "glimpse": lambda objects, model: GlimpseObjects(objects, model.canvas_size),
+    "render3d": lambda objects, model: _rendered(objects, model),
 }
+
+
+def _rendered(objects, model: ModelConfig) -> ObjectModel:
+    from airscene.objects3d import RenderedObjects  # the renderer only where it is used
+
+    return RenderedObjects(objects, model.canvas_size, model.max_steps)
 
 
 def build_objects(config: ModelConfig) -> ObjectModel:

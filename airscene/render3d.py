@@ -117,8 +117,17 @@ class Camera:
         directions = directions / directions.norm(dim=-1, keepdim=True)
         self.eye = eye.float().to(device)
         self.directions = directions.float().to(device)  # (P, 3)
+        self.axes = torch.stack([right, up, forward]).float().to(device)  # (3, 3) rows
+        self.half_width = half  # tan of half the field of view
         # World length of one pixel at the floor's centre: the scale of a silhouette's softness.
         self.pixel = float(space.camera_distance * 2 * half / size)
+
+    def project(self, points: torch.Tensor) -> torch.Tensor:
+        """World ``points`` (..., 3) -> where they appear in the image, (..., 2) in the spatial
+        transformer's normalised coordinates ([-1, 1] edge to edge, x to the right, y down)."""
+        right, up, forward = ((points - self.eye) @ self.axes.T).unbind(-1)
+        scale = forward * self.half_width
+        return torch.stack([right / scale, -up / scale], dim=-1)
 
 
 def _turn(v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -151,6 +160,8 @@ class Renderer:
         light = torch.tensor(self.space.light_direction)
         self.light = (light / light.norm()).to(device)
         space = self.space
+        # World length over which a silhouette or an edge between faces blends: about a pixel.
+        self.edge_width = space.edge_pixels * self.camera.pixel
         self.floor_shade = space.floor_albedo * (
             space.ambient + (1 - space.ambient) * max(0.0, float(self.light[2]))
         )
@@ -202,7 +213,7 @@ class Renderer:
         normal_world = _turn(normal, cos, sin)  # back to world axes
         lambert = (normal_world * self.light).sum(-1).clamp_min(0.0)
         shade = space.albedo * (space.ambient + (1 - space.ambient) * lambert)
-        coverage = torch.sigmoid(signed / (space.edge_pixels * camera.pixel))
+        coverage = torch.sigmoid(signed / self.edge_width)
         return coverage, depth, shade
 
     def visibility(self, coverage: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
@@ -242,11 +253,13 @@ class Renderer:
 
     def _cube(self, origin: torch.Tensor, direction: torch.Tensor):
         near, far = _slab(origin, direction, self.space.cube_half_side)
-        entry, axis = near.max(-1)
+        entry = near.max(-1).values
         exit_ = far.min(-1).values
         signed = exit_ - entry  # chord through the cube (negative: the ray misses it)
-        normal = torch.nn.functional.one_hot(axis, 3).to(origin.dtype)
-        normal = -normal * torch.sign(direction)
+        # The face hit is the axis of the latest entry; within about a pixel of an edge the two
+        # faces' normals blend, so the shading, like the silhouette, moves smoothly with the pose.
+        weight = torch.softmax(near / self.edge_width, dim=-1)
+        normal = torch.nn.functional.normalize(-weight * torch.sign(direction), dim=-1)
         return signed, entry, normal
 
     def _cylinder(self, origin: torch.Tensor, direction: torch.Tensor):
@@ -263,11 +276,14 @@ class Renderer:
         exit_ = torch.minimum(body_out, cap_out)
         signed = torch.minimum(disc / (2 * r), exit_ - entry)
         point = origin + entry.unsqueeze(-1) * direction
-        on_cap = (cap_in > body_in).unsqueeze(-1)
+        # The cap is hit where the ray enters the caps' slab after the body; near the rim the
+        # cap's and the body's normals blend (as the cube's faces do).
+        on_cap = torch.sigmoid((cap_in - body_in) / self.edge_width).unsqueeze(-1)
         cap_normal = torch.zeros_like(point)
         cap_normal[..., 0] = -torch.sign(direction[..., 0])
         body_normal = torch.cat([torch.zeros_like(point[..., :1]), point[..., 1:] / r], dim=-1)
-        return signed, entry, torch.where(on_cap, cap_normal, body_normal)
+        normal = on_cap * cap_normal + (1 - on_cap) * body_normal
+        return signed, entry, torch.nn.functional.normalize(normal, dim=-1)
 
 
 class SceneError(ValueError):

@@ -28,6 +28,9 @@ METRIC_FIELDS = (
     "eval_elbo",
     "eval_mean_iou",
     "skipped_steps",
+    "eval_shape_accuracy",  # 3D scenes only: their shape, position and rotation metrics
+    "eval_position_error",
+    "eval_rotation_error_deg",
 )
 
 

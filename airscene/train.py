@@ -30,10 +30,12 @@ from airscene.checkpoint import (
     read_checkpoint,
 )
 from airscene.config import RunConfig, TrainConfig, to_dict
+from airscene.data.scenes3d import Scenes3D
 from airscene.data.training import images_to_tensor, training_data
 from airscene.distributed import World
 from airscene.errors import AirsceneError
 from airscene.evaluate import evaluate
+from airscene.evaluate3d import evaluate_scenes3d
 from airscene.model import AIR, Inference, build_model
 from airscene.networks import BaselineNetwork
 from airscene.objective import Objective, SignalNormaliser, air_objective
@@ -83,6 +85,13 @@ def z_pres_prior_at(step: int, final: float, config: TrainConfig) -> float:
     return math.exp(
         (1 - progress) * math.log(config.z_pres_prior_start) + progress * math.log(final)
     )
+
+
+def likelihood_blur_at(step: int, config: TrainConfig) -> float:
+    """The likelihood's blur (pixels) at ``step``: linear from its start to 0."""
+    if config.likelihood_blur_steps == 0:
+        return 0.0
+    return config.likelihood_blur_start * max(0.0, 1 - step / config.likelihood_blur_steps)
 
 
 def learning_rate_at(step: int, config: TrainConfig) -> float:
@@ -252,7 +261,12 @@ class Trainer:
 
     def objective(self, x: torch.Tensor, rho: float) -> tuple[Inference, Objective]:
         """Inference on the minibatch ``x`` with the run's noise, and the objective of it."""
-        inference = self.step_model(x, generator=self.noise, z_pres_prior=rho)
+        inference = self.step_model(
+            x,
+            generator=self.noise,
+            z_pres_prior=rho,
+            likelihood_blur=likelihood_blur_at(self.step, self.train_config),
+        )
         baselines = self.step_baseline(
             x.flatten(1), inference.previous_latents().detach(), decided_steps(inference.z_pres)
         )
@@ -538,9 +552,20 @@ def _metrics_row(trainer: Trainer, last_log: tuple[float, int]) -> dict[str, Any
 
 
 def _evaluation(model: AIR, scenes, device: torch.device) -> dict[str, float]:
-    """Count accuracy, ELBO and box IoU on held-out ``scenes``."""
+    """Count accuracy, ELBO and box IoU on held-out ``scenes``; on 3D scenes count, shape,
+    position and rotation (medians)."""
     # A generator of its own keeps evaluation from touching any training stream.
-    result = evaluate(model, scenes, generator=torch.Generator(device).manual_seed(0))
+    generator = torch.Generator(device).manual_seed(0)
+    if isinstance(scenes, Scenes3D):
+        found = evaluate_scenes3d(model, scenes, generator=generator)
+        return {
+            "eval_count_accuracy": found.count_accuracy,
+            "eval_elbo": found.elbo,
+            "eval_shape_accuracy": found.shape_accuracy,
+            "eval_position_error": found.position_error_median,
+            "eval_rotation_error_deg": found.rotation_error_median_deg,
+        }
+    result = evaluate(model, scenes, generator=generator)
     return {
         "eval_count_accuracy": result.count_accuracy,
         "eval_elbo": result.elbo,

@@ -1,5 +1,7 @@
 """The 3D renderer's speed: forward and forward + backward (gradients for position and rotation)
-for a batch of scenes of 3 objects, at 32x32 and 64x64, median over repeats.
+for a batch of scenes of 3 objects, at 32x32 and 64x64, median over repeats; and, in the same
+run, a 3D training step (the scenes3d defaults, batch 64) beside rendering that step's share:
+the training scenes' own objects (1.5 per scene on average), forward + backward.
 
     python benchmarks/render3d_speed.py            # batch 64, this machine's CPU threads
 """
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             "forward_backward_ms": median_ms(forward_backward, args.repeats),
         }
         print(f"{size}x{size}, batch {args.batch}, 3 objects: {results[f'{size}x{size}']}")
+    results["training_step"] = training_step(args.batch, args.repeats)
+    print(f"3D training step, batch {args.batch}: {results['training_step']}")
     summary = {
         "benchmark": "render3d_speed",
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -70,6 +74,40 @@ def main(argv: list[str] | None = None) -> int:
     }
     Path(args.out).write_text(json.dumps(summary, indent=1))
     return 0
+
+
+def training_step(batch: int, repeats: int) -> dict[str, float]:
+    """A 3D training step's median time, and rendering its minibatch's true scenes (fwd + bwd)."""
+    from airscene.config import scenes3d_run
+    from airscene.data.scenes3d import make_scenes3d
+    from airscene.train import Trainer
+
+    config = scenes3d_run()
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=batch))
+    scenes = make_scenes3d(4 * batch, "train", seed=0)
+    images, counts = torch.from_numpy(scenes.images), torch.from_numpy(scenes.counts)
+    trainer = Trainer(config, torch.device("cpu"))
+    step_ms = median_ms(lambda: trainer.train_step(images, counts), repeats)
+    # What a step renders: the present objects only, painted into their images' canvas.
+    objects = trainer.model.objects
+    image, slot = torch.from_numpy(scenes.shapes[:batch] >= 0).nonzero(as_tuple=True)
+    shape = torch.from_numpy(scenes.shapes[:batch])[image, slot].float()
+    position = torch.from_numpy(scenes.positions[:batch])[image, slot].requires_grad_()
+    rotation = torch.deg2rad(torch.from_numpy(scenes.rotations_deg[:batch])[image, slot])
+    turn = (rotation * objects.order[shape.long()]).requires_grad_()
+
+    def render():
+        drawn = {"shape": shape, "position": position, "turn": turn}
+        canvas = objects.paint(objects.blank_canvas(images[:batch].float()), image, drawn)
+        objects.canvas_image(canvas).sum().backward()
+
+    render_ms = median_ms(render, repeats)
+    return {
+        "step_ms": step_ms,
+        "render_true_scenes_forward_backward_ms": render_ms,
+        "objects_per_scene": float(counts[:batch].float().mean()),
+        "render_fraction_of_step": render_ms / step_ms,
+    }
 
 
 if __name__ == "__main__":

@@ -235,6 +235,7 @@ def cache_key(config: DataConfig, split: str) -> str:
     """Digest of everything that determines the scenes of ``split``."""
     fields = to_dict(config)
     fields.pop("mnist_dir")  # the files' content counts, not where they lie
+    fields.pop("kind")  # always multi-mnist here: the key of scenes made before it existed
     fields.pop("n_train" if split == "test" else "n_test")
     for own_data_field in OWN_DATA_FIELDS:
         fields.pop(own_data_field)

@@ -31,7 +31,7 @@ from airscene.render3d import (
     scene_tensors,
 )
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: edges between faces shaded softly
 _SPLIT_STREAM = {"train": 0, "test": 1}
 
 
@@ -48,6 +48,9 @@ class Scenes3D:
 
     def __len__(self) -> int:
         return len(self.counts)
+
+    def __getitem__(self, index: slice | np.ndarray) -> Scenes3D:
+        return Scenes3D(*(getattr(self, name)[index] for name in _ARRAYS))
 
     def descriptions(self) -> list[list[SceneObject]]:
         """The scenes as ``SceneObject`` lists (what ``render3d`` reads)."""

@@ -9,17 +9,27 @@ import torch
 from airscene.config import RunConfig
 from airscene.data.images import load_image_dataset
 from airscene.data.scenes import Scenes, load_scenes
+from airscene.data.scenes3d import Scenes3D, load_scenes3d
 from airscene.errors import AirsceneError
 
 
-def training_data(config: RunConfig) -> tuple[np.ndarray, np.ndarray | None, Scenes]:
+def training_data(config: RunConfig) -> tuple[np.ndarray, np.ndarray | None, Scenes | Scenes3D]:
     """Training images (N, S, S) uint8, their counts if known, and the held-out scenes.
+
+    3D scenes: rendered train and test scenes (``airscene.data.scenes3d``).
 
     Multi-MNIST: train scenes from MNIST train digits, held-out scenes from test digits. A data
     path: the user's images, the last ``holdout_fraction`` of them held out (counts, if given,
     turn on count accuracy; they never reach the model's objective).
     """
     data = config.data
+    if data.kind == "scenes3d":
+        train = load_scenes3d(data.n_train, "train", data.seed, data.counts)
+        return (
+            train.images,
+            train.counts,
+            load_scenes3d(data.n_test, "test", data.seed, data.counts),
+        )
     if data.data_path is None:
         train_scenes = load_scenes(data, "train")
         return train_scenes.images, train_scenes.counts, load_scenes(data, "test")

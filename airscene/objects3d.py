@@ -1,0 +1,231 @@
+"""Objects drawn by the fixed 3D renderer (``airscene.render3d``): AIR inverting a graphics model.
+
+Nothing of p(x | z) is learnt here: the renderer is the decoder. Per object (after the core's
+z_pres):
+
+  * ``position`` (x, y) on the floor ~ Normal(0, position_prior_scale), q Normal: its loc and
+    scale come from the core's predictor, as the 2D objects' z_where does, reparameterised
+    through the renderer;
+  * the network then *attends*: it reads a glimpse of the image where the drawn position
+    appears (the object's centre projected by the camera) and encodes it;
+  * ``shape`` ~ Uniform(SHAPES), q categorical with the glimpse's logits: a discrete latent with
+    the likelihood-ratio gradient and NVIL baseline of z_pres (``ObjectStep.log_q_discrete``);
+  * ``turn``: the rotation about the vertical axis in units of the shape's symmetry,
+    turn = order * rotation, where order is how many turns of the shape look alike (cube 4,
+    cylinder 2; the sphere, which no turn changes, 1). The image is a single-valued function of
+    the turn on the circle, whereas the rotation itself is multi-modal (a cube at 10 degrees is
+    a cube at 100 degrees), so the turn is what the network can predict. The glimpse encoder
+    emits it as a direction (cos, sin) per shape, so no image lies on a seam where the predicted
+    angle must jump from +pi to -pi; the prior on the turn is uniform on the circle and q is a
+    Normal around the direction's angle (narrow: read as a density on the circle).
+
+Objects occlude: the canvas keeps every painted object's coverage, depth and shade per pixel,
+in slots, and its image is the renderer's soft nearest-surface composite.
+
+Pose gradients come from autograd through the renderer, or, as in the paper (whose renderer was
+not differentiable), from central finite differences of the renderer (``pose_gradient``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from airscene.config import RenderedConfig
+from airscene.densities import categorical_log_prob, normal_log_prob
+from airscene.networks import mlp
+from airscene.objects import ObjectModel, ObjectStep
+from airscene.render3d import SHAPES, Renderer, SceneSpace
+from airscene.rows import standard_normal, uniform
+from airscene.spatial import read_glimpse
+
+
+def symmetry_order(space: SceneSpace) -> tuple[int, ...]:
+    """Per shape, 360 degrees over its symmetry angle (1 for a shape that every turn leaves alike)."""
+    return tuple(
+        1 if space.symmetry_deg[s] == 0 else round(360 / space.symmetry_deg[s]) for s in SHAPES
+    )
+
+
+class _FiniteDifferencePose(torch.autograd.Function):
+    """The renderer's per-object outputs with pose gradients by central finite differences
+    (the paper's estimator): the backward pass renders each object again at +-step in x, y and
+    rotation, instead of differentiating the renderer."""
+
+    @staticmethod
+    def forward(ctx, renderer, shape, position, rotation, step):
+        with torch.no_grad():
+            out = torch.stack(renderer.objects(shape, position, rotation), dim=2)  # (M, 1, 3, P)
+        ctx.renderer, ctx.step = renderer, step
+        ctx.save_for_backward(shape, position, rotation)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        shape, position, rotation = ctx.saved_tensors
+        renderer, h = ctx.renderer, ctx.step
+        m = shape.shape[0]
+        # Six displaced copies of every object, rendered in one batch: +-h in x, y and rotation.
+        offsets = position.new_tensor(
+            [[h, 0, 0], [-h, 0, 0], [0, h, 0], [0, -h, 0], [0, 0, h], [0, 0, -h]]
+        )  # (6, 3)
+        pose = torch.cat([position, rotation.unsqueeze(-1)], dim=-1)  # (M, 1, 3)
+        moved = (pose.unsqueeze(0) + offsets[:, None, None, :]).reshape(6 * m, 1, 3)
+        with torch.no_grad():
+            out = torch.stack(
+                renderer.objects(shape.repeat(6, 1), moved[..., :2], moved[..., 2]), dim=2
+            ).view(3, 2, m, 1, 3, -1)
+        jacobian = (out[:, 0] - out[:, 1]) / (2 * h)  # (3 pose, M, 1, 3 outputs, P)
+        per_pose = (jacobian * grad.unsqueeze(0)).sum(dim=(-1, -2))  # (3, M, 1)
+        return None, None, per_pose[:2].permute(1, 2, 0), per_pose[2], None
+
+
+class RenderedObjects(ObjectModel):
+    """The 3D renderer's objects: position, shape and turn per object (see the module)."""
+
+    def __init__(self, config: RenderedConfig, canvas_size: int, max_objects: int) -> None:
+        super().__init__()
+        space = SceneSpace()
+        if canvas_size != space.image_size:
+            raise ValueError(
+                f"the 3D renderer draws {space.image_size}px images, the model's canvas is "
+                f"{canvas_size}px"
+            )
+        self.config, self.canvas_size, self.space = config, canvas_size, space
+        self.max_objects = max_objects  # canvas slots: one per inference step
+        self.feedback_dim = len(SHAPES) + 2 + 2  # one-hot shape, position, turn's direction
+        self.glimpse_scale = config.glimpse_window / canvas_size
+        pixels = config.glimpse_size**2
+        shapes = len(SHAPES)
+        # Shape logits, a turn direction and a raw turn scale per shape.
+        self.encoder = mlp([pixels, config.encoder_hidden, config.encoder_hidden, 4 * shapes])
+        self.register_buffer(
+            "order", torch.tensor(symmetry_order(space), dtype=torch.float32), persistent=False
+        )
+        self._renderers: dict[torch.device, Renderer] = {}
+
+    def renderer(self, device: torch.device) -> Renderer:
+        """The (parameter-free) renderer, its camera's tensors on ``device``."""
+        if device not in self._renderers:
+            self._renderers[device] = Renderer(self.space, device)
+        return self._renderers[device]
+
+    def initial_params(self) -> torch.Tensor:
+        """Position loc (2) and its scale before the bound (2): objects start at the floor's
+        centre with a small spread."""
+        return torch.tensor([0.0, 0.0, -2.0, -2.0])
+
+    # -- inference ------------------------------------------------------------------------------
+
+    def infer(self, seen, params, noise):
+        config = self.config
+        loc = params[:, :2]
+        scale = config.position_max_scale * torch.sigmoid(params[:, 2:4]) + 1e-4
+        position = loc if noise is None else loc + scale * noise.normal(2)
+        glimpse = read_glimpse(seen, self.glimpse_where(position), config.glimpse_size)
+        logits, direction, turn_raw = self._encode(glimpse)
+        shape = logits.argmax(-1) if noise is None else noise.categorical(logits)
+        rows = torch.arange(len(shape), device=shape.device)
+        direction, turn_raw = direction[rows, shape], turn_raw[rows, shape]  # the drawn shape's
+        turn_loc = torch.atan2(direction[:, 1], direction[:, 0])
+        turn_scale = config.turn_max_scale * torch.sigmoid(turn_raw) + 1e-4
+        turn = turn_loc if noise is None else turn_loc + turn_scale * noise.normal(1).squeeze(1)
+        prior_scale = position.new_tensor(config.position_prior_scale)
+        log_p = (
+            normal_log_prob(position, position.new_zeros(()), prior_scale).sum(-1)
+            - math.log(len(SHAPES))
+            - math.log(2 * math.pi)
+        )
+        return ObjectStep(
+            values={
+                "position": position,
+                "position_loc": loc,
+                "position_scale": scale,
+                "shape": shape.to(params.dtype),
+                "shape_logits": logits,
+                "turn": turn,
+                "turn_loc": turn_loc,
+                "turn_scale": turn_scale,
+            },
+            log_q=normal_log_prob(position, loc, scale).sum(-1)
+            + normal_log_prob(turn, turn_loc, turn_scale),
+            log_p=log_p,
+            log_q_discrete=categorical_log_prob(shape, logits),
+        )
+
+    def glimpse_where(self, position: torch.Tensor) -> torch.Tensor:
+        """The glimpse window (K, 3) = (scale, x, y) centred where an object at ``position``
+        (K, 2), resting at the floor's middle height, appears in the image."""
+        height = position.new_tensor(self.space.resting_height["cube"])
+        centre = torch.cat([position, height.expand(len(position), 1)], dim=-1)
+        where = self.renderer(position.device).camera.project(centre)
+        return torch.cat([torch.full_like(where[:, :1], self.glimpse_scale), where], dim=-1)
+
+    def _encode(self, glimpse: torch.Tensor):
+        """Glimpses (K, G, G) -> shape logits (K, S), per shape a unit turn direction (K, S, 2)
+        and the turn's scale before its bound (K, S)."""
+        shapes = len(SHAPES)
+        out = self.encoder(glimpse.flatten(1))
+        logits = out[:, :shapes]
+        direction = F.normalize(out[:, shapes : 3 * shapes].view(-1, shapes, 2) + 1e-6, dim=-1)
+        return logits, direction, out[:, 3 * shapes :]
+
+    def feedback(self, values):
+        one_hot = F.one_hot(values["shape"].long(), len(SHAPES)).to(values["position"].dtype)
+        turn = values["turn"].unsqueeze(-1)
+        return torch.cat([one_hot, values["position"], turn.cos(), turn.sin()], dim=-1)
+
+    def sample_prior(self, n, like, generator):
+        position = self.config.position_prior_scale * standard_normal((n, 2), like, generator)
+        extent = self.space.floor_extent
+        return {
+            "position": position.clamp(-extent, extent),  # the renderer's floor
+            "shape": (uniform((n,), like, generator) * len(SHAPES)).floor().clamp_max(2),
+            "turn": uniform((n,), like, generator) * (2 * math.pi),
+        }
+
+    # -- the scene's image ------------------------------------------------------------------------
+
+    def rotation(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The rotation about the vertical axis (radians) of objects ``values``: turn / order."""
+        return values["turn"] / self.order[values["shape"].long()]
+
+    def render_objects(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each object's coverage, depth and shade, (M, 3, P), pose gradients as configured."""
+        shape = values["shape"].long().unsqueeze(1)  # (M, 1)
+        position = values["position"].unsqueeze(1)  # (M, 1, 2)
+        rotation = self.rotation(values).unsqueeze(1)  # (M, 1)
+        renderer = self.renderer(position.device)
+        if self.config.pose_gradient == "finite-difference":
+            out = _FiniteDifferencePose.apply(
+                renderer, shape, position, rotation, self.config.finite_difference_step
+            )
+        else:
+            out = torch.stack(renderer.objects(shape, position, rotation), dim=2)
+        return out.squeeze(1)
+
+    def draw(self, values):
+        parts = self.render_objects(values).unsqueeze(1)  # (M, 1, 3, P)
+        renderer = self.renderer(parts.device)
+        return renderer.composite(parts[:, :, 0], parts[:, :, 1], parts[:, :, 2])
+
+    def blank_canvas(self, x):
+        # Per image and slot: coverage, depth, shade (per pixel) and whether the slot is taken.
+        return x.new_zeros(x.shape[0], self.max_objects, 4, self.canvas_size**2)
+
+    def paint(self, canvas, image, values):
+        if image.numel() == 0:
+            return canvas
+        parts = self.render_objects(values)  # (M, 3, P)
+        taken = canvas[:, :, 3, 0].sum(1).long()  # (B,) slots already holding an object
+        same = image.unsqueeze(0) == image.unsqueeze(1)  # (M, M)
+        earlier = torch.tril(same, diagonal=-1).sum(1)  # this call's objects before, same image
+        slot = taken[image] + earlier
+        filled = torch.cat([parts, torch.ones_like(parts[:, :1])], dim=1)  # (M, 4, P)
+        return canvas.index_put((image, slot), filled)
+
+    def canvas_image(self, canvas):
+        renderer = self.renderer(canvas.device)
+        return renderer.composite(canvas[:, :, 0], canvas[:, :, 1], canvas[:, :, 2])
