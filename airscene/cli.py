@@ -466,14 +466,24 @@ def _show(args: argparse.Namespace) -> int:
 
     model, checkpoint = load_model(args.model)
     data = config_from_args(DataConfig, args, base=checkpoint.config.data, rename=_DATA_RENAME)
-    scenes = load_scenes(data, "test")[: args.n]
-    x = images_to_tensor(scenes.images)
-    inference = model(x, sample=False)
+    if data.kind == "scenes3d":  # each input beside the re-rendering of what was inferred
+        from airscene.data.scenes3d import load_scenes3d
+        from airscene.evaluate3d import drawn_boxes
+
+        scenes = load_scenes3d(data.n_test, "test", data.seed, data.counts)[: args.n]
+        x = images_to_tensor(scenes.images)
+        inference = model(x, sample=False)
+        boxes = drawn_boxes(model, inference)
+    else:
+        scenes = load_scenes(data, "test")[: args.n]
+        x = images_to_tensor(scenes.images)
+        inference = model(x, sample=False)
+        boxes = z_where_to_box(inference.z_where, model.config.canvas_size)
     path = inference_figure(
         x.numpy(),
         inference.canvas.detach().numpy(),
         inference.z_pres.numpy(),
-        z_where_to_box(inference.z_where, model.config.canvas_size).detach().numpy(),
+        boxes.detach().numpy(),
         args.out,
         true_counts=scenes.counts,
     )

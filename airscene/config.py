@@ -314,6 +314,12 @@ class ModelConfig:
             isinstance(self.objects, tuple(OBJECT_CONFIGS.values())),
             f"objects must be the config of one of {', '.join(OBJECT_CONFIGS)}, got {self.objects!r}",
         )
+        if self.objects.kind == "render3d":
+            _check(
+                self.canvas_size == 64,
+                "the 3D renderer's objects draw 64x64 images: canvas_size must be 64 "
+                "(train --kind scenes3d sets it)",
+            )
 
     @staticmethod
     def upgrade(values: dict[str, Any]) -> dict[str, Any]:

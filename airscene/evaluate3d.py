@@ -103,6 +103,35 @@ def infer_scenes3d(
     return Inferred3D(**{name: np.concatenate(value) for name, value in parts.items()})
 
 
+@torch.no_grad()
+def drawn_boxes(model: AIR, inference, threshold: float = 0.05) -> torch.Tensor:
+    """Per image and step, the pixel box (B, N, 4) = x0, y0, x1, y1 (end exclusive) of where the
+    inferred object, drawn alone, differs from the bare floor by more than ``threshold``; an
+    object that changes no pixel gets [0, 0, 0, 0]."""
+    objects = model.objects
+    floor = objects.renderer(inference.canvas.device).floor_shade
+    batch, steps = inference.z_pres.shape
+    size = model.config.canvas_size
+    boxes = torch.zeros(batch, steps, 4)
+    index = torch.arange(size)
+    for t in range(steps):
+        drawn = objects.draw({k: v[:, t] for k, v in inference.objects.items()}).cpu()
+        ink = (drawn - floor).abs() > threshold
+        rows, cols = ink.any(dim=2), ink.any(dim=1)
+        found = rows.any(dim=1)
+        box = torch.stack(
+            [
+                torch.where(cols, index, size).amin(1),
+                torch.where(rows, index, size).amin(1),
+                torch.where(cols, index + 1, 0).amax(1),
+                torch.where(rows, index + 1, 0).amax(1),
+            ],
+            dim=1,
+        ).float()
+        boxes[:, t] = torch.where(found[:, None], box, torch.zeros_like(box))
+    return boxes
+
+
 def rotation_error_deg(a: np.ndarray, b: np.ndarray, symmetry_deg: np.ndarray) -> np.ndarray:
     """The smallest difference of rotations ``a`` and ``b`` (degrees) modulo ``symmetry_deg``."""
     difference = np.mod(a - b, symmetry_deg)

@@ -227,8 +227,36 @@ def test_cli_trains_and_evaluates_a_3d_model(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["scenes"] == 8
     assert {"count_accuracy", "shape_accuracy", "position_error_median"} <= set(report)
+    figure = tmp_path / "show.png"
+    assert main(["show", "--model", str(run), "--n", "4", "--out", str(figure)]) == 0
+    from PIL import Image
+
+    assert Image.open(figure).size[0] > 4 * 64
+    # The renderer's objects on a Multi-MNIST canvas: one line, exit 2.
+    assert main(["train", "--objects", "render3d", "--run-dir", str(tmp_path / "y")]) == 2
+    assert "canvas_size must be 64" in capsys.readouterr().err
     # A 2D setting does not go with the 3D renderer's objects.
     assert (
         main(["train", "--kind", "scenes3d", "--z-what-dim", "5", "--run-dir", str(tmp_path / "x")])
         == 2
     )
+
+
+def test_drawn_boxes_hold_each_inferred_object():
+    from airscene.evaluate3d import drawn_boxes
+
+    model = build_model(ModelConfig(canvas_size=64, objects=RenderedConfig()))
+    scene = values([1, 0], [[0.0, 0.0], [0.5, 0.5]], [0.3, 0.0])
+    inference = dataclasses.make_dataclass("Found", ["objects", "z_pres", "canvas"])(
+        objects={k: v.view(1, 2, *v.shape[1:]) for k, v in scene.items()},
+        z_pres=torch.ones(1, 2),
+        canvas=torch.zeros(1, 64, 64),
+    )
+    boxes = drawn_boxes(model, inference)[0]
+    alone = model.objects.draw(scene)
+    for t in range(2):
+        x0, y0, x1, y1 = (int(v) for v in boxes[t])
+        ink = (alone[t] - model.objects.renderer(torch.device("cpu")).floor_shade).abs() > 0.05
+        assert 0 < x1 - x0 < 30 and 0 < y1 - y0 < 30
+        assert int(ink.sum()) == int(ink[y0:y1, x0:x1].sum())  # every inked pixel inside
+    assert boxes[1, 0] > boxes[0, 0] and boxes[1, 1] < boxes[0, 1]  # right, and farther (higher)
