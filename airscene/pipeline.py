@@ -35,6 +35,18 @@ class DetectedObject:
 
 
 @dataclass
+class RenderedObject:
+    """One object found in an image by a 3D model (the renderer's objects), in inference order."""
+
+    step: int  # 0-based inference step that found it
+    shape: str  # one of airscene.render3d.SHAPES
+    position: list[float]  # x, y of its centre on the floor (world units)
+    rotation_deg: float  # about the vertical axis, in [0, 360) (defined modulo the symmetry)
+    presence: float  # q(z_pres = 1) at this step
+    box: list[float]  # x0, y0, x1, y1 (end exclusive) of where it draws, in input pixels
+
+
+@dataclass
 class SceneResult:
     """What was found in one image (or why it could not be read)."""
 
@@ -43,7 +55,7 @@ class SceneResult:
     height: int | None = None
     count: int | None = None
     inverted: bool | None = None
-    objects: list[DetectedObject] = field(default_factory=list)
+    objects: list[DetectedObject | RenderedObject] = field(default_factory=list)
     error: str | None = None
 
     def to_record(self) -> dict[str, Any]:
@@ -143,6 +155,9 @@ class Pipeline:
         if not canvases:
             return results
         x = torch.from_numpy(np.stack(canvases)).to(self.device)
+        if self.model.config.objects.kind == "render3d":
+            self._fill_rendered(x, results, slots, fits)
+            return results
         with torch.no_grad():
             inference = self.model(x, sample=False)
             inks = ink_boxes(self.model, inference).cpu().numpy()
@@ -170,6 +185,40 @@ class Pipeline:
             ]
         return results
 
+    @torch.no_grad()
+    def _fill_rendered(self, x: torch.Tensor, results: list[SceneResult], slots, fits) -> None:
+        """A 3D model's answer for canvases ``x``: count, and per object shape, position,
+        rotation, presence and box, into ``results[slot]``."""
+        from airscene.evaluate3d import drawn_boxes
+        from airscene.render3d import SHAPES
+
+        inference = self.model(x, sample=False)
+        boxes = drawn_boxes(self.model, inference).numpy()
+        rotation = torch.rad2deg(self.model.objects.rotation(inference.objects)).remainder(360)
+        found = {
+            "z_pres": inference.z_pres,
+            "presence": inference.z_pres_prob,
+            "shape": inference.objects["shape"].long(),
+            "position": inference.objects["position"],
+            "rotation": rotation,
+        }
+        found = {k: v.cpu().numpy() for k, v in found.items()}
+        for row, (slot, fit) in enumerate(zip(slots, fits, strict=True)):
+            steps = [t for t in range(found["z_pres"].shape[1]) if found["z_pres"][row, t] > 0]
+            box_image = fit.to_image(boxes[row])
+            results[slot].count = len(steps)
+            results[slot].objects = [
+                RenderedObject(
+                    step=t,
+                    shape=SHAPES[int(found["shape"][row, t])],
+                    position=[round(float(v), 5) for v in found["position"][row, t]],
+                    rotation_deg=round(float(found["rotation"][row, t]), 3),
+                    presence=round(float(found["presence"][row, t]), 6),
+                    box=[round(float(v), 2) for v in box_image[t]],
+                )
+                for t in steps
+            ]
+
 
 def load(name_or_path: str | Path = "default", device: str | torch.device = "cpu") -> Pipeline:
     """A ``Pipeline`` for a shipped model ('default'), a checkpoint, or a run directory."""
@@ -179,4 +228,4 @@ def load(name_or_path: str | Path = "default", device: str | torch.device = "cpu
     return Pipeline(model, checkpoint)
 
 
-__all__ = ["DetectedObject", "Pipeline", "SceneResult", "load"]
+__all__ = ["DetectedObject", "Pipeline", "RenderedObject", "SceneResult", "load"]

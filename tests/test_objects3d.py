@@ -232,6 +232,18 @@ def test_cli_trains_and_evaluates_a_3d_model(tmp_path, capsys):
     from PIL import Image
 
     assert Image.open(figure).size[0] > 4 * 64
+    # infer on rendered PNGs: per image a count and per object the 3D description.
+    pngs = tmp_path / "pngs"
+    assert main(["data", "make", "--kind", "scenes3d", "--split", "test", "--n", "3",
+                 "--format", "png", "--out", str(pngs)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["infer", "--model", str(run), str(pngs / "test"), "--quiet"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) == 3 and all(len(r["objects"]) == r["count"] for r in records)
+    for record in records:
+        for found in record["objects"]:
+            assert set(found) == {"step", "shape", "position", "rotation_deg", "presence", "box"}
+            assert found["shape"] in SHAPES and 0 <= found["rotation_deg"] < 360
     # The renderer's objects on a Multi-MNIST canvas: one line, exit 2.
     assert main(["train", "--objects", "render3d", "--run-dir", str(tmp_path / "y")]) == 2
     assert "canvas_size must be 64" in capsys.readouterr().err
