@@ -226,9 +226,7 @@ def _data_make_scenes3d(args: argparse.Namespace) -> int:
         raise AirsceneError(f"{flags}: Multi-MNIST only, not for --kind scenes3d")
     if args.format == "npz" and args.out:
         raise AirsceneError("--kind scenes3d writes --format png to --out (npz stays in the cache)")
-    if args.counts is not None and max(args.counts) > 3:
-        raise AirsceneError(f"--counts {args.counts}: 3D scenes hold at most 3 objects")
-    config = config_from_args(DataConfig, args, base=scenes3d_run().data)
+    config = config_from_args(DataConfig, args, base=scenes3d_run().data)  # checks the counts
     counts = config.counts
     splits = ("train", "test") if args.split == "both" else (args.split,)
     out = Path(args.out) if args.out else (Path("scenes3d") if args.format == "png" else None)
@@ -367,7 +365,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-
     from airscene.checkpoint import load_model
     from airscene.data.scenes import Scenes, load_scenes
     from airscene.evaluate import evaluate
@@ -468,16 +465,17 @@ def _show(args: argparse.Namespace) -> int:
     data = config_from_args(DataConfig, args, base=checkpoint.config.data, rename=_DATA_RENAME)
     if data.kind == "scenes3d":  # each input beside the re-rendering of what was inferred
         from airscene.data.scenes3d import load_scenes3d
-        from airscene.evaluate3d import drawn_boxes
 
         scenes = load_scenes3d(data.n_test, "test", data.seed, data.counts)[: args.n]
-        x = images_to_tensor(scenes.images)
-        inference = model(x, sample=False)
-        boxes = drawn_boxes(model, inference)
     else:
         scenes = load_scenes(data, "test")[: args.n]
-        x = images_to_tensor(scenes.images)
-        inference = model(x, sample=False)
+    x = images_to_tensor(scenes.images)
+    inference = model(x, sample=False)
+    if data.kind == "scenes3d":
+        from airscene.evaluate3d import drawn_boxes
+
+        boxes = drawn_boxes(model, inference)
+    else:
         boxes = z_where_to_box(inference.z_where, model.config.canvas_size)
     path = inference_figure(
         x.numpy(),

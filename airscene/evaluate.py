@@ -32,11 +32,33 @@ class Evaluation:
     iw_samples: int
 
     def to_dict(self) -> dict:
-        """JSON-ready: metrics that could not be measured (NaN) become None (null)."""
-        return {
-            k: (None if isinstance(v, float) and math.isnan(v) else v)
-            for k, v in asdict(self).items()
-        }
+        return json_ready(self)
+
+
+def json_ready(metrics) -> dict:
+    """A metrics dataclass as a JSON-ready dict: what could not be measured (NaN) becomes None."""
+    return {
+        k: (None if isinstance(v, float) and math.isnan(v) else v)
+        for k, v in asdict(metrics).items()
+    }
+
+
+def tight_boxes(ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tight pixel box x0, y0, x1, y1 (end exclusive) of the True pixels of each mask
+    ``ink`` (B, H, W), (B, 4) int64, and whether the mask has any, (B,)."""
+    rows, cols = ink.any(dim=2), ink.any(dim=1)  # (B, H), (B, W)
+    index_y = torch.arange(ink.shape[1], device=ink.device)
+    index_x = torch.arange(ink.shape[2], device=ink.device)
+    box = torch.stack(
+        [
+            torch.where(cols, index_x, ink.shape[2]).amin(1),
+            torch.where(rows, index_y, ink.shape[1]).amin(1),
+            torch.where(cols, index_x + 1, 0).amax(1),
+            torch.where(rows, index_y + 1, 0).amax(1),
+        ],
+        dim=1,
+    )
+    return box, rows.any(dim=1)
 
 
 @torch.no_grad()
@@ -48,15 +70,8 @@ def ink_boxes(model: AIR, inference, threshold: float = 0.1) -> torch.Tensor:
     boxes = z_where_to_box(inference.z_where, size).clone()
     for t in range(inference.z_where.shape[1]):
         drawn = model.objects.draw({k: v[:, t] for k, v in inference.objects.items()}) > threshold
-        rows, cols = drawn.any(dim=2), drawn.any(dim=1)  # (B, H), (B, W)
-        has_ink = rows.any(dim=1)
-        index = torch.arange(size, device=drawn.device)
-        y0 = torch.where(rows, index, size).amin(1)
-        y1 = torch.where(rows, index + 1, 0).amax(1)
-        x0 = torch.where(cols, index, size).amin(1)
-        x1 = torch.where(cols, index + 1, 0).amax(1)
-        tight = torch.stack([x0, y0, x1, y1], dim=1).to(boxes.dtype)
-        boxes[:, t] = torch.where(has_ink[:, None], tight, boxes[:, t])
+        tight, has_ink = tight_boxes(drawn)
+        boxes[:, t] = torch.where(has_ink[:, None], tight.to(boxes.dtype), boxes[:, t])
     return boxes
 
 

@@ -16,14 +16,14 @@ one-to-one matching of least total distance, Hungarian). Then, over the scenes:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from airscene.data.scenes3d import Scenes3D
 from airscene.data.training import images_to_tensor
-from airscene.evaluate import confusion_matrix
+from airscene.evaluate import confusion_matrix, json_ready, tight_boxes
 from airscene.model import AIR
 from airscene.render3d import SHAPES, SceneSpace
 
@@ -47,10 +47,7 @@ class Evaluation3D:
     elbo: float
 
     def to_dict(self) -> dict:
-        return {
-            k: (None if isinstance(v, float) and math.isnan(v) else v)
-            for k, v in asdict(self).items()
-        }
+        return json_ready(self)
 
 
 @dataclass
@@ -81,13 +78,11 @@ def infer_scenes3d(
     for start in range(0, len(images), batch_size):
         x = images_to_tensor(images[start : start + batch_size], device)
         mode = model(x, sample=False)
-        present = mode.z_pres > 0
-        rotation = torch.rad2deg(model.objects.rotation(mode.objects)).remainder(360.0)
         found = {
             "counts": mode.count,
-            "shapes": torch.where(present, mode.objects["shape"].long(), -1),
+            "shapes": torch.where(mode.z_pres > 0, mode.objects["shape"].long(), -1),
             "positions": mode.objects["position"],
-            "rotations_deg": rotation,
+            "rotations_deg": model.objects.rotation_deg(mode.objects),
             "presence": mode.z_pres_prob,
             "elbo": model(x, generator=generator).elbo if with_elbo else x.new_zeros(len(x)),
         }
@@ -110,25 +105,11 @@ def drawn_boxes(model: AIR, inference, threshold: float = 0.05) -> torch.Tensor:
     object that changes no pixel gets [0, 0, 0, 0]."""
     objects = model.objects
     floor = objects.renderer(inference.canvas.device).floor_shade
-    batch, steps = inference.z_pres.shape
-    size = model.config.canvas_size
-    boxes = torch.zeros(batch, steps, 4)
-    index = torch.arange(size)
-    for t in range(steps):
+    boxes = torch.zeros(*inference.z_pres.shape, 4)
+    for t in range(inference.z_pres.shape[1]):
         drawn = objects.draw({k: v[:, t] for k, v in inference.objects.items()}).cpu()
-        ink = (drawn - floor).abs() > threshold
-        rows, cols = ink.any(dim=2), ink.any(dim=1)
-        found = rows.any(dim=1)
-        box = torch.stack(
-            [
-                torch.where(cols, index, size).amin(1),
-                torch.where(rows, index, size).amin(1),
-                torch.where(cols, index + 1, 0).amax(1),
-                torch.where(rows, index + 1, 0).amax(1),
-            ],
-            dim=1,
-        ).float()
-        boxes[:, t] = torch.where(found[:, None], box, torch.zeros_like(box))
+        box, found = tight_boxes((drawn - floor).abs() > threshold)
+        boxes[:, t] = torch.where(found[:, None], box.float(), 0.0)
     return boxes
 
 

@@ -186,17 +186,17 @@ class GlimpseObjects(ObjectModel):
         return write_glimpse(glimpse, values["z_where"], self.canvas_size)
 
 
+def _rendered(objects, model: ModelConfig) -> ObjectModel:
+    from airscene.objects3d import RenderedObjects  # imported here: it builds on this module
+
+    return RenderedObjects(objects, model.canvas_size, model.max_steps)
+
+
 # The object models, by the ``kind`` of their config (``airscene.config.OBJECT_CONFIGS``).
 OBJECT_MODELS: dict[str, Callable[[object, ModelConfig], ObjectModel]] = {
     "glimpse": lambda objects, model: GlimpseObjects(objects, model.canvas_size),
-    "render3d": lambda objects, model: _rendered(objects, model),
+    "render3d": _rendered,
 }
-
-
-def _rendered(objects, model: ModelConfig) -> ObjectModel:
-    from airscene.objects3d import RenderedObjects  # the renderer only where it is used
-
-    return RenderedObjects(objects, model.canvas_size, model.max_steps)
 
 
 def build_objects(config: ModelConfig) -> ObjectModel:

@@ -192,6 +192,10 @@ class RenderedObjects(ObjectModel):
         """The rotation about the vertical axis (radians) of objects ``values``: turn / order."""
         return values["turn"] / self.order[values["shape"].long()]
 
+    def rotation_deg(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The rotation of objects ``values`` in degrees, in [0, 360)."""
+        return torch.rad2deg(self.rotation(values)).remainder(360.0)
+
     def render_objects(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         """Each object's coverage, depth and shade, (M, 3, P), pose gradients as configured."""
         shape = values["shape"].long().unsqueeze(1)  # (M, 1)

@@ -194,13 +194,12 @@ class Pipeline:
 
         inference = self.model(x, sample=False)
         boxes = drawn_boxes(self.model, inference).numpy()
-        rotation = torch.rad2deg(self.model.objects.rotation(inference.objects)).remainder(360)
         found = {
             "z_pres": inference.z_pres,
             "presence": inference.z_pres_prob,
             "shape": inference.objects["shape"].long(),
             "position": inference.objects["position"],
-            "rotation": rotation,
+            "rotation": self.model.objects.rotation_deg(inference.objects),
         }
         found = {k: v.cpu().numpy() for k, v in found.items()}
         for row, (slot, fit) in enumerate(zip(slots, fits, strict=True)):
