@@ -573,14 +573,20 @@ def _experiment_generalisation(args: argparse.Namespace) -> int:
     for item in args.reuse or []:
         key, _, path = item.partition("=")
         valid = [f"{t}/{m}" for t in TASKS for m in ("AIR", "DAIR")]
-        if key not in valid or not path:
+        model, _, seed = key.rpartition("/") if key.count("/") == 2 else (key, "", "0")
+        if model not in valid or not seed.isdigit() or not path:
             raise AirsceneError(
-                f"--reuse {item!r}: expected KEY=RUN_DIR with KEY one of {', '.join(valid)}"
+                f"--reuse {item!r}: expected KEY=RUN_DIR with KEY one of {', '.join(valid)}, "
+                "optionally followed by /SEED"
             )
         reuse[key] = path
-    summary = run_generalisation(out, quick=args.quick, seed=args.seed, reuse=reuse)
+    summary = run_generalisation(out, quick=args.quick, seeds=args.seeds, reuse=reuse)
     for key, result in summary["results"].items():
-        print(f"{key}: {100 * result['count_accuracy']:.1f}% on {result['test_counts']} digits")
+        accuracy = result["count_accuracy"]
+        print(
+            f"{key}: {100 * accuracy['mean']:.1f}% on {result['test_counts']} digits "
+            f"(mean of {accuracy['seeds']} seeds, {100 * accuracy['min']:.1f}-{100 * accuracy['max']:.1f}%)"
+        )
     print(f"wrote {out / 'report.md'}")
     return 0
 
@@ -845,15 +851,26 @@ def _add_experiment_parser(verbs) -> None:
             action="store_true",
             help=f"small sizes, under 10 minutes on 2 CPU cores ({quick[name]})",
         )
-        parser.add_argument("--seed", type=int, default=0)
+        if name != "generalisation":
+            parser.add_argument("--seed", type=int, default=0)
         parser.add_argument(
             "--out", default=None, help=f"output directory (default: results/{name})"
         )
     parsers["generalisation"].add_argument(
+        "--seeds",
+        type=_value_parser(tuple[int, ...])[0],
+        default=(0,),
+        metavar="A,B,...",
+        help="train every model from each of these seeds; the report gives each seed and their "
+        "mean and spread (default: 0)",
+    )
+    parsers["generalisation"].add_argument(
         "--reuse",
         action="append",
         metavar="KEY=RUN_DIR",
-        help="use an existing run instead of training, e.g. extrapolation/AIR=runs/air (repeatable)",
+        help="use an existing run instead of training, e.g. extrapolation/AIR=runs/air for the first "
+        "seed or extrapolation/AIR/2=runs/air2 for seed 2 (repeatable); finished runs under "
+        "OUT/runs with the same config are reused without asking",
     )
     parsers["generalisation"].set_defaults(handler=_experiment_generalisation)
     parsers["downstream"].add_argument(

@@ -277,6 +277,12 @@ class ModelConfig:
         3, "N: the most objects (inference steps) per image; the paper uses 3 for 0-2 digits"
     )
     dair: bool = param(False, "DAIR: the network reads the residual x - canvas-so-far instead of x")
+    presence_from: Literal["state", "residual"] = param(
+        "state",
+        "what decides each step's z_pres: the LSTM state (the paper), or with DAIR the residual "
+        "alone (through the step's image projection), so that going on cannot depend on how many "
+        "objects came before: a count never seen in training is found as one that was",
+    )
     lstm_size: int = param(256, "units of the inference network's LSTM")
     predictor_hidden: int = param(
         200,
@@ -306,6 +312,14 @@ class ModelConfig:
         )
         _check(
             self.likelihood in ("normal", "bernoulli"), f"unknown likelihood {self.likelihood!r}"
+        )
+        _check(
+            self.presence_from in ("state", "residual"),
+            f"unknown presence_from {self.presence_from!r}",
+        )
+        _check(
+            self.presence_from == "state" or self.dair,
+            "presence_from residual needs DAIR (plain AIR sees the same image at every step)",
         )
         _check(
             self.likelihood_sigma > 0, f"likelihood_sigma must be > 0, got {self.likelihood_sigma}"

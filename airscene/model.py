@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from airscene.config import ModelConfig
 from airscene.densities import bernoulli_log_prob, normal_log_prob
-from airscene.networks import RecurrentCore, StepPredictor
+from airscene.networks import PresenceHead, RecurrentCore, StepPredictor
 from airscene.objects import ObjectModel, ObjectStep, build_objects
 from airscene.rows import ActiveRows, Packed, StepNoise
 
@@ -154,6 +154,8 @@ class AIR(nn.Module):
         self.predictor = StepPredictor(
             config.lstm_size, config.predictor_hidden, objects.initial_params()
         )
+        if config.presence_from == "residual":
+            self.presence = PresenceHead(4 * config.lstm_size, config.predictor_hidden)
 
     # -- generative model -------------------------------------------------------------------
 
@@ -263,6 +265,8 @@ class AIR(nn.Module):
         log(1 - rho)). ``noise`` None takes every mode."""
         state = self.core(image_gates, previous, state)
         z_pres_logit, object_params = self.predictor(state[0])
+        if self.config.presence_from == "residual":
+            z_pres_logit = self.presence(image_gates)
         z_pres_prob = torch.sigmoid(z_pres_logit)
         if noise is None:
             z_pres = (z_pres_prob >= 0.5).to(z_pres_prob.dtype)

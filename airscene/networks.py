@@ -179,6 +179,23 @@ class StepPredictor(nn.Module):
         return out[:, 0], out[:, 1:]
 
 
+class PresenceHead(nn.Module):
+    """What a DAIR step sees, through its image projection into the gates -> the step's z_pres
+    logit: a decision that reads only what is still unexplained, not the recurrent state."""
+
+    def __init__(self, gates: int, mlp_hidden: int) -> None:
+        super().__init__()
+        self.net = mlp([gates, mlp_hidden, 1])
+        last = self.net[-1]
+        nn.init.normal_(last.weight, 0.0, 0.01)  # start with objects likely present, as the
+        with torch.no_grad():  # predictor does
+            last.bias[0] = 2.0
+
+    def forward(self, image_gates: torch.Tensor) -> torch.Tensor:
+        """(B, 4H) -> z_pres logit (B,)."""
+        return self.net(image_gates)[:, 0]
+
+
 class GlimpseEncoder(nn.Module):
     """Glimpse (B, G*G) -> the Normal posterior over z_what (loc, scale)."""
 

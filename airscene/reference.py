@@ -112,6 +112,8 @@ def infer(
         gates = image_gates(model.core, seen.flatten(1)) if config.dair else plain_gates
         state = model.core(gates, previous, state)
         z_pres_logit, params = model.predictor(state[0])
+        if config.presence_from == "residual":
+            z_pres_logit = model.presence(gates)
         noise = StepNoise(generator, batch, x) if sample else None
         z_pres_prob = torch.sigmoid(z_pres_logit)
         if noise is None:

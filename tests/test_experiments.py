@@ -6,7 +6,6 @@ import torch
 
 from airscene.data.scenes import Scenes
 from airscene.experiments.downstream import ascending_labels, ordered_object_latents, sum_labels
-from airscene.experiments.report import accuracy_table_markdown
 
 
 def scenes_with(objects: list[list[tuple[int, int]]]) -> Scenes:
@@ -59,22 +58,6 @@ def test_ordered_object_latents_are_sorted_left_to_right_with_absent_last():
     torch.testing.assert_close(swapped, features[:1])
 
 
-def test_accuracy_table_by_true_count():
-    table = {
-        0: {"images": 2, "accuracy": 0.5},
-        1: {"images": 4, "accuracy": 0.75},
-        2: {"images": 2, "accuracy": 1.0},
-        3: {"images": 2, "accuracy": 0.0},
-    }
-    markdown = accuracy_table_markdown({"AIR": table, "DAIR": {3: {"images": 2, "accuracy": 1.0}}})
-    assert markdown.splitlines() == [
-        "| model | 0 digits | 1 digit | 2 digits | 3 digits |",
-        "|---|---|---|---|---|",
-        "| AIR | 50.0% | 75.0% | 100.0% | 0.0% |",
-        "| DAIR | - | - | - | 100.0% |",
-    ]
-
-
 def test_generalisation_experiment_wiring(tmp_path, capsys):
     # Tiny runs stand in for trained models: this checks the plumbing (N + 1 steps at test time,
     # unseen counts, report, figure, JSON), not the accuracies.
@@ -90,16 +73,20 @@ def test_generalisation_experiment_wiring(tmp_path, capsys):
     reuse = []
     for task, (train_counts, _) in TASKS.items():
         for name, dair in (("AIR", False), ("DAIR", True)):
-            config = RunConfig(
-                data=DataConfig(counts=train_counts, n_train=50, n_test=20),
-                model=model_config(dair=dair, max_steps=3, **TINY_MODEL),
-                train=TrainConfig(steps=2, batch_size=4, eval_every=0),
-            )
-            run = train(config, tmp_path / f"{task}-{name}", progress=False).run_dir
-            reuse += ["--reuse", f"{task}/{name}={run}"]
+            for seed in (0, 1):
+                config = RunConfig(
+                    data=DataConfig(counts=train_counts, n_train=50, n_test=20),
+                    model=model_config(dair=dair, max_steps=3, **TINY_MODEL),
+                    train=TrainConfig(steps=2, batch_size=4, eval_every=0, seed=seed),
+                )
+                run = train(config, tmp_path / f"{task}-{name}-{seed}", progress=False).run_dir
+                key = f"{task}/{name}" if seed == 0 else f"{task}/{name}/{seed}"
+                reuse += ["--reuse", f"{key}={run}"]
     out = tmp_path / "report"
-    assert main(["experiment", "generalisation", "--quick", "--out", str(out), *reuse]) == 0
+    argv = ["experiment", "generalisation", "--quick", "--seeds", "0,1", "--out", str(out)]
+    assert main([*argv, *reuse]) == 0
     summary = json.loads((out / "results.json").read_text())
+    assert summary["seeds"] == [0, 1]
     assert set(summary["results"]) == {
         "extrapolation/AIR",
         "extrapolation/DAIR",
@@ -107,14 +94,55 @@ def test_generalisation_experiment_wiring(tmp_path, capsys):
         "interpolation/DAIR",
     }
     extrapolation = summary["results"]["extrapolation/AIR"]
-    assert (
-        extrapolation["test_counts"] == [3] and len(extrapolation["confusion"]) == 5
-    )  # counts 0..4: N + 1 = 4
-    assert sum(map(sum, extrapolation["confusion"])) == 1000
+    assert extrapolation["test_counts"] == [3] and set(extrapolation["by_seed"]) == {"0", "1"}
+    for one in extrapolation["by_seed"].values():
+        assert len(one["confusion"]) == 5  # counts 0..4: N + 1 = 4
+        assert sum(map(sum, one["confusion"])) == 1000
+    each = [one["count_accuracy"] for one in extrapolation["by_seed"].values()]
+    spread = extrapolation["count_accuracy"]
+    assert spread["mean"] == pytest.approx(sum(each) / 2) and spread["seeds"] == 2
+    assert spread["min"] == min(each) and spread["max"] == max(each)
     report = (out / "report.md").read_text()
     assert "| extrapolation | {0, 1, 2} | {3} |" in report and "paper" in report
+    assert "| model | seed 0 | seed 1 |" in report
     assert (out / "generalisation.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["experiment", "generalisation", "--reuse", "nonsense=x"]) == 2
+    assert main(["experiment", "generalisation", "--reuse", "extrapolation/AIR/x=y"]) == 2
+
+
+def test_generalisation_reuses_its_own_finished_runs(tmp_path, monkeypatch):
+    # A stopped multi-seed experiment continues: a run already finished under OUT/runs with the
+    # same config is evaluated, not trained again; one with another config is trained.
+    from tiny import TINY_MODEL, model_config
+
+    from airscene.config import DataConfig, RunConfig, TrainConfig
+    from airscene.experiments import generalisation
+
+    def tiny_config(train_counts, dair, steps, seed):
+        return RunConfig(
+            data=DataConfig(counts=train_counts, n_train=50, n_test=20),
+            model=model_config(dair=dair, max_steps=3, **TINY_MODEL),
+            train=TrainConfig(steps=2, batch_size=4, eval_every=0, seed=seed),
+        )
+
+    monkeypatch.setattr(generalisation, "run_config", tiny_config)
+    trained = []
+    real_train = generalisation.train
+
+    def counted_train(config, run_dir, **options):
+        trained.append(run_dir)
+        return real_train(config, run_dir, **options)
+
+    monkeypatch.setattr(generalisation, "train", counted_train)
+    generalisation.run_generalisation(tmp_path, quick=True, progress=False)
+    assert len(trained) == 4
+    trained.clear()
+    generalisation.run_generalisation(tmp_path, quick=True, progress=False)
+    assert trained == []
+    generalisation.run_generalisation(tmp_path, quick=True, seeds=(0, 5), progress=False)
+    assert sorted(p.name for p in trained) == sorted(
+        f"{task}-{name}-seed5" for task in generalisation.TASKS for name in ("air", "dair")
+    )
 
 
 @pytest.mark.slow
@@ -126,7 +154,7 @@ def test_generalisation_quick_mode_under_ten_minutes(tmp_path):
     started = time.perf_counter()
     summary = run_generalisation(tmp_path, quick=True, progress=False)
     assert time.perf_counter() - started < 600
-    assert all(0.0 <= r["count_accuracy"] <= 1.0 for r in summary["results"].values())
+    assert all(0.0 <= r["count_accuracy"]["mean"] <= 1.0 for r in summary["results"].values())
     assert (tmp_path / "report.md").is_file() and (tmp_path / "generalisation.png").is_file()
 
 

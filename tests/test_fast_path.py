@@ -71,13 +71,17 @@ def losses_and_gradients(model, baseline, x, plain: bool):
     return inference, objective, grads, generator.get_state()
 
 
-@pytest.mark.parametrize("dair", [False, True])
-def test_fast_path_equals_reference_path(dair):
-    config = dataclasses.replace(CONFIG, dair=dair)
+@pytest.mark.parametrize(
+    "dair, presence_from", [(False, "state"), (True, "state"), (True, "residual")]
+)
+def test_fast_path_equals_reference_path(dair, presence_from):
+    config = dataclasses.replace(CONFIG, dair=dair, presence_from=presence_from)
     torch.manual_seed(0)
     model, baseline = build_model(config), BaselineNetwork(2500, 3 + 50 + 1, 32)
     with torch.no_grad():  # q(z_pres = 1) near 1/2, so every count and every mask occurs
         model.predictor.net[-1].bias[0] = 0.0
+        if presence_from == "residual":
+            model.presence.net[-1].bias[0] = 0.0
     x = blank_canvas_images()
     assert _sparse_pays(x.flatten(1)), "the test images must take the sparse product"
 

@@ -118,6 +118,26 @@ def test_dair_reads_the_residual():
     assert not torch.allclose(a.z_where[:, 1], d.z_where[:, 1])
 
 
+def test_dair_presence_from_the_residual_ignores_the_recurrent_state():
+    # presence_from residual: a step's z_pres probability is a function of what it sees alone,
+    # so it cannot count the objects before it; the object's posterior still reads the state.
+    x = images(8)
+    for presence_from, state_matters in (("state", True), ("residual", False)):
+        model = small_model(dair=True, presence_from=presence_from)
+        gates = model.core.project_image(x.flatten(1))
+        previous = torch.zeros(8, model.latent_dim)
+        log_rho = (torch.tensor(0.5).log(), torch.tensor(0.5).log())
+        states = [None, (torch.randn(8, 32), torch.randn(8, 32))]
+        steps = [model.step(x, gates, previous, s, log_rho, noise=None) for s in states]
+        same = torch.allclose(steps[0].z_pres_prob, steps[1].z_pres_prob)
+        assert same != state_matters, presence_from
+        assert not torch.allclose(
+            steps[0].objects.values["z_where"], steps[1].objects.values["z_where"]
+        )
+    with pytest.raises(ValueError, match="needs DAIR"):
+        model_config(dair=False, presence_from="residual")
+
+
 def test_prior_samples():
     model = small_model()
     drawn = model.sample(500, generator=torch.Generator().manual_seed(0), z_pres_prior=0.5)

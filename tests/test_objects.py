@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny import TINY_MODEL, model_config
 
-from airscene.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from airscene.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from airscene.cli import build_parser, config_from_args, main
 from airscene.config import (
     OBJECT_CONFIGS,
@@ -210,13 +210,22 @@ def test_categorical_noise_draws_the_distribution():
 
 def test_flat_model_configs_of_older_checkpoints_upgrade(tmp_path):
     # Checkpoints written before object models had their own settings hold every model field
-    # flat (the shipped model among them); they read into today's layout, weights unchanged.
-    shipped = read_checkpoint("default")
-    assert (
-        "objects"
-        not in json.loads((shipped.path / "checkpoint.json").read_text())["config"]["model"]
-    )
-    assert shipped.config.model.objects == GlimpseConfig()  # its glimpse settings are the defaults
+    # flat (the shipped model until 2026-12-02 among them); they read into today's layout,
+    # weights unchanged.
+    config = RunConfig(model=model_config(**TINY_MODEL))
+    model = build_model(config.model)
+    old = save_checkpoint(tmp_path / "old", config, model, step=1)
+    meta = json.loads((old / "checkpoint.json").read_text())
+    objects = meta["config"]["model"].pop("objects")
+    objects.pop("kind")
+    meta["config"]["model"].update(objects)  # the layout of those checkpoints
+    meta.pop("object_model")
+    (old / "checkpoint.json").write_text(json.dumps(meta))
+    read = read_checkpoint(old)
+    assert read.config == config
+    loaded, _ = load_model(old)
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
     flat = {"max_steps": 2, "glimpse_size": 20, "z_what_dim": 7, "z_where_max_scale": None}
     upgraded = from_dict(ModelConfig, flat)
     assert upgraded.max_steps == 2
@@ -225,7 +234,6 @@ def test_flat_model_configs_of_older_checkpoints_upgrade(tmp_path):
     with pytest.raises(ConfigError, match="unknown kind 'renderer'"):
         from_dict(ModelConfig, {"objects": {"kind": "renderer"}})
     # A checkpoint written now names its object model.
-    config = RunConfig(model=model_config(**TINY_MODEL))
     path = save_checkpoint(tmp_path / "new", config, build_model(config.model), step=1)
     assert json.loads((path / "checkpoint.json").read_text())["object_model"] == "glimpse"
 

@@ -22,7 +22,6 @@ from airscene.checkpoint import load_model
 from airscene.config import DataConfig, RunConfig, TrainConfig
 from airscene.data.scenes import load_scenes
 from airscene.evaluate import evaluate
-from airscene.experiments.report import accuracy_table_markdown
 from airscene.model import build_model
 from airscene.provenance import git_revision
 from airscene.train import train
@@ -57,8 +56,12 @@ def evaluate_with_extra_step(
         )
     )
     wider.load_state_dict(trained.state_dict())  # every step shares these weights
+    # Test scenes are made as the training scenes were (layout, digit sizes), only with the
+    # unseen count.
     test = load_scenes(
-        DataConfig(counts=test_counts, seed=checkpoint.config.data.seed), "test", n=scenes
+        dataclasses.replace(checkpoint.config.data, counts=test_counts, count_probs=None),
+        "test",
+        n=scenes,
     )
     result = evaluate(wider.eval(), test)
     confusion = np.asarray(result.confusion)
@@ -77,50 +80,84 @@ def evaluate_with_extra_step(
     }
 
 
+def _finished_run(run_dir: Path, config: RunConfig) -> bool:
+    """Whether ``run_dir`` already holds the end of a run with exactly ``config``: an
+    experiment stopped part-way then continues with the runs it has not finished."""
+    from airscene.checkpoint import CheckpointError, read_checkpoint
+
+    try:
+        checkpoint = read_checkpoint(run_dir)
+    except (CheckpointError, OSError):
+        return False
+    return checkpoint.config == config and checkpoint.step == config.train.steps
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation, minimum and maximum of per-seed values."""
+    array = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(array.mean()),
+        "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+        "min": float(array.min()),
+        "max": float(array.max()),
+        "seeds": len(array),
+    }
+
+
 def run_generalisation(
     out_dir: str | Path,
     quick: bool = False,
-    seed: int = 0,
+    seeds: tuple[int, ...] = (0,),
     reuse: dict[str, str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train (or reuse) AIR and DAIR on each task's training counts, test them on the unseen
-    count, and write report.md, results.json and a figure into ``out_dir``.
+    """Train (or reuse) AIR and DAIR on each task's training counts from each of ``seeds``,
+    test them on the unseen count, and write report.md, results.json and a figure into
+    ``out_dir``: per model the accuracy of every seed and their mean and spread.
 
-    ``reuse`` maps '<task>/<AIR|DAIR>' to an existing run directory trained on that task's counts.
+    ``reuse`` maps '<task>/<AIR|DAIR>' (first seed) or '<task>/<AIR|DAIR>/<seed>' to an existing
+    run directory trained on that task's counts. Runs already finished in ``out_dir/runs`` with
+    the same config are reused, so a stopped experiment continues where it was.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     steps = 2_000 if quick else 10_000
     scenes = 1_000 if quick else 10_000
+    reuse = dict(reuse or {})
     results: dict[str, dict[str, Any]] = {}
     for task, (train_counts, test_counts) in TASKS.items():
         for name, dair in (("AIR", False), ("DAIR", True)):
             key = f"{task}/{name}"
-            run_dir = Path((reuse or {}).get(key) or out / "runs" / f"{task}-{name.lower()}")
-            if key not in (reuse or {}):
+            per_seed = {}
+            for index, seed in enumerate(seeds):
+                given = reuse.get(f"{key}/{seed}") or (reuse.get(key) if index == 0 else None)
+                run_dir = Path(given or out / "runs" / f"{task}-{name.lower()}-seed{seed}")
                 config = run_config(train_counts, dair, steps, seed)
-                train(
-                    config,
-                    run_dir,
-                    overwrite=True,
-                    progress=progress,
-                    command=["airscene", "experiment", "generalisation"],
-                )
+                if given is None and not _finished_run(run_dir, config):
+                    train(
+                        config,
+                        run_dir,
+                        overwrite=True,
+                        progress=progress,
+                        command=["airscene", "experiment", "generalisation"],
+                    )
+                per_seed[str(seed)] = evaluate_with_extra_step(run_dir, test_counts, scenes)
             results[key] = {
                 "train_counts": list(train_counts),
-                **evaluate_with_extra_step(run_dir, test_counts, scenes),
+                "test_counts": list(test_counts),
+                "count_accuracy": spread([r["count_accuracy"] for r in per_seed.values()]),
+                "by_seed": per_seed,
             }
     summary = {
         "experiment": "generalisation",
         "quick": quick,
-        "seed": seed,
+        "seeds": list(seeds),
         "git_revision": git_revision(),
         "results": results,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     _figure(results, out / "generalisation.png")
-    (out / "report.md").write_text(_report(results, quick))
+    (out / "report.md").write_text(_report(results, quick, seeds))
     return summary
 
 
@@ -134,16 +171,15 @@ def _figure(results: dict[str, dict[str, Any]], path: Path) -> None:
     width = 0.2
     for t, task in enumerate(TASKS):
         for m, name in enumerate(("AIR", "DAIR")):
-            ours = results[f"{task}/{name}"]["count_accuracy"]
+            ours = results[f"{task}/{name}"]
+            colour = ("#4363d8", "#e6194b")[m]
             x = t + (m - 0.5) * 2 * width
-            axis.bar(
-                x - width / 2,
-                ours,
-                width,
-                color=("#4363d8", "#e6194b")[m],
-                label=f"{name} (airscene)" if t == 0 else None,
-            )
-            axis.bar(x + width / 2, PAPER[task][name], width, color=("#4363d8", "#e6194b")[m], alpha=0.35,
+            axis.bar(x - width / 2, ours["count_accuracy"]["mean"], width, color=colour,
+                     label=f"{name} (airscene, mean)" if t == 0 else None)  # fmt: skip
+            each = [r["count_accuracy"] for r in ours["by_seed"].values()]
+            axis.plot([x - width / 2] * len(each), each, "k.", markersize=4,
+                      label="one seed" if t == 0 and m == 0 else None)  # fmt: skip
+            axis.bar(x + width / 2, PAPER[task][name], width, color=colour, alpha=0.35,
                      label=f"{name} (paper, approx.)" if t == 0 else None)  # fmt: skip
     axis.set_xticks(range(len(TASKS)), [f"{t}\n(test {TASKS[t][1][0]} digits)" for t in TASKS])
     axis.set_ylabel("count accuracy")
@@ -154,31 +190,40 @@ def _figure(results: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def _report(results: dict[str, dict[str, Any]], quick: bool) -> str:
+def _cell(summary: dict[str, Any]) -> str:
+    if summary["seeds"] == 1:
+        return f"{100 * summary['mean']:.1f}%"
+    return (
+        f"{100 * summary['mean']:.1f}% ± {100 * summary['std']:.1f} "
+        f"({100 * summary['min']:.1f}-{100 * summary['max']:.1f})"
+    )
+
+
+def _report(results: dict[str, dict[str, Any]], quick: bool, seeds: tuple[int, ...]) -> str:
     lines = ["# Strong generalisation: AIR vs DAIR", ""]
     if quick:
         lines += ["*Quick mode: 2,000 training steps and 1,000 test scenes per model.*", ""]
     lines += [
+        f"Seeds {', '.join(map(str, seeds))}; each cell: the mean count accuracy over the seeds"
+        + (", ± the standard deviation (the lowest-highest seed)." if len(seeds) > 1 else "."),
+        "",
         "| task | train counts | test counts | AIR | DAIR | paper AIR | paper DAIR |",
         "|---|---|---|---|---|---|---|",
     ]
     for task, (train_counts, test_counts) in TASKS.items():
         air, dair = results[f"{task}/AIR"], results[f"{task}/DAIR"]
         lines.append(
-            f"| {task} | {set(train_counts)} | {set(test_counts)} | {100 * air['count_accuracy']:.1f}% | "
-            f"{100 * dair['count_accuracy']:.1f}% | ~{100 * PAPER[task]['AIR']:.0f}% | ~{100 * PAPER[task]['DAIR']:.0f}% |"
+            f"| {task} | {set(train_counts)} | {set(test_counts)} | {_cell(air['count_accuracy'])} | "
+            f"{_cell(dair['count_accuracy'])} | ~{100 * PAPER[task]['AIR']:.0f}% | ~{100 * PAPER[task]['DAIR']:.0f}% |"
         )
-    lines += ["", "Accuracy by true count (test scenes):", ""]
-    lines.append(
-        accuracy_table_markdown(
-            {
-                key: {int(k): v for k, v in r["accuracy_by_count"].items()}
-                for key, r in results.items()
-            }
-        )
-    )
+    lines += ["", "Each seed:", "", "| model | " + " | ".join(f"seed {s}" for s in seeds) + " |"]
+    lines.append("|---|" + "---|" * len(seeds))
+    for key, r in results.items():
+        cells = [f"{100 * r['by_seed'][str(s)]['count_accuracy']:.1f}%" for s in seeds]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines += ["", "Count confusion (rows: true count, columns: inferred count):", ""]
     for key, r in results.items():
-        lines.append(f"- {key}: {r['confusion']}")
+        for seed, one in r["by_seed"].items():
+            lines.append(f"- {key}, seed {seed}: {one['confusion']}")
     lines += ["", "![generalisation](generalisation.png)", ""]
     return "\n".join(lines)
