@@ -277,6 +277,12 @@ class ModelConfig:
         3, "N: the most objects (inference steps) per image; the paper uses 3 for 0-2 digits"
     )
     dair: bool = param(False, "DAIR: the network reads the residual x - canvas-so-far instead of x")
+    dair_memory: bool = param(
+        True,
+        "with DAIR, each step's LSTM carries the state and latents of the steps before (the "
+        "paper); --no-dair-memory starts every step afresh from the residual alone, so that no "
+        "step can tell how many objects came before it",
+    )
     presence_from: Literal["state", "residual"] = param(
         "state",
         "what decides each step's z_pres: the LSTM state (the paper), or with DAIR the residual "
@@ -317,6 +323,7 @@ class ModelConfig:
             self.presence_from in ("state", "residual"),
             f"unknown presence_from {self.presence_from!r}",
         )
+        _check(self.dair_memory or self.dair, "--no-dair-memory needs DAIR")
         _check(
             self.presence_from == "state" or self.dair,
             "presence_from residual needs DAIR (plain AIR sees the same image at every step)",

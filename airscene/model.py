@@ -341,6 +341,10 @@ class AIR(nn.Module):
             )
             state = (h, c)
             previous = torch.cat([feedback, feedback.new_ones(len(rows), 1)], dim=1)
+            if not config.dair_memory:  # the next step starts afresh: it sees the residual only
+                state = None
+                previous = torch.zeros_like(previous)
+                previous[:, -1] = 1.0
         packed = rows.pack(record)
         if not config.dair:
             canvas = self._paint_present(canvas, packed)

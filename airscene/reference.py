@@ -134,6 +134,10 @@ def infer(
             steps.setdefault(name, []).append(value)
         previous_present = present
         previous = torch.cat([objects.feedback(drawn.values), present.unsqueeze(-1)], dim=-1)
+        if not config.dair_memory:
+            state = zero_state(model.core, batch, x)
+            previous = torch.zeros_like(previous)
+            previous[:, -1] = 1.0
 
     every = {name: torch.stack(values, dim=1) for name, values in steps.items()}
     z_pres = every["z_pres"]

@@ -1,7 +1,8 @@
 """Why do models trained on {0, 1, 3} digits miscount 2-digit scenes? Train the interpolation
-task's model with one change of recipe or data at a time, for a short run, and measure:
+task's model (or with --task extrapolation the other task's, to check that a change keeps it)
+with one change of recipe or data at a time, for a short run, and measure:
 
-* count accuracy on 2-digit test scenes (the task, with N + 1 steps as the experiment does) and
+* count accuracy on the unseen count's test scenes (with N + 1 steps as the experiment does) and
   on the training counts' own test scenes (the model must still learn what it was shown);
 * on 2-digit scenes, the mean probability of a third object and how much ink is still
   unexplained when the third step decides (DAIR's input there);
@@ -40,6 +41,11 @@ VARIANTS: dict[str, dict[str, dict]] = {
     "overlap": {"data": {"overlap": True}},
     "rho1e-5": {"model": {"z_pres_prior": 1e-5}},
     "smaller-digits": {"data": {"scale_range": (0.7, 0.9)}},
+    "smaller-digits-overlap": {"data": {"scale_range": (0.7, 0.9), "overlap": True}},
+    "smaller-digits-no-memory": {
+        "data": {"scale_range": (0.7, 0.9)},
+        "model": {"dair_memory": False},
+    },
     "smaller-digits-presence-residual": {
         "data": {"scale_range": (0.7, 0.9)},
         "model": {"presence_from": "residual"},
@@ -100,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--variant", default="base", choices=sorted(VARIANTS))
     parser.add_argument("--dair", action="store_true")
+    parser.add_argument(
+        "--task", default="interpolation", choices=sorted(TASKS), help="whose counts to train on"
+    )
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scenes", type=int, default=2000, help="test scenes per evaluation")
@@ -109,11 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         "--evaluate-only", action="store_true", help="measure the run already in --run-dir"
     )
     args = parser.parse_args(argv)
-    train_counts, test_counts = TASKS["interpolation"]
+    train_counts, test_counts = TASKS[args.task]
     config = apply_variant(
         run_config(train_counts, args.dair, args.steps, args.seed), VARIANTS[args.variant]
     )
-    name = f"interp-{'dair' if args.dair else 'air'}-{args.variant}-seed{args.seed}"
+    prefix = "interp" if args.task == "interpolation" else args.task
+    name = f"{prefix}-{'dair' if args.dair else 'air'}-{args.variant}-seed{args.seed}"
     run_dir = Path(args.run_dir or f"runs/{name}")
     started = time.perf_counter()
     if not args.evaluate_only:
@@ -126,14 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "interpolation_probe",
         "date": datetime.date.today().isoformat(),
         "git_revision": git_revision(),
+        "task": args.task,
         "variant": args.variant,
         "changes": VARIANTS[args.variant],
         "dair": args.dair,
         "seed": args.seed,
         "steps": args.steps,
         "train_seconds": None if seconds is None else round(seconds, 1),
-        "interpolation_accuracy": task["count_accuracy"],
-        "interpolation_confusion": task["confusion"],
+        "test_counts": list(test_counts),
+        "unseen_count_accuracy": task["count_accuracy"],
+        "unseen_count_confusion": task["confusion"],
         "own_counts_accuracy": own["count_accuracy"],
         "own_accuracy_by_count": {k: v["accuracy"] for k, v in own["accuracy_by_count"].items()},
         "probes": probes,

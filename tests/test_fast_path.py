@@ -72,10 +72,18 @@ def losses_and_gradients(model, baseline, x, plain: bool):
 
 
 @pytest.mark.parametrize(
-    "dair, presence_from", [(False, "state"), (True, "state"), (True, "residual")]
+    "dair, presence_from, dair_memory",
+    [
+        (False, "state", True),
+        (True, "state", True),
+        (True, "residual", True),
+        (True, "state", False),
+    ],
 )
-def test_fast_path_equals_reference_path(dair, presence_from):
-    config = dataclasses.replace(CONFIG, dair=dair, presence_from=presence_from)
+def test_fast_path_equals_reference_path(dair, presence_from, dair_memory):
+    config = dataclasses.replace(
+        CONFIG, dair=dair, presence_from=presence_from, dair_memory=dair_memory
+    )
     torch.manual_seed(0)
     model, baseline = build_model(config), BaselineNetwork(2500, 3 + 50 + 1, 32)
     with torch.no_grad():  # q(z_pres = 1) near 1/2, so every count and every mask occurs

@@ -138,6 +138,29 @@ def test_dair_presence_from_the_residual_ignores_the_recurrent_state():
         model_config(dair=False, presence_from="residual")
 
 
+def test_dair_without_memory_steps_see_the_residual_alone():
+    # --no-dair-memory: a step's answer depends on what it sees only. An image whose first
+    # object was painted away gets, at step 2, the answer step 1 gives for the residual itself.
+    model = small_model(dair=True, dair_memory=False)
+    x = images(6)
+    first = model(x, sample=False)
+    painted = model.objects.draw({k: v[:, 0] for k, v in first.objects.items()})
+    residual = x - painted
+    again = model(residual, sample=False)
+    found = first.z_pres[:, 0] > 0
+    assert found.any()
+    torch.testing.assert_close(first.z_pres_prob[found, 1], again.z_pres_prob[found, 0])
+    torch.testing.assert_close(first.z_where[found, 1], again.z_where[found, 0])
+    # With memory (the paper's DAIR) the same comparison fails: the state carries step 1.
+    remembering = small_model(dair=True)
+    first = remembering(x, sample=False)
+    painted = remembering.objects.draw({k: v[:, 0] for k, v in first.objects.items()})
+    again = remembering(x - painted, sample=False)
+    assert not torch.allclose(first.z_where[found, 1], again.z_where[found, 0])
+    with pytest.raises(ValueError, match="needs DAIR"):
+        model_config(dair=False, dair_memory=False)
+
+
 def test_prior_samples():
     model = small_model()
     drawn = model.sample(500, generator=torch.Generator().manual_seed(0), z_pres_prior=0.5)
