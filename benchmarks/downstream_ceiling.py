@@ -1,0 +1,155 @@
+"""How well can anything read digits from an AIR model's objects? The ceiling of the downstream
+experiment's readers, measured with digit labels they never get there.
+
+On 1-digit scenes (so each inferred object is one known digit), classifiers learn the digit from
+``--labels`` labelled objects and are tested on 5,000 others:
+
+* an MLP on z_what (the posterior mean; what the downstream readers see of an object);
+* a linear map of z_what;
+* a small CNN on the glimpse AIR's own decoder draws from z_what (still only the latents);
+* a small CNN on the attended glimpse itself (more than the latents: the input pixels);
+* k-means on z_what without labels, each cluster named by its majority digit (the purity).
+
+A sum of two digits is right when both digits are (and rarely otherwise), so the square of a
+per-digit accuracy bounds what a reader on that input reaches on the sum task.
+
+    python benchmarks/downstream_ceiling.py --model default
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from airscene.checkpoint import load_model
+from airscene.config import DataConfig
+from airscene.data.scenes import load_scenes
+from airscene.data.training import images_to_tensor
+from airscene.experiments.baselines import accuracy, feature_classifier, fit_classifier
+from airscene.networks import mlp
+from airscene.provenance import git_revision
+from airscene.spatial import read_glimpse
+
+HERE = Path(__file__).resolve().parent
+
+
+class GlimpseCNN(nn.Module):
+    """Two convolutions and an MLP on a (G, G) glimpse; ``draw`` makes the glimpse first."""
+
+    def __init__(self, glimpse_size: int, draw=None) -> None:
+        super().__init__()
+        self.draw = draw
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        self.head = mlp([32 * (glimpse_size // 4) ** 2, 128, 10])
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.draw is not None:
+            with torch.no_grad():
+                inputs = self.draw(inputs)
+        return self.head(self.features(inputs.unsqueeze(1)))
+
+
+@torch.no_grad()
+def single_objects(model, split: str, n: int):
+    """z_what, the attended glimpse and the digit label of the first object of ``n`` 1-digit
+    scenes."""
+    scenes = load_scenes(DataConfig(counts=(1,), seed=0), split, n=n)
+    what, glimpse = [], []
+    for start in range(0, n, 1000):
+        x = images_to_tensor(scenes.images[start : start + 1000])
+        inference = model(x, sample=False)
+        what.append(inference.z_what[:, 0])
+        glimpse.append(read_glimpse(x, inference.z_where[:, 0], model.config.objects.glimpse_size))
+    labels = torch.from_numpy(scenes.labels[:, 0].astype(np.int64))
+    return torch.cat(what), torch.cat(glimpse), labels
+
+
+def kmeans_purity(train: torch.Tensor, labels: torch.Tensor, test, test_labels, k: int) -> float:
+    generator = torch.Generator().manual_seed(0)
+    centres = train[torch.randperm(len(train), generator=generator)[:k]].clone()
+    for _ in range(50):
+        assigned = torch.cdist(train, centres).argmin(1)
+        for c in range(k):
+            if (assigned == c).any():
+                centres[c] = train[assigned == c].mean(0)
+    assigned = torch.cdist(train, centres).argmin(1)
+    names = torch.stack(
+        [torch.bincount(labels[assigned == c], minlength=10).argmax() for c in range(k)]
+    )
+    return float((names[torch.cdist(test, centres).argmin(1)] == test_labels).float().mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--labels", type=int, nargs="+", default=[1000, 20000])
+    parser.add_argument("--steps", type=int, default=4000, help="classifier minibatches of 64")
+    parser.add_argument("--out", default=str(HERE / "results" / "downstream_ceiling.json"))
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    model, checkpoint = load_model(args.model)
+    what, glimpse, labels = single_objects(model, "train", max(args.labels))
+    test_what, test_glimpse, test_labels = single_objects(model, "test", 5000)
+    mean, std = what.mean(0), what.std(0).clamp_min(1e-3)
+    what_n, test_what_n = (what - mean) / std, (test_what - mean) / std
+    size = model.config.objects.glimpse_size
+    readers = {
+        "MLP on z_what": (lambda: feature_classifier(what.shape[1], 10), what_n, test_what_n),
+        "linear on z_what": (lambda: nn.Linear(what.shape[1], 10), what_n, test_what_n),
+        "CNN on the decoded z_what": (
+            lambda: GlimpseCNN(size, model.objects.decoder),
+            what,
+            test_what,
+        ),
+        "CNN on the attended glimpse (more than the latents)": (
+            lambda: GlimpseCNN(size),
+            glimpse,
+            test_glimpse,
+        ),
+    }
+    results: dict[str, dict[str, float]] = {}
+    for name, (make, train_inputs, test_inputs) in readers.items():
+        results[name] = {}
+        for n in args.labels:
+            torch.manual_seed(0)
+            reader = fit_classifier(make(), train_inputs[:n], labels[:n], args.steps, 0)
+            results[name][str(n)] = accuracy(reader, test_inputs, test_labels)
+            print(f"{name}, {n} digit labels: {100 * results[name][str(n)]:.2f}%", flush=True)
+    purity = {
+        str(k): kmeans_purity(what_n, labels, test_what_n, test_labels, k) for k in (10, 30, 100)
+    }
+    print("k-means purity on z_what (no labels):", purity)
+    summary = {
+        "benchmark": "downstream_ceiling",
+        "date": datetime.date.today().isoformat(),
+        "git_revision": git_revision(),
+        "model": args.model,
+        "model_git_revision": checkpoint.meta.get("git_revision"),
+        "test_objects": len(test_labels),
+        "classifier_steps": args.steps,
+        "digit_accuracy": results,
+        "kmeans_purity": purity,
+    }
+    Path(args.out).write_text(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
