@@ -184,7 +184,13 @@ def test_downstream_experiment_wiring(tmp_path, capsys):
     )
 
     settings = DownstreamSettings(
-        label_sizes=(10, 30), test_scenes=40, classifier_steps=3, vae_steps=3, repeats_below_1000=2
+        label_sizes=(10, 30),
+        test_scenes=40,
+        classifier_steps=3,
+        small_set_steps=3,
+        vae_steps=3,
+        repeats_below_1000=2,
+        posterior_draws=2,
     )
     out = tmp_path / "downstream"
     summary = run_downstream(out, model=tiny_air_run(tmp_path), progress=False, settings=settings)
@@ -340,8 +346,8 @@ def test_object_readout_computes_sum_and_order_from_digit_distributions():
     features = object_features(scenes)
     answers = {}
     for task in ("sum", "ascending"):
-        readout = ObjectDigitReadout(3, torch.zeros(10), torch.ones(10), task)
-        readout.digit = torch.nn.Identity()  # z_what is already the digit's logits
+        # z_what is already the digit's logits
+        readout = ObjectDigitReadout(3, torch.nn.Identity(), task)
         log_p = readout(features)
         assert log_p.shape == (len(scenes), 19 if task == "sum" else 2)
         assert torch.allclose(log_p.exp().sum(-1), torch.ones(len(scenes)), atol=1e-4)
@@ -351,7 +357,13 @@ def test_object_readout_computes_sum_and_order_from_digit_distributions():
 
 
 def test_object_readout_learns_digits_from_sums_alone():
-    from airscene.experiments.baselines import ObjectDigitReadout, accuracy, fit_classifier
+    from airscene.experiments.baselines import (
+        ObjectDigitReadout,
+        Standardised,
+        accuracy,
+        fit_classifier,
+    )
+    from airscene.networks import mlp
 
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(10, 8, generator=g) * 2
@@ -360,6 +372,27 @@ def test_object_readout_learns_digits_from_sums_alone():
     features[:, :2, 0] = 1.0
     features[:, :2, 4:] = centres[digits] + 0.3 * torch.randn(600, 2, 8, generator=g)
     sums = digits.sum(1)
-    readout = ObjectDigitReadout(3, torch.zeros(8), torch.ones(8), "sum", hidden=32)
+    digit = Standardised(mlp([8, 32, 10]), torch.zeros(8), torch.ones(8))
+    readout = ObjectDigitReadout(3, digit, "sum")
     fit_classifier(readout, features.flatten(1)[:500], sums[:500], steps=600, seed=0)
     assert accuracy(readout, features.flatten(1)[500:], sums[500:]) > 0.9
+
+
+def test_decoded_glimpse_reader_keeps_the_decoder_frozen():
+    # The object readout's digit head draws z_what with AIR's decoder: training the head must
+    # leave that decoder (and the model it came from) exactly as it was.
+    from airscene.experiments.baselines import DecodedGlimpseCNN, fit_classifier
+    from airscene.networks import GlimpseDecoder
+
+    torch.manual_seed(0)
+    decoder = GlimpseDecoder(z_what_dim=6, hidden=16, glimpse_size=8, output_bias=-2.0)
+    before = {k: v.clone() for k, v in decoder.state_dict().items()}
+    head = DecodedGlimpseCNN(decoder, glimpse_size=8, classes=3)
+    frozen = {k: v.clone() for k, v in head.decoder.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    z_what, labels = torch.randn(100, 6, generator=g), torch.randint(0, 3, (100,), generator=g)
+    fit_classifier(head, z_what, labels, steps=20, seed=0)
+    assert head(z_what).shape == (100, 3)
+    assert all(torch.equal(before[k], v) for k, v in decoder.state_dict().items())
+    assert all(torch.equal(frozen[k], v) for k, v in head.decoder.state_dict().items())
+    assert not head.decoder.training

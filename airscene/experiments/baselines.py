@@ -7,6 +7,8 @@ and have no knowledge of objects.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -128,39 +130,77 @@ def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, chunk
     return hits / len(inputs)
 
 
+class Standardised(nn.Module):
+    """``net`` on its input standardised by fixed statistics (of the unlabelled pool)."""
+
+    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.net((inputs - self.mean) / self.std)
+
+
+class DecodedGlimpseCNN(nn.Module):
+    """Digit logits of z_what read as the glimpse the generative model draws from it: the frozen
+    ``decoder`` (z_what -> (G, G), a copy of AIR's, never trained here) followed by a small CNN.
+    Still a function of the latents alone; the decoder gives the reader the image structure a
+    vector reader has to learn from labels (translation, strokes)."""
+
+    def __init__(self, decoder: nn.Module, glimpse_size: int, classes: int = 10) -> None:
+        super().__init__()
+        self.decoder = copy.deepcopy(decoder).requires_grad_(False).eval()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        self.head = mlp([32 * (glimpse_size // 4) ** 2, 128, classes])
+
+    def train(self, mode: bool = True) -> DecodedGlimpseCNN:
+        super().train(mode)
+        self.decoder.eval()  # frozen: part of AIR, not of the reader
+        return self
+
+    def forward(self, z_what: torch.Tensor) -> torch.Tensor:
+        """(M, D) -> (M, classes)."""
+        with torch.no_grad():
+            glimpse = self.decoder(z_what)  # (M, G, G)
+        return self.head(self.features(glimpse.unsqueeze(1)))
+
+
 class ObjectDigitReadout(nn.Module):
-    """A readout that uses AIR's structure: one shared MLP maps each present object's z_what to a
-    distribution over the 10 digit classes, and the task's answer follows from those exactly -
-    the sum's distribution by convolving the objects' distributions, 'ascending' by a pass left
-    to right. Trained on the task's labels alone (no digit labels).
+    """A readout that uses AIR's structure: one shared ``digit`` network maps each present
+    object's z_what (M, D) to logits over the 10 digit classes (M, 10), and the task's answer
+    follows from those exactly - the sum's distribution by convolving the objects'
+    distributions, 'ascending' by a pass left to right. Trained on the task's labels alone (no
+    digit labels).
 
     Reads ``ordered_object_latents`` flattened: N objects of [z_pres, z_where (3), z_what (D)],
     left to right, absent objects last. An absent object adds 0 to the sum and ends the order.
     """
 
-    def __init__(
-        self,
-        objects: int,
-        z_what_mean: torch.Tensor,
-        z_what_std: torch.Tensor,
-        task: str,
-        hidden: int = 128,
-        digits: int = 10,
-    ) -> None:
+    def __init__(self, objects: int, digit: nn.Module, task: str, digits: int = 10) -> None:
         super().__init__()
         if task not in ("sum", "ascending"):
             raise ValueError(f"unknown task {task!r}")
         self.objects, self.task, self.digits = objects, task, digits
-        self.register_buffer("z_what_mean", z_what_mean)
-        self.register_buffer("z_what_std", z_what_std)
-        self.digit = mlp([z_what_mean.numel(), hidden, digits])
+        self.digit = digit
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, N * (4 + D)) -> log-probabilities of the task's classes (B, C)."""
         per_object = features.view(features.shape[0], self.objects, -1)  # (B, N, 4 + D)
-        present = (per_object[..., 0] > 0).to(features.dtype).unsqueeze(-1)  # (B, N, 1)
-        z_what = (per_object[..., 4:] - self.z_what_mean) / self.z_what_std
-        digit = torch.softmax(self.digit(z_what), dim=-1)  # (B, N, 10)
+        is_present = per_object[..., 0] > 0  # (B, N)
+        present = is_present.to(features.dtype).unsqueeze(-1)  # (B, N, 1)
+        # Only present objects are read (absent ones are masked out below anyway).
+        digit = features.new_full((*is_present.shape, self.digits), 1.0 / self.digits)
+        digit[is_present] = torch.softmax(self.digit(per_object[..., 4:][is_present]), dim=-1)
         if self.task == "sum":
             zero = F.one_hot(torch.zeros((), dtype=torch.long), self.digits).to(digit)
             digit = present * digit + (1 - present) * zero  # an absent object adds 0
