@@ -283,13 +283,11 @@ class ModelConfig:
         "paper); --no-dair-memory starts every step afresh from the residual alone, so that no "
         "step can tell how many objects came before it",
     )
-    presence_from: Literal["state", "residual", "peak"] = param(
+    presence_from: Literal["state", "residual"] = param(
         "state",
-        "what decides each step's z_pres: the LSTM state (the paper); with DAIR, the residual "
-        "alone through the step's image projection (residual), so that going on cannot depend "
-        "on how many objects came before; or the residual's strongest local evidence of "
-        "unexplained ink (peak: a small CNN with a maximum over positions), so that the faint "
-        "remnants of many explained objects do not add up to another object",
+        "what decides each step's z_pres: the LSTM state (the paper), or with DAIR the residual "
+        "alone (through the step's image projection), so that going on cannot depend on how many "
+        "objects came before: a count never seen in training is found as one that was",
     )
     lstm_size: int = param(256, "units of the inference network's LSTM")
     predictor_hidden: int = param(
@@ -322,14 +320,13 @@ class ModelConfig:
             self.likelihood in ("normal", "bernoulli"), f"unknown likelihood {self.likelihood!r}"
         )
         _check(
-            self.presence_from in ("state", "residual", "peak"),
+            self.presence_from in ("state", "residual"),
             f"unknown presence_from {self.presence_from!r}",
         )
         _check(self.dair_memory or self.dair, "--no-dair-memory needs DAIR")
         _check(
             self.presence_from == "state" or self.dair,
-            f"presence_from {self.presence_from} needs DAIR (plain AIR sees the same image at "
-            "every step)",
+            "presence_from residual needs DAIR (plain AIR sees the same image at every step)",
         )
         _check(
             self.likelihood_sigma > 0, f"likelihood_sigma must be > 0, got {self.likelihood_sigma}"

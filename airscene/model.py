@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from airscene.config import ModelConfig
 from airscene.densities import bernoulli_log_prob, normal_log_prob
-from airscene.networks import PeakPresenceHead, PresenceHead, RecurrentCore, StepPredictor
+from airscene.networks import PresenceHead, RecurrentCore, StepPredictor
 from airscene.objects import ObjectModel, ObjectStep, build_objects
 from airscene.rows import ActiveRows, Packed, StepNoise
 
@@ -156,8 +156,6 @@ class AIR(nn.Module):
         )
         if config.presence_from == "residual":
             self.presence = PresenceHead(4 * config.lstm_size, config.predictor_hidden)
-        elif config.presence_from == "peak":
-            self.presence = PeakPresenceHead()
 
     # -- generative model -------------------------------------------------------------------
 
@@ -269,8 +267,6 @@ class AIR(nn.Module):
         z_pres_logit, object_params = self.predictor(state[0])
         if self.config.presence_from == "residual":
             z_pres_logit = self.presence(image_gates)
-        elif self.config.presence_from == "peak":
-            z_pres_logit = self.presence(seen)
         z_pres_prob = torch.sigmoid(z_pres_logit)
         if noise is None:
             z_pres = (z_pres_prob >= 0.5).to(z_pres_prob.dtype)

@@ -196,35 +196,6 @@ class PresenceHead(nn.Module):
         return self.net(image_gates)[:, 0]
 
 
-class PeakPresenceHead(nn.Module):
-    """What a DAIR step sees, the residual (B, H, W) -> the step's z_pres logit (B,): a small
-    CNN's local evidence of unexplained ink, taken where it is strongest (a global max over
-    positions). A linear read of the residual sums the faint remnants every explained object
-    leaves behind, so after more objects than training ever showed they add up to "another
-    object"; a maximum does not add them."""
-
-    def __init__(self, channels: int = 16) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(1, channels // 2, 5, stride=2, padding=2),
-            nn.ReLU(),
-            nn.Conv2d(channels // 2, channels, 5, stride=2, padding=2),
-            nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1),
-            nn.AdaptiveMaxPool2d(1),
-            nn.Flatten(),
-            nn.Linear(channels, 1),
-        )
-        last = self.net[-1]
-        nn.init.normal_(last.weight, 0.0, 0.01)  # start with objects likely present, as the
-        with torch.no_grad():  # predictor does
-            last.bias[0] = 2.0
-
-    def forward(self, seen: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) -> z_pres logit (B,)."""
-        return self.net(seen.unsqueeze(1))[:, 0]
-
-
 class GlimpseEncoder(nn.Module):
     """Glimpse (B, G*G) -> the Normal posterior over z_what (loc, scale)."""
 

@@ -114,8 +114,6 @@ def infer(
         z_pres_logit, params = model.predictor(state[0])
         if config.presence_from == "residual":
             z_pres_logit = model.presence(gates)
-        elif config.presence_from == "peak":
-            z_pres_logit = model.presence(seen)
         noise = StepNoise(generator, batch, x) if sample else None
         z_pres_prob = torch.sigmoid(z_pres_logit)
         if noise is None:

@@ -51,8 +51,6 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "model": {"presence_from": "residual"},
     },
     "presence-residual": {"model": {"presence_from": "residual"}},
-    # On the experiment's recipe as it is now (smaller digits; DAIR without memory):
-    "peak": {"model": {"presence_from": "peak"}},
     "presence-residual-overlap": {
         "model": {"presence_from": "residual"},
         "data": {"overlap": True},

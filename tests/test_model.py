@@ -122,7 +122,7 @@ def test_dair_presence_from_the_residual_ignores_the_recurrent_state():
     # presence_from residual: a step's z_pres probability is a function of what it sees alone,
     # so it cannot count the objects before it; the object's posterior still reads the state.
     x = images(8)
-    for presence_from, state_matters in (("state", True), ("residual", False), ("peak", False)):
+    for presence_from, state_matters in (("state", True), ("residual", False)):
         model = small_model(dair=True, presence_from=presence_from)
         gates = model.core.project_image(x.flatten(1))
         previous = torch.zeros(8, model.latent_dim)
@@ -136,31 +136,6 @@ def test_dair_presence_from_the_residual_ignores_the_recurrent_state():
         )
     with pytest.raises(ValueError, match="needs DAIR"):
         model_config(dair=False, presence_from="residual")
-    with pytest.raises(ValueError, match="needs DAIR"):
-        model_config(dair=False, presence_from="peak")
-
-
-def test_peak_presence_does_not_add_up_remnants():
-    # presence_from peak reads the residual's strongest local evidence: however many faint
-    # remnants lie apart in the residual, no channel's evidence exceeds the strongest of theirs
-    # alone (a linear read of the residual, presence_from residual, adds them up).
-    from airscene.networks import PeakPresenceHead
-
-    torch.manual_seed(0)
-    head = PeakPresenceHead()
-    features = head.net[:-1]  # everything before the last linear map: (B, channels)
-    corners = [(slice(2, 9), slice(2, 6)), (slice(40, 47), slice(43, 47)),
-               (slice(3, 10), slice(41, 45)), (slice(41, 48), slice(3, 7))]  # fmt: skip
-    remnants = torch.zeros(len(corners) + 1, 50, 50)
-    for i, (rows, columns) in enumerate(corners):  # beyond one another's reach (21 px)
-        remnants[i, rows, columns] = 0.1 + 0.05 * i
-    remnants[-1] = remnants[:-1].sum(0)
-    pooled = features(remnants.unsqueeze(1))
-    strongest_alone = pooled[:-1].amax(0)
-    assert (pooled[-1] <= strongest_alone + 1e-6).all()
-    blank = features(torch.zeros(1, 1, 50, 50))[0]
-    added_up = blank + (pooled[:-1] - blank).sum(0)
-    assert (added_up > strongest_alone + 1e-3).any()  # what adding up would have given
 
 
 def test_dair_without_memory_steps_see_the_residual_alone():
