@@ -51,6 +51,10 @@ VARIANTS: dict[str, dict[str, dict]] = {
         "model": {"presence_from": "residual"},
     },
     "presence-residual": {"model": {"presence_from": "residual"}},
+    # On the experiment's recipe (smaller digits; DAIR without memory): one step more than the
+    # largest training count, so that stopping after the last object is trained for every count
+    # (with {0, 1, 3} and N = 3 no step ever decides after a third object).
+    "steps-max-plus-one": {"model": {"max_steps": 4}},
     "presence-residual-overlap": {
         "model": {"presence_from": "residual"},
         "data": {"overlap": True},

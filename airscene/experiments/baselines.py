@@ -1,8 +1,9 @@
 """The comparison models of the downstream experiment: an unstructured VAE of the whole image,
-a CNN on raw pixels, and the small classifier that reads a frozen representation.
+a CNN on raw pixels, and the small classifier that reads a frozen representation; and the
+readers of AIR's objects (``ObjectDigitReadout`` and its digit networks).
 
-Plain supervised and unsupervised learners, kept apart from AIR: they share no code with it
-and have no knowledge of objects.
+Plain supervised and unsupervised learners, kept apart from AIR: they import nothing of it (the
+object readout is handed AIR's decoder, a frozen module, by the experiment).
 """
 
 from __future__ import annotations
