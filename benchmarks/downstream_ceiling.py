@@ -31,36 +31,17 @@ from airscene.checkpoint import load_model
 from airscene.config import DataConfig
 from airscene.data.scenes import load_scenes
 from airscene.data.training import images_to_tensor
-from airscene.experiments.baselines import accuracy, feature_classifier, fit_classifier
-from airscene.networks import mlp
+from airscene.experiments.baselines import (
+    DecodedGlimpseCNN,
+    GlimpseCNN,
+    accuracy,
+    feature_classifier,
+    fit_classifier,
+)
 from airscene.provenance import git_revision
 from airscene.spatial import read_glimpse
 
 HERE = Path(__file__).resolve().parent
-
-
-class GlimpseCNN(nn.Module):
-    """Two convolutions and an MLP on a (G, G) glimpse; ``draw`` makes the glimpse first."""
-
-    def __init__(self, glimpse_size: int, draw=None) -> None:
-        super().__init__()
-        self.draw = draw
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-        )
-        self.head = mlp([32 * (glimpse_size // 4) ** 2, 128, 10])
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.draw is not None:
-            with torch.no_grad():
-                inputs = self.draw(inputs)
-        return self.head(self.features(inputs.unsqueeze(1)))
 
 
 @torch.no_grad()
@@ -113,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "MLP on z_what": (lambda: feature_classifier(what.shape[1], 10), what_n, test_what_n),
         "linear on z_what": (lambda: nn.Linear(what.shape[1], 10), what_n, test_what_n),
         "CNN on the decoded z_what": (
-            lambda: GlimpseCNN(size, model.objects.decoder),
+            lambda: DecodedGlimpseCNN(model.objects.decoder, size),
             what,
             test_what,
         ),

@@ -131,28 +131,11 @@ def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, chunk
     return hits / len(inputs)
 
 
-class Standardised(nn.Module):
-    """``net`` on its input standardised by fixed statistics (of the unlabelled pool)."""
+class GlimpseCNN(nn.Module):
+    """Digit logits of a glimpse (M, G, G): two convolutions and an MLP."""
 
-    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def __init__(self, glimpse_size: int, classes: int = 10) -> None:
         super().__init__()
-        self.net = net
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.net((inputs - self.mean) / self.std)
-
-
-class DecodedGlimpseCNN(nn.Module):
-    """Digit logits of z_what read as the glimpse the generative model draws from it: the frozen
-    ``decoder`` (z_what -> (G, G), a copy of AIR's, never trained here) followed by a small CNN.
-    Still a function of the latents alone; the decoder gives the reader the image structure a
-    vector reader has to learn from labels (translation, strokes)."""
-
-    def __init__(self, decoder: nn.Module, glimpse_size: int, classes: int = 10) -> None:
-        super().__init__()
-        self.decoder = copy.deepcopy(decoder).requires_grad_(False).eval()
         self.features = nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1),
             nn.ReLU(),
@@ -164,6 +147,21 @@ class DecodedGlimpseCNN(nn.Module):
         )
         self.head = mlp([32 * (glimpse_size // 4) ** 2, 128, classes])
 
+    def forward(self, glimpse: torch.Tensor) -> torch.Tensor:
+        """(M, G, G) -> (M, classes)."""
+        return self.head(self.features(glimpse.unsqueeze(1)))
+
+
+class DecodedGlimpseCNN(GlimpseCNN):
+    """Digit logits of z_what read as the glimpse the generative model draws from it: the frozen
+    ``decoder`` (z_what -> (G, G), a copy of AIR's, never trained here) followed by a
+    ``GlimpseCNN``. Still a function of the latents alone; the decoder gives the reader the image
+    structure a vector reader has to learn from labels (translation, strokes)."""
+
+    def __init__(self, decoder: nn.Module, glimpse_size: int, classes: int = 10) -> None:
+        super().__init__(glimpse_size, classes)
+        self.decoder = copy.deepcopy(decoder).requires_grad_(False).eval()
+
     def train(self, mode: bool = True) -> DecodedGlimpseCNN:
         super().train(mode)
         self.decoder.eval()  # frozen: part of AIR, not of the reader
@@ -173,7 +171,7 @@ class DecodedGlimpseCNN(nn.Module):
         """(M, D) -> (M, classes)."""
         with torch.no_grad():
             glimpse = self.decoder(z_what)  # (M, G, G)
-        return self.head(self.features(glimpse.unsqueeze(1)))
+        return super().forward(glimpse)
 
 
 class ObjectDigitReadout(nn.Module):
