@@ -591,6 +591,17 @@ def _experiment_generalisation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_scenes3d(args: argparse.Namespace) -> int:
+    from airscene.experiments.scenes3d import result_line, run_scenes3d
+
+    out = _experiment_out(args)
+    summary = run_scenes3d(out, quick=args.quick, seed=args.seed)
+    for name, result in summary["results"].items():
+        print(result_line(name, result["held_out"]))
+    print(f"wrote {out / 'report.md'}")
+    return 0
+
+
 def _experiment_out(args: argparse.Namespace) -> Path:
     return Path(args.out or f"results/{args.experiment}")
 
@@ -839,11 +850,17 @@ def _add_experiment_parser(verbs) -> None:
         "count": names.add_parser(
             "count", help="count accuracy against steps and wall time for AIR and DAIR"
         ),
+        "scenes3d": names.add_parser(
+            "scenes3d",
+            help="AIR over the fixed 3D renderer (pose gradients by autograd and by finite "
+            "differences) against a supervised CNN: count, shape, position and rotation",
+        ),
     }
     quick = {
         "generalisation": "2,000 steps and 1,000 test scenes per model",
         "downstream": "up to 1,000 labels",
         "count": "1,500 steps",
+        "scenes3d": "AIR 1,000 steps, its finite-difference twin 300, the CNN 1,000",
     }
     for name, parser in parsers.items():
         parser.add_argument(
@@ -887,6 +904,7 @@ def _add_experiment_parser(verbs) -> None:
         "instead of training",
     )
     parsers["count"].set_defaults(handler=_experiment_count)
+    parsers["scenes3d"].set_defaults(handler=_experiment_scenes3d)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -245,6 +245,19 @@ class RenderedConfig:
     finite_difference_step: float = param(
         0.005, "the finite differences' step in world units and radians"
     )
+    shape_gradient: Literal["enumerate", "likelihood-ratio"] = param(
+        "enumerate",
+        "how q(shape) learns: enumerate (each object re-rendered as every shape in its place, the "
+        "rest of the scene as drawn, and q's gradient is the exact expectation over the shapes: "
+        "a local expectation gradient), or likelihood-ratio (the sampled shape's REINFORCE term "
+        "with z_pres's NVIL baseline)",
+    )
+    apart_prior_strength: float = param(
+        100.0,
+        "nats a present object loses for each earlier object it sits on, times (1 - d / d_min)^2 "
+        "for centres d apart (d_min: the scenes' smallest centre distance): the scenes' objects "
+        "never intersect, so neither may the model's; 0 turns it off",
+    )
 
     def __post_init__(self) -> None:
         _check(self.kind == "render3d", f"RenderedConfig is kind 'render3d', got {self.kind!r}")
@@ -258,6 +271,11 @@ class RenderedConfig:
             f"unknown pose_gradient {self.pose_gradient!r}",
         )
         _check(self.finite_difference_step > 0, "finite_difference_step must be > 0")
+        _check(
+            self.shape_gradient in ("enumerate", "likelihood-ratio"),
+            f"unknown shape_gradient {self.shape_gradient!r}",
+        )
+        _check(self.apart_prior_strength >= 0, "apart_prior_strength must be >= 0")
 
 
 # The object models a ModelConfig can hold, by their ``kind``. A new object model adds its
@@ -477,7 +495,7 @@ def scenes3d_run() -> RunConfig:
             steps=2_500,
             likelihood_blur_start=10.0,
             likelihood_blur_steps=2_000,
-            eval_every=500,
+            eval_every=250,
             checkpoint_every=500,
         ),
     )

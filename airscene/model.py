@@ -31,7 +31,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from airscene.config import ModelConfig
 from airscene.densities import bernoulli_log_prob, normal_log_prob
@@ -41,6 +40,15 @@ from airscene.rows import ActiveRows, Packed, StepNoise
 
 # ---------------------------------------------------------------------------------------------
 # What inference and sampling return
+
+
+@dataclass
+class EnumeratedChoices:
+    """One discrete latent of every present object, enumerated over its S values, each with the
+    rest of the sample as drawn (``ObjectModel.discrete_choices``); zero where no object."""
+
+    logits: torch.Tensor  # (B, N, S) q's logits (with their gradient path)
+    log_joint: torch.Tensor  # (B, N, S) detached: log p(x | z with the value) + log p(value)
 
 
 @dataclass
@@ -66,6 +74,7 @@ class Inference:
     # None where the object model has no discrete latents
     log_likelihood: torch.Tensor  # (B,) log p(x | z)
     canvas: torch.Tensor  # (B, H, W) the reconstruction: the present objects painted
+    choices: EnumeratedChoices | None = None  # where asked for and the object model has them
 
     @property
     def z_where(self) -> torch.Tensor:
@@ -296,13 +305,16 @@ class AIR(nn.Module):
         sample: bool = True,
         z_pres_prior: float | torch.Tensor | None = None,
         likelihood_blur: float = 0.0,
+        enumerate_discrete: bool = False,
     ) -> Inference:
         """Infer the objects in ``x`` (B, H, W) and score them under p and q.
 
         ``sample=False`` takes the mode of every step instead of a draw (z_pres = [p >= 0.5],
         the object's latents at their posterior means): the deterministic answer for counting.
         ``z_pres_prior`` overrides rho (it may be annealed during training);
-        ``likelihood_blur`` scores blurred images (``log_likelihood``).
+        ``likelihood_blur`` scores blurred images (``log_likelihood``);
+        ``enumerate_discrete`` also scores every value of each present object's enumerable
+        discrete latent (``Inference.choices``, for the objective's local expectation).
         """
         config = self.config
         rho = torch.as_tensor(
@@ -349,7 +361,36 @@ class AIR(nn.Module):
         if not config.dair:
             canvas = self._paint_present(canvas, packed)
         image = self.objects.canvas_image(canvas)
-        return self._inference(x, image, packed.scatter(), likelihood_blur)
+        inference = self._inference(x, image, packed.scatter(), likelihood_blur)
+        if enumerate_discrete:
+            inference.choices = self._enumerate(x, canvas, inference, likelihood_blur)
+        return inference
+
+    def _enumerate(
+        self, x: torch.Tensor, canvas: torch.Tensor, inference: Inference, blur: float
+    ) -> EnumeratedChoices | None:
+        """``Inference.choices``: each present object's discrete latent at every value. Where
+        the object model scores a window, log p(x | z) of the pixels outside it is the same for
+        every value, so it is left out: it shifts each object's values by one constant."""
+        image, step = inference.z_pres.nonzero(as_tuple=True)
+        choices = self.objects.discrete_choices(canvas, inference.objects, image, step)
+        if choices is None:
+            return None
+        m, values = choices.logits.shape
+        with torch.no_grad():
+            scenes = choices.images.flatten(0, 1)
+            data = x[image]
+            if choices.window is not None:  # the values' images differ only there
+                data = data.flatten(1).gather(1, choices.window).view(-1, *scenes.shape[1:])
+            data = data.repeat_interleave(values, dim=0)
+            log_joint = self.log_likelihood(data, scenes, blur).view(m, values)
+            log_joint = log_joint + choices.log_prior
+        where = (image, step)
+        shape = (*inference.z_pres.shape, values)
+        return EnumeratedChoices(
+            logits=choices.logits.new_zeros(shape).index_put(where, choices.logits),
+            log_joint=log_joint.new_zeros(shape).index_put(where, log_joint),
+        )
 
     def _inference(
         self,
@@ -363,6 +404,10 @@ class AIR(nn.Module):
         objects = {
             name[len(_OBJECT) :]: value for name, value in every.items() if name.startswith(_OBJECT)
         }
+        log_p_object = every["log_p_object"]
+        together = self.objects.scene_log_prior(objects, every["z_pres"].detach())
+        if together is not None:
+            log_p_object = log_p_object + together
         return Inference(
             z_pres=every["z_pres"].detach(),  # a discrete draw: no gradient path
             z_pres_prob=every["z_pres_prob"],
@@ -371,7 +416,7 @@ class AIR(nn.Module):
             log_q_z_pres=every["log_q_z_pres"],
             log_p_z_pres=every["log_p_z_pres"],
             log_q_object=every["log_q_object"],
-            log_p_object=every["log_p_object"],
+            log_p_object=log_p_object,
             log_q_discrete=every.get("log_q_discrete"),
             log_likelihood=self.log_likelihood(x, image, likelihood_blur),
             canvas=image,
@@ -412,14 +457,25 @@ def _append(record: dict[str, list[torch.Tensor]], step: Step) -> None:
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``images`` (B, H, W) blurred by a Gaussian of ``sigma`` pixels (edges replicated)."""
+    """``images`` (B, H, W) blurred by a Gaussian of ``sigma`` pixels (truncated at 3 sigma,
+    edges replicated): separable, so it is G_H @ image @ G_W^T with one small matrix per axis
+    (a wide kernel costs no more than a narrow one, unlike a convolution)."""
+    height, width = images.shape[-2:]
+    rows = _blur_matrix(height, sigma, images.dtype, images.device)
+    columns = rows if width == height else _blur_matrix(width, sigma, images.dtype, images.device)
+    return rows @ images @ columns.T
+
+
+def _blur_matrix(size: int, sigma: float, dtype: torch.dtype, device: torch.device):
+    """(size, size): row i holds the Gaussian's weights of the pixels that blur into pixel i,
+    the taps that fall off the edge added to the edge pixel (replicate padding)."""
     radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    offsets = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = kernel / kernel.sum()
-    out = F.pad(images.unsqueeze(1), (radius, radius, radius, radius), mode="replicate")
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1))  # along rows
-    return F.conv2d(out, kernel.view(1, 1, -1, 1)).squeeze(1)  # along columns
+    source = (torch.arange(size, device=device).unsqueeze(1) + offsets.long()).clamp(0, size - 1)
+    matrix = torch.zeros(size, size, dtype=dtype, device=device)
+    return matrix.scatter_add_(1, source, kernel.expand(size, -1).contiguous())
 
 
 def build_model(config: ModelConfig) -> AIR:

@@ -41,6 +41,17 @@ class ObjectStep:
     # step) for an object model that has none
 
 
+@dataclass
+class DiscreteChoices:
+    """Every value of one discrete latent of M present objects, each as the scene it makes."""
+
+    images: torch.Tensor  # (M, S, h, w) the scene's mean image with the object's latent = s,
+    # in a window of h x w pixels (the whole image, or where the values' images differ)
+    window: torch.Tensor | None  # (M, h * w) the window's flat pixel indices; None: whole image
+    logits: torch.Tensor  # (M, S) q's logits over the S values (with their gradient path)
+    log_prior: torch.Tensor  # (M, S) log p of each value
+
+
 class ObjectModel(nn.Module):
     """The interface between the recurrent loop (``airscene.model.AIR``) and one kind of object.
 
@@ -91,6 +102,27 @@ class ObjectModel(nn.Module):
     def canvas_image(self, canvas: torch.Tensor) -> torch.Tensor:
         """The mean image (B, H, W) of a canvas: what p(x | z) scores."""
         return canvas
+
+    def scene_log_prior(
+        self, objects: dict[str, torch.Tensor], z_pres: torch.Tensor
+    ) -> torch.Tensor | None:
+        """A prior term on how the objects ``objects`` (B, N, ...) of each scene lie together,
+        per step (B, N), added to each present object's log p; None where objects are
+        independent a priori (the default)."""
+        return None
+
+    def discrete_choices(
+        self,
+        canvas: torch.Tensor,
+        objects: dict[str, torch.Tensor],
+        image: torch.Tensor,
+        step: torch.Tensor,
+    ) -> DiscreteChoices | None:
+        """For M present objects (``image``, ``step``) of a painted ``canvas``: the scene's mean
+        image with that object's discrete latent set to each of its S values, the rest of the
+        scene as drawn, so that its expectation under q can be taken exactly (a local expectation
+        gradient); None where the model has no enumerable discrete latent (the default)."""
+        return None
 
 
 class GlimpseObjects(ObjectModel):

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from airscene.config import RenderedConfig
 from airscene.densities import categorical_log_prob, normal_log_prob
 from airscene.networks import mlp
-from airscene.objects import ObjectModel, ObjectStep
-from airscene.render3d import SHAPES, Renderer, SceneSpace
+from airscene.objects import DiscreteChoices, ObjectModel, ObjectStep
+from airscene.render3d import SHAPES, WINDOW, Renderer, SceneSpace
 from airscene.rows import standard_normal, uniform
 from airscene.spatial import read_glimpse
 
@@ -57,7 +57,7 @@ class _FiniteDifferencePose(torch.autograd.Function):
     @staticmethod
     def forward(ctx, renderer, shape, position, rotation, step):
         with torch.no_grad():
-            out = torch.stack(renderer.objects(shape, position, rotation), dim=2)  # (M, 1, 3, P)
+            out = torch.stack(renderer.objects_in_windows(shape, position, rotation), dim=2)
         ctx.renderer, ctx.step = renderer, step
         ctx.save_for_backward(shape, position, rotation)
         return out
@@ -75,7 +75,8 @@ class _FiniteDifferencePose(torch.autograd.Function):
         moved = (pose.unsqueeze(0) + offsets[:, None, None, :]).reshape(6 * m, 1, 3)
         with torch.no_grad():
             out = torch.stack(
-                renderer.objects(shape.repeat(6, 1), moved[..., :2], moved[..., 2]), dim=2
+                renderer.objects_in_windows(shape.repeat(6, 1), moved[..., :2], moved[..., 2]),
+                dim=2,
             ).view(3, 2, m, 1, 3, -1)
         jacobian = (out[:, 0] - out[:, 1]) / (2 * h)  # (3 pose, M, 1, 3 outputs, P)
         per_pose = (jacobian * grad.unsqueeze(0)).sum(dim=(-1, -2))  # (3, M, 1)
@@ -128,8 +129,8 @@ class RenderedObjects(ObjectModel):
         logits, direction, turn_raw = self._encode(glimpse)
         shape = logits.argmax(-1) if noise is None else noise.categorical(logits)
         rows = torch.arange(len(shape), device=shape.device)
-        direction, turn_raw = direction[rows, shape], turn_raw[rows, shape]  # the drawn shape's
-        turn_loc = torch.atan2(direction[:, 1], direction[:, 0])
+        turn_locs = torch.atan2(direction[..., 1], direction[..., 0])  # (K, S) per shape
+        turn_loc, turn_raw = turn_locs[rows, shape], turn_raw[rows, shape]  # the drawn shape's
         turn_scale = config.turn_max_scale * torch.sigmoid(turn_raw) + 1e-4
         turn = turn_loc if noise is None else turn_loc + turn_scale * noise.normal(1).squeeze(1)
         prior_scale = position.new_tensor(config.position_prior_scale)
@@ -147,6 +148,7 @@ class RenderedObjects(ObjectModel):
                 "shape_logits": logits,
                 "turn": turn,
                 "turn_loc": turn_loc,
+                "turn_locs": turn_locs,
                 "turn_scale": turn_scale,
             },
             log_q=normal_log_prob(position, loc, scale).sum(-1)
@@ -207,7 +209,7 @@ class RenderedObjects(ObjectModel):
                 renderer, shape, position, rotation, self.config.finite_difference_step
             )
         else:
-            out = torch.stack(renderer.objects(shape, position, rotation), dim=2)
+            out = torch.stack(renderer.objects_in_windows(shape, position, rotation), dim=2)
         return out.squeeze(1)
 
     def draw(self, values):
@@ -233,3 +235,59 @@ class RenderedObjects(ObjectModel):
     def canvas_image(self, canvas):
         renderer = self.renderer(canvas.device)
         return renderer.composite(canvas[:, :, 0], canvas[:, :, 1], canvas[:, :, 2])
+
+    # -- what the objective needs beyond the per-object densities ---------------------------
+
+    def scene_log_prior(self, objects, z_pres):
+        """The scenes' objects never intersect: each present object loses
+        ``apart_prior_strength * (1 - d / d_min)^2`` nats for every earlier present object whose
+        centre is d < d_min away (d_min: ``SceneSpace.min_centre_distance``). Without it an
+        extra object can hide inside or behind a real one at no cost to the likelihood. The
+        term is unnormalised (a soft constraint), so the ELBO shifts by a constant."""
+        strength = self.config.apart_prior_strength
+        if strength == 0:
+            return None
+        position = objects["position"]  # (B, N, 2)
+        gap = position.unsqueeze(2) - position.unsqueeze(1)  # [b, i, j] = p_i - p_j
+        distance = (gap.square().sum(-1) + 1e-12).sqrt()  # finite gradient at d = 0
+        overlap = (1 - distance / self.space.min_centre_distance).clamp_min(0.0).square()
+        steps = z_pres.shape[1]
+        earlier = torch.ones(steps, steps, device=z_pres.device).tril(-1)  # [i, j]: j before i
+        pairs = z_pres.unsqueeze(2) * z_pres.unsqueeze(1) * earlier
+        return -strength * (overlap * pairs).sum(2)
+
+    def discrete_choices(self, canvas, objects, image, step):
+        """Each present object re-rendered as every shape, at its drawn position and at the
+        turn q's mean gives for that shape, into the scene as drawn (``shape_gradient``
+        enumerate), in the window around it where the shapes can differ."""
+        if self.config.shape_gradient != "enumerate":
+            return None
+        shapes, m, device = len(SHAPES), len(image), canvas.device
+        renderer = self.renderer(device)
+        with torch.no_grad():
+            position = objects["position"][image, step]  # (M, 2)
+            window = renderer.window(position)  # (M, Q)
+            shape = torch.arange(shapes, device=device).expand(m, shapes)
+            rotation = objects["turn_locs"][image, step] / self.order  # (M, S)
+            alone = renderer.objects(
+                shape,
+                position.unsqueeze(1).expand(m, shapes, 2),
+                rotation,
+                window.unsqueeze(1).expand(m, shapes, -1),
+            )
+            alone = torch.stack(alone, dim=2)  # (M, S, 3, Q)
+            slots = canvas[image, :, :3]  # (M, K, 3, P)
+            slots = slots.gather(3, window[:, None, None, :].expand(*slots.shape[:3], -1))
+            slots = slots.unsqueeze(1).repeat(1, shapes, 1, 1, 1)  # (M, S, K, 3, Q)
+            rows = torch.arange(m, device=device).unsqueeze(1)
+            slots[rows, torch.arange(shapes, device=device), step.unsqueeze(1)] = alone
+            slots = slots.flatten(0, 1)
+            images = renderer.composite_pixels(slots[:, :, 0], slots[:, :, 1], slots[:, :, 2])
+        logits = objects["shape_logits"][image, step]
+        side = WINDOW
+        return DiscreteChoices(
+            images=images.view(m, shapes, side, side),
+            window=window,
+            logits=logits,
+            log_prior=logits.new_full((m, shapes), -math.log(shapes)),
+        )

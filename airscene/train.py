@@ -266,6 +266,7 @@ class Trainer:
             generator=self.noise,
             z_pres_prior=rho,
             likelihood_blur=likelihood_blur_at(self.step, self.train_config),
+            enumerate_discrete=True,
         )
         baselines = self.step_baseline(
             x.flatten(1), inference.previous_latents().detach(), decided_steps(inference.z_pres)

@@ -1,7 +1,9 @@
 """The 3D renderer's speed: forward and forward + backward (gradients for position and rotation)
-for a batch of scenes of 3 objects, at 32x32 and 64x64, median over repeats; and, in the same
-run, a 3D training step (the scenes3d defaults, batch 64) beside rendering that step's share:
-the training scenes' own objects (1.5 per scene on average), forward + backward.
+for a batch of scenes of 3 objects, at 32x32 and 64x64, and at 64x64 as the model renders
+(each object's rays only in its window), median over repeats; and, in the same run, a 3D
+training step (the scenes3d defaults, batch 64) beside rendering that step's share: the
+training scenes' own objects (1.5 per scene on average) as the model renders them, forward +
+backward.
 
     python benchmarks/render3d_speed.py            # batch 64, this machine's CPU threads
 """
@@ -61,6 +63,20 @@ def main(argv: list[str] | None = None) -> int:
             "forward_backward_ms": median_ms(forward_backward, args.repeats),
         }
         print(f"{size}x{size}, batch {args.batch}, 3 objects: {results[f'{size}x{size}']}")
+
+    # What the model renders: each object's rays only in its window (Renderer.window).
+    def windowed(renderer=renderer):
+        return renderer.composite(*renderer.objects_in_windows(shape, position, rotation))
+
+    def windowed_forward():
+        with torch.no_grad():
+            windowed()
+
+    results["64x64 in windows"] = {
+        "forward_ms": median_ms(windowed_forward, args.repeats),
+        "forward_backward_ms": median_ms(lambda: windowed().sum().backward(), args.repeats),
+    }
+    print(f"64x64 in windows, batch {args.batch}, 3 objects: {results['64x64 in windows']}")
     results["training_step"] = training_step(args.batch, args.repeats)
     print(f"3D training step, batch {args.batch}: {results['training_step']}")
     summary = {

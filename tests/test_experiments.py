@@ -390,3 +390,94 @@ def test_decoded_glimpse_reader_keeps_the_decoder_frozen():
     assert all(torch.equal(before[k], v) for k, v in decoder.state_dict().items())
     assert all(torch.equal(frozen[k], v) for k, v in head.decoder.state_dict().items())
     assert not head.decoder.training
+
+
+def test_scenes3d_experiment_wiring(tmp_path, monkeypatch, capsys):
+    # Tiny runs: the plumbing (both pose gradients, the CNN, held-out scores, report, figure,
+    # JSON, reuse of finished runs), not the accuracies.
+    import json
+
+    from airscene.cli import main
+    from airscene.config import DataConfig, ModelConfig, RenderedConfig, RunConfig, TrainConfig
+    from airscene.experiments import scenes3d
+
+    def tiny_config(pose_gradient, steps, seed):
+        return RunConfig(
+            data=DataConfig(kind="scenes3d", canvas_size=64, counts=(0, 1, 2, 3), n_train=48,
+                            n_test=12),
+            model=ModelConfig(
+                canvas_size=64, max_steps=3, dair=True, lstm_size=16, predictor_hidden=16,
+                baseline_lstm_size=8, z_pres_prior=1e-3,
+                objects=RenderedConfig(encoder_hidden=16, pose_gradient=pose_gradient),
+            ),
+            train=TrainConfig(steps=steps, batch_size=8, eval_every=1, seed=seed,
+                              likelihood_blur_start=4.0, likelihood_blur_steps=1),
+        )  # fmt: skip
+
+    monkeypatch.setattr(scenes3d, "run_config", tiny_config)
+    monkeypatch.setattr(scenes3d, "QUICK_STEPS", {"autograd": 2, "finite-difference": 1, "cnn": 3})
+    trained = []
+    real_train = scenes3d.train
+    monkeypatch.setattr(
+        scenes3d, "train", lambda config, run_dir, **o: trained.append(run_dir) or real_train(
+            config, run_dir, **o)
+    )  # fmt: skip
+    out = tmp_path / "report"
+    assert main(["experiment", "scenes3d", "--quick", "--out", str(out)]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert set(summary["results"]) == {
+        "AIR (autograd)",
+        "AIR (finite-difference)",
+        "supervised CNN",
+    }
+    assert summary["held_out_scenes"] == 12
+    autograd = summary["results"]["AIR (autograd)"]
+    assert autograd["curve"][-1]["step"] == 2 and autograd["steps"] == 2
+    assert sum(map(sum, autograd["held_out"]["confusion"])) == 12
+    assert 0 <= summary["results"]["supervised CNN"]["held_out"]["count_accuracy"] <= 1
+    report = (out / "report.md").read_text()
+    assert "| supervised CNN | 3 |" in report and "targets first reached" in report
+    assert (out / "scenes3d.png").read_bytes()[:4] == b"\x89PNG"
+    printed = capsys.readouterr().out
+    assert "AIR (finite-difference): count" in printed and "wrote" in printed
+    assert len(trained) == 2
+    trained.clear()
+    assert main(["experiment", "scenes3d", "--quick", "--out", str(out)]) == 0
+    assert trained == []  # finished runs are reused
+
+
+def test_supervised_loss_takes_the_cheapest_assignment_of_objects_to_slots():
+    from airscene.experiments.supervised3d import supervised_loss
+
+    target = {
+        "count": torch.tensor([2]),
+        "shape": torch.tensor([[1, 2, -1]]),
+        "position": torch.tensor([[[0.5, 0.0], [-0.5, 0.2], [0.0, 0.0]]]),
+        "turn": torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]]),
+    }
+
+    def prediction(slot_of_object):
+        shape_logits = torch.full((1, 3, 3), -20.0)
+        position = torch.zeros(1, 3, 2)
+        turn = torch.zeros(1, 3, 3, 2)
+        turn[..., 0] = 1.0
+        presence = torch.full((1, 3), -20.0)
+        for j, slot in enumerate(slot_of_object):
+            shape_logits[0, slot, target["shape"][0, j]] = 20.0
+            position[0, slot] = target["position"][0, j]
+            turn[0, slot, target["shape"][0, j]] = target["turn"][0, j]
+            presence[0, slot] = 20.0
+        return {
+            "count_logits": torch.tensor([[-20.0, -20.0, 20.0, -20.0]]),
+            "presence_logit": presence,
+            "shape_logits": shape_logits,
+            "position": position,
+            "turn": turn,
+        }
+
+    # Right in any slots: no loss; the objects' positions swapped between two slots: a loss.
+    assert supervised_loss(prediction([2, 0]), target) < 1e-6
+    assert supervised_loss(prediction([0, 1]), target) < 1e-6
+    wrong = prediction([0, 1])
+    wrong["position"][0, [0, 1]] = wrong["position"][0, [1, 0]]
+    assert supervised_loss(wrong, target) > 1.0

@@ -148,15 +148,21 @@ def tiny_run(**objects_settings) -> RunConfig:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("method", ["autograd", "finite-difference"])
-def test_air_over_the_renderer_trains_and_its_shape_gets_the_likelihood_ratio_term(method):
+@pytest.mark.parametrize(
+    "method, shape_gradient",
+    [("autograd", "enumerate"), ("finite-difference", "likelihood-ratio")],
+)
+def test_air_over_the_renderer_trains_and_its_shape_gets_a_gradient(method, shape_gradient):
     scenes = make_scenes3d(32, "train", seed=0)
     images = torch.from_numpy(scenes.images)
-    trainer = Trainer(tiny_run(pose_gradient=method), torch.device("cpu"))
+    run = tiny_run(pose_gradient=method, shape_gradient=shape_gradient)
+    trainer = Trainer(run, torch.device("cpu"))
     x = images[:16].float() / 255
     inference, objective = trainer.objective(x, rho=1e-3)
     assert inference.log_q_discrete is not None
     assert bool(inference.log_q_discrete.ne(0).any())
+    # Enumerated, the shape is scored at every value; otherwise it gets the REINFORCE term.
+    assert (inference.choices is not None) == (shape_gradient == "enumerate")
     assert set(inference.objects) >= {"shape", "position", "turn"}
     encoder = trainer.model.objects.encoder[-1].weight
     (gradient,) = torch.autograd.grad(objective.loss, encoder)
@@ -193,6 +199,16 @@ def test_the_likelihood_blur_keeps_flat_images_and_shrinks_to_nothing():
     blurred = gaussian_blur(spot, 2.0)
     assert float(blurred.sum()) == pytest.approx(1.0, rel=1e-5)
     assert float(blurred[0, 15, 15]) < 0.1 and float(blurred[0, 15, 19]) > 0.0
+    # The same as the separable convolution with replicated edges, near an edge too.
+    images = torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(0))
+    radius = 9
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (taps / 3.0) ** 2)
+    kernel = kernel / kernel.sum()
+    padded = torch.nn.functional.pad(images.unsqueeze(1), (radius,) * 4, mode="replicate")
+    expected = torch.nn.functional.conv2d(padded, kernel.view(1, 1, 1, -1))
+    expected = torch.nn.functional.conv2d(expected, kernel.view(1, 1, -1, 1)).squeeze(1)
+    assert torch.allclose(gaussian_blur(images, 3.0), expected, atol=1e-5)
     schedule = TrainConfig(likelihood_blur_start=4.0, likelihood_blur_steps=100)
     assert [likelihood_blur_at(s, schedule) for s in (0, 50, 100, 200)] == [4.0, 2.0, 0.0, 0.0]
     assert likelihood_blur_at(0, TrainConfig()) == 0.0
@@ -272,3 +288,78 @@ def test_drawn_boxes_hold_each_inferred_object():
         assert 0 < x1 - x0 < 30 and 0 < y1 - y0 < 30
         assert int(ink.sum()) == int(ink[y0:y1, x0:x1].sum())  # every inked pixel inside
     assert boxes[1, 0] > boxes[0, 0] and boxes[1, 1] < boxes[0, 1]  # right, and farther (higher)
+
+
+def test_shape_choices_score_each_shape_as_the_whole_re_rendered_scene_would():
+    torch.manual_seed(0)
+    run = tiny_run()
+    model = build_model(run.model)
+    with torch.no_grad():
+        model.predictor.net[-1].bias[0] = 6.0  # every step finds an object
+    x = torch.from_numpy(make_scenes3d(4, "test", seed=2).images).float() / 255
+    inference = model(x, sample=False, enumerate_discrete=True)
+    assert inference.count.eq(3).all()
+    choices = inference.choices
+    values = inference.objects
+    renderer = Renderer()
+    shape, position = values["shape"].long(), values["position"]
+    rotation = model.objects.rotation(values)
+    for b in range(2):
+        for step in range(3):
+            full = []
+            for s in range(len(SHAPES)):
+                shapes, rotations = shape[b].clone(), rotation[b].clone()
+                shapes[step] = s
+                rotations[step] = values["turn_locs"][b, step, s] / model.objects.order[s]
+                image = renderer.render(shapes[None], position[b][None], rotations[None])
+                full.append(model.log_likelihood(x[b : b + 1], image)[0])
+            full = torch.stack(full)
+            window = choices.log_joint[b, step]
+            # The window leaves out pixels every shape leaves alike: one constant per object.
+            assert torch.allclose(window - window[0], full - full[0], atol=0.05)
+            assert torch.equal(choices.logits[b, step], values["shape_logits"][b, step])
+    # The drawn shape's choice is the inferred scene itself.
+    drawn = choices.log_joint.gather(2, shape.unsqueeze(2)).squeeze(2)
+    assert drawn.ne(0).all()
+
+
+def test_the_local_expectation_has_the_gradient_of_the_exact_expectation():
+    logits = torch.randn(2, 3, 3, requires_grad=True)
+    log_joint = torch.randn(2, 3, 3) * 20
+    z_pres = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    from airscene.model import EnumeratedChoices
+    from airscene.objective import local_expectation
+
+    surrogate = local_expectation(EnumeratedChoices(logits, log_joint), z_pres).sum()
+    (gradient,) = torch.autograd.grad(surrogate, logits)
+    log_q = torch.log_softmax(logits, -1)
+    exact = (z_pres * (log_q.exp() * (log_joint - log_q)).sum(-1)).sum()
+    (expected,) = torch.autograd.grad(exact, logits)
+    assert torch.allclose(gradient, expected, atol=1e-5)
+    assert gradient[0, 2].eq(0).all() and gradient[1, 1:].eq(0).all()  # absent objects
+    # Ascending it moves q towards the values' posterior, softmax(log_joint).
+    target = torch.softmax(log_joint[0, 0], -1)
+    step = torch.softmax(logits[0, 0] + 1e-3 * gradient[0, 0], -1)
+    before = torch.softmax(logits[0, 0], -1)
+    kl = lambda q: (q * (q.log() - target.log())).sum()  # noqa: E731
+    assert kl(step) < kl(before)
+
+
+def test_objects_that_sit_on_each_other_lose_prior_mass_and_apart_ones_do_not():
+    model = objects(apart_prior_strength=100.0)
+    d_min = model.space.min_centre_distance
+    position = torch.tensor(
+        [
+            [[0.0, 0.0], [0.0, 0.0], [d_min, 0.0]],  # 2 on 1; 3 just apart from both
+            [[0.0, 0.0], [0.5 * d_min, 0.0], [0.0, 0.0]],  # 2 half in; 3 on 1 but absent
+        ]
+    )
+    z_pres = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    prior = model.scene_log_prior({"position": position}, z_pres)
+    expected = torch.tensor([[0.0, -100.0, -100.0 * (1 - 1 / 1) ** 2], [0.0, -25.0, 0.0]])
+    assert torch.allclose(prior, expected, atol=1e-4)
+    assert objects(apart_prior_strength=0.0).scene_log_prior({"position": position}, z_pres) is None
+    position.requires_grad_(True)
+    model.scene_log_prior({"position": position}, z_pres).sum().backward()
+    assert torch.isfinite(position.grad).all()
+    assert position.grad[1, 1, 0] > 0  # the later object is pushed away from the first

@@ -232,3 +232,35 @@ def test_cli_render3d_bad_descriptions_are_one_line_errors(tmp_path, capsys, tex
     error = capsys.readouterr().err.strip()
     assert message in error and len(error.splitlines()) == 1, error
     assert not out.exists()  # nothing written
+
+
+def test_each_shape_anywhere_on_the_floor_lies_inside_its_window():
+    renderer = Renderer()
+    spots = [(-0.8, -0.8), (0.8, -0.8), (-0.8, 0.8), (0.8, 0.8), (0.0, 0.0), (0.8, 0.0)]
+    for shape in range(len(SHAPES)):
+        for x, y in spots:
+            for rotation in (0.0, 0.4, 0.8, 1.3):
+                coverage, _, _ = renderer.objects(
+                    torch.tensor([[shape]]), torch.tensor([[[x, y]]]), torch.tensor([[rotation]])
+                )
+                inked = set((coverage.view(-1) > 1e-5).nonzero().view(-1).tolist())
+                window = set(renderer.window(torch.tensor([[x, y]]))[0].tolist())
+                assert inked and inked <= window, (SHAPES[shape], x, y, rotation)
+
+
+def test_objects_rendered_in_their_windows_are_the_exact_render_and_its_gradients():
+    renderer = Renderer()
+    generator = torch.Generator().manual_seed(3)
+    shape = torch.randint(0, 3, (8, 3), generator=generator)
+    position = (torch.rand(8, 3, 2, generator=generator) * 1.6 - 0.8).requires_grad_()
+    rotation = (torch.rand(8, 3, generator=generator) * 6.3).requires_grad_()
+    exact = renderer.composite(*renderer.objects(shape, position, rotation))
+    windowed = renderer.composite(*renderer.objects_in_windows(shape, position, rotation))
+    assert (exact - windowed).abs().max() < 1e-4
+    target = torch.rand(8, 64, 64, generator=generator)
+    grads = [
+        torch.autograd.grad((image - target).square().sum(), (position, rotation))
+        for image in (exact, windowed)
+    ]
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-3)
