@@ -180,7 +180,8 @@ class RunCheckpoints:
             shutil.rmtree(old, ignore_errors=True)
 
 
-PRETRAINED = {"default": "air-multi-mnist"}  # names of the models shipped in airscene/pretrained
+# Names of the models shipped in airscene/pretrained: the 2D default and the 3D experiment's.
+PRETRAINED = {"default": "air-multi-mnist", "scenes3d": "air-scenes3d"}
 
 
 def pretrained_dir(name: str) -> Path:

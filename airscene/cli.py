@@ -806,7 +806,10 @@ def _add_infer_parser(verbs) -> None:
     )
     infer.add_argument("paths", nargs="+", help="image files, directories or glob patterns")
     infer.add_argument(
-        "--model", default="default", help="'default' (shipped), a checkpoint or a run directory"
+        "--model",
+        default="default",
+        help="'default' (the shipped 2D model), 'scenes3d' (the shipped 3D model), a checkpoint "
+        "or a run directory",
     )
     infer.add_argument("--out", default=None, help="write JSON Lines here instead of stdout")
     infer.add_argument(

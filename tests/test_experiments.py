@@ -428,15 +428,16 @@ def test_scenes3d_experiment_wiring(tmp_path, monkeypatch, capsys):
     assert set(summary["results"]) == {
         "AIR (autograd)",
         "AIR (finite-difference)",
-        "supervised CNN",
+        "supervised CNN (turn)",
+        "supervised CNN (raw angle)",
     }
     assert summary["held_out_scenes"] == 12
     autograd = summary["results"]["AIR (autograd)"]
     assert autograd["curve"][-1]["step"] == 2 and autograd["steps"] == 2
     assert sum(map(sum, autograd["held_out"]["confusion"])) == 12
-    assert 0 <= summary["results"]["supervised CNN"]["held_out"]["count_accuracy"] <= 1
+    assert 0 <= summary["results"]["supervised CNN (raw angle)"]["held_out"]["count_accuracy"] <= 1
     report = (out / "report.md").read_text()
-    assert "| supervised CNN | 3 |" in report and "targets first reached" in report
+    assert "| supervised CNN (turn) | 3 |" in report and "targets first reached" in report
     assert (out / "scenes3d.png").read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
     assert "AIR (finite-difference): count" in printed and "wrote" in printed
@@ -481,3 +482,21 @@ def test_supervised_loss_takes_the_cheapest_assignment_of_objects_to_slots():
     wrong = prediction([0, 1])
     wrong["position"][0, [0, 1]] = wrong["position"][0, [1, 0]]
     assert supervised_loss(wrong, target) > 1.0
+
+
+@pytest.mark.slow
+def test_scenes3d_quick_mode_under_ten_minutes(tmp_path):
+    import time
+
+    from airscene.experiments.scenes3d import run_scenes3d
+
+    started = time.perf_counter()
+    summary = run_scenes3d(tmp_path, quick=True, progress=False)
+    assert time.perf_counter() - started < 600
+    assert set(summary["results"]) == {
+        "AIR (autograd)",
+        "AIR (finite-difference)",
+        "supervised CNN (turn)",
+        "supervised CNN (raw angle)",
+    }
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "scenes3d.png").is_file()

@@ -5,7 +5,9 @@ From the same training scenes (0-3 objects on a floor, ``airscene.data.scenes3d`
 * AIR with the renderer as p(x | z), pose gradients by autograd through the renderer;
 * the same with the paper's estimator, central finite differences of the renderer;
 * a CNN regressing count, shape and pose from pixels with the ground truth
-  (``airscene.experiments.supervised3d``).
+  (``airscene.experiments.supervised3d``), once with the rotation as AIR infers it (the turn, in
+  units of the shape's symmetry) and once as the raw angle (as a regression that ignores the
+  symmetry would).
 
 All three are scored on the same held-out scenes by ``airscene.evaluate3d`` (count accuracy,
 shape accuracy, position error as a fraction of the floor's width, rotation error modulo
@@ -38,6 +40,8 @@ from airscene.train import train
 # (fraction of the floor's width) and rotation error (degrees; cube and cylinder) under.
 TARGETS = {"count": 0.95, "shape": 0.90, "position": 0.05, "rotation_deg": 10.0}
 GRADIENTS = ("autograd", "finite-difference")
+# The supervised CNNs, by how they regress the rotation (``supervised3d.train_supervised``).
+CNNS = {"supervised CNN (turn)": "turn", "supervised CNN (raw angle)": "angle"}
 # Training steps of each model: the two AIR runs (by their pose gradient) and the CNN.
 FULL_STEPS = {
     "autograd": scenes3d_run().train.steps,
@@ -135,7 +139,7 @@ def run_scenes3d(
                 progress=progress,
                 command=["airscene", "experiment", "scenes3d"] + (["--quick"] if quick else []),
             )
-        model, _ = load_model(run_dir)
+        model, checkpoint = load_model(run_dir)
         data = config.data
         test = load_scenes3d(data.n_test, "test", data.seed, data.counts)
         evaluation = evaluate_scenes3d(model, test, generator=torch.Generator().manual_seed(seed))
@@ -143,6 +147,7 @@ def run_scenes3d(
         reached = next((row for row in curve if meets_targets(row)), None)
         results[f"AIR ({gradient})"] = {
             "run": str(run_dir),
+            "git_revision": checkpoint.meta.get("git_revision"),  # the one it was trained at
             "steps": config.train.steps,
             "train_seconds": curve[-1]["train_seconds"] if curve else math.nan,
             "held_out": _summary(evaluation),
@@ -151,17 +156,19 @@ def run_scenes3d(
         }
         if gradient == "autograd":
             _figure(model, test, out / "scenes3d.png")
-    # The CNN learns from the AIR runs' training scenes, with their ground truth.
+    # The CNNs learn from the AIR runs' training scenes, with their ground truth.
     training = load_scenes3d(data.n_train, "train", data.seed, data.counts)
-    started = time.perf_counter()
-    cnn = train_supervised(training, steps["cnn"], seed=seed)
-    seconds = time.perf_counter() - started
-    scored = score_scenes3d(test, infer_supervised(cnn, test.images), max_steps=3)
-    results["supervised CNN"] = {
-        "steps": steps["cnn"],
-        "train_seconds": seconds,
-        "held_out": _summary(scored),
-    }
+    for name, rotation_target in CNNS.items():
+        started = time.perf_counter()
+        cnn = train_supervised(training, steps["cnn"], seed=seed, rotation_target=rotation_target)
+        seconds = time.perf_counter() - started
+        scored = score_scenes3d(test, infer_supervised(cnn, test.images), max_steps=3)
+        results[name] = {
+            "git_revision": git_revision(),
+            "steps": steps["cnn"],
+            "train_seconds": seconds,
+            "held_out": _summary(scored),
+        }
     summary = {
         "experiment": "scenes3d",
         "quick": quick,
@@ -216,7 +223,9 @@ def _report(summary: dict[str, Any]) -> str:
     lines = [
         "# 3D scenes: AIR inverting a fixed renderer, against a supervised CNN",
         "",
-        f"Revision {summary['git_revision']}, seed {summary['seed']}"
+        f"Revision {summary['git_revision']} (each AIR run: the revision it was trained at, "
+        "in results.json), seed "
+        f"{summary['seed']}"
         + (", --quick" if summary["quick"] else "")
         + f"; {summary['held_out_scenes']:,} held-out scenes of 0-3 objects. Position error is a "
         "fraction of the floor's width; rotation error is modulo each shape's symmetry, over "

@@ -5,7 +5,8 @@ One forward pass predicts the count (a categorical over 0..N) and N object slots
 a position on the floor and, per shape, the turn (``turn = order * rotation``, the rotation in
 units of the shape's symmetry, as AIR's objects infer it; a direction (cos, sin) on the circle),
 so the baseline gets the same parametrisation of rotation as AIR, not a raw angle that a
-symmetric shape makes multi-modal. The slots have no fixed order: each scene's loss is that of
+symmetric shape makes multi-modal; or, to measure what that costs, the raw angle
+(``rotation_target`` angle: a cube at 10 degrees must be told from one at 100, which look alike). The slots have no fixed order: each scene's loss is that of
 the assignment of true objects to slots that costs least (all N! of them are tried; N = 3).
 At test time the first ``count`` slots, by the slot's presence logit, are the objects.
 """
@@ -25,7 +26,11 @@ from airscene.evaluate3d import Inferred3D
 from airscene.render3d import SHAPES, SceneSpace
 
 
-def _symmetry_order(space: SceneSpace) -> torch.Tensor:
+def _symmetry_order(space: SceneSpace, rotation_target: str = "turn") -> torch.Tensor:
+    """Per shape, what the rotation is multiplied by to make the regression target: the
+    symmetry order for ``turn``, 1 for ``angle`` (the rotation itself)."""
+    if rotation_target == "angle":
+        return torch.ones(len(SHAPES))
     return torch.tensor(
         [1.0 if space.symmetry_deg[s] == 0 else 360.0 / space.symmetry_deg[s] for s in SHAPES]
     )
@@ -38,6 +43,7 @@ class SupervisedSceneCNN(nn.Module):
     def __init__(self, max_objects: int = 3, width: int = 32) -> None:
         super().__init__()
         self.max_objects = max_objects
+        self.rotation_target = "turn"  # what its rotation outputs mean (``train_supervised``)
         shapes = len(SHAPES)
         self.per_slot = 1 + shapes + 2 + 2 * shapes
         layers: list[nn.Module] = []
@@ -113,11 +119,17 @@ def train_supervised(
     batch_size: int = 64,
     learning_rate: float = 1e-3,
     space: SceneSpace | None = None,
+    rotation_target: str = "turn",
 ) -> SupervisedSceneCNN:
-    """Fit a ``SupervisedSceneCNN`` to ``scenes`` and their ground truth by Adam."""
+    """Fit a ``SupervisedSceneCNN`` to ``scenes`` and their ground truth by Adam. The rotation
+    is regressed as the turn (``rotation_target`` turn, as AIR infers it) or as the raw angle
+    (angle: what a regression that ignores the shapes' symmetry learns)."""
+    if rotation_target not in ("turn", "angle"):
+        raise ValueError(f"rotation_target must be turn or angle, got {rotation_target!r}")
     torch.manual_seed(seed)
-    order = _symmetry_order(space or SceneSpace())
+    order = _symmetry_order(space or SceneSpace(), rotation_target)
     model = SupervisedSceneCNN(scenes.shapes.shape[1])
+    model.rotation_target = rotation_target
     optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
     rows = np.random.default_rng(seed)
     images = torch.from_numpy(scenes.images)
@@ -137,7 +149,7 @@ def infer_supervised(
     model: SupervisedSceneCNN, images: np.ndarray, space: SceneSpace | None = None
 ) -> Inferred3D:
     """The CNN's answer on ``images`` (n, 64, 64), in the form AIR's evaluation scores."""
-    order = _symmetry_order(space or SceneSpace())
+    order = _symmetry_order(space or SceneSpace(), model.rotation_target)
     n = model.max_objects
     parts = []
     for start in range(0, len(images), 500):
