@@ -8,8 +8,11 @@ z_pres):
     through the renderer;
   * the network then *attends*: it reads a glimpse of the image where the drawn position
     appears (the object's centre projected by the camera) and encodes it;
-  * ``shape`` ~ Uniform(SHAPES), q categorical with the glimpse's logits: a discrete latent with
-    the likelihood-ratio gradient and NVIL baseline of z_pres (``ObjectStep.log_q_discrete``);
+  * ``shape`` ~ Uniform(SHAPES), q categorical with the glimpse's logits: a discrete latent,
+    learnt by the exact expectation over the three shapes, each re-rendered in the object's place
+    (``discrete_choices``, ``shape_gradient`` enumerate), or by the likelihood-ratio gradient
+    and NVIL baseline of z_pres (``ObjectStep.log_q_discrete``, ``shape_gradient``
+    likelihood-ratio);
   * ``turn``: the rotation about the vertical axis in units of the shape's symmetry,
     turn = order * rotation, where order is how many turns of the shape look alike (cube 4,
     cylinder 2; the sphere, which no turn changes, 1). The image is a single-valued function of
@@ -20,7 +23,9 @@ z_pres):
     Normal around the direction's angle (narrow: read as a density on the circle).
 
 Objects occlude: the canvas keeps every painted object's coverage, depth and shade per pixel,
-in slots, and its image is the renderer's soft nearest-surface composite.
+in slots, and its image is the renderer's soft nearest-surface composite. Each object is rendered
+only in its window (``Renderer.objects_in_windows``). The objects of a scene never intersect:
+``scene_log_prior`` penalises a present object sitting on an earlier one.
 
 Pose gradients come from autograd through the renderer, or, as in the paper (whose renderer was
 not differentiable), from central finite differences of the renderer (``pose_gradient``).
