@@ -116,8 +116,9 @@ def air_objective(
     surrogate = (decided * residual * inference.log_q_z_pres).sum(1)
     if inference.choices is not None:  # discrete latents enumerated: their exact expectation
         surrogate = surrogate + local_expectation(inference.choices, inference.z_pres).sum(1)
-        # The ELBO's -log q(drawn value) has a gradient of zero mean: cancelled, not kept as noise.
-        surrogate = surrogate + inference.log_q_discrete.sum(1)
+        if inference.log_q_discrete is not None:
+            # The ELBO's -log q(drawn value) has a gradient of zero mean: cancelled, not noise.
+            surrogate = surrogate + inference.log_q_discrete.sum(1)
     elif inference.log_q_discrete is not None:  # present objects' discrete latents
         surrogate = surrogate + (residual * inference.log_q_discrete).sum(1)
     elbo = inference.elbo

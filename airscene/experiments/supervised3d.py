@@ -40,10 +40,14 @@ class SupervisedSceneCNN(nn.Module):
     """64x64 grey scenes -> count logits (B, N + 1) and per slot (B, N, ...): presence logit,
     shape logits, position (x, y) and a turn direction per shape."""
 
-    def __init__(self, max_objects: int = 3, width: int = 32) -> None:
+    def __init__(
+        self, max_objects: int = 3, width: int = 32, rotation_target: str = "turn"
+    ) -> None:
         super().__init__()
+        if rotation_target not in ("turn", "angle"):
+            raise ValueError(f"rotation_target must be turn or angle, got {rotation_target!r}")
         self.max_objects = max_objects
-        self.rotation_target = "turn"  # what its rotation outputs mean (``train_supervised``)
+        self.rotation_target = rotation_target  # what its rotation outputs mean
         shapes = len(SHAPES)
         self.per_slot = 1 + shapes + 2 + 2 * shapes
         layers: list[nn.Module] = []
@@ -124,12 +128,9 @@ def train_supervised(
     """Fit a ``SupervisedSceneCNN`` to ``scenes`` and their ground truth by Adam. The rotation
     is regressed as the turn (``rotation_target`` turn, as AIR infers it) or as the raw angle
     (angle: what a regression that ignores the shapes' symmetry learns)."""
-    if rotation_target not in ("turn", "angle"):
-        raise ValueError(f"rotation_target must be turn or angle, got {rotation_target!r}")
     torch.manual_seed(seed)
+    model = SupervisedSceneCNN(scenes.shapes.shape[1], rotation_target=rotation_target)
     order = _symmetry_order(space or SceneSpace(), rotation_target)
-    model = SupervisedSceneCNN(scenes.shapes.shape[1])
-    model.rotation_target = rotation_target
     optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate)
     rows = np.random.default_rng(seed)
     images = torch.from_numpy(scenes.images)
