@@ -47,13 +47,6 @@ from airscene.rows import standard_normal, uniform
 from airscene.spatial import read_glimpse
 
 
-def symmetry_order(space: SceneSpace) -> tuple[int, ...]:
-    """Per shape, 360 degrees over its symmetry angle (1 for a shape that every turn leaves alike)."""
-    return tuple(
-        1 if space.symmetry_deg[s] == 0 else round(360 / space.symmetry_deg[s]) for s in SHAPES
-    )
-
-
 class _FiniteDifferencePose(torch.autograd.Function):
     """The renderer's per-object outputs with pose gradients by central finite differences
     (the paper's estimator): the backward pass renders each object again at +-step in x, y and
@@ -108,7 +101,7 @@ class RenderedObjects(ObjectModel):
         # Shape logits, a turn direction and a raw turn scale per shape.
         self.encoder = mlp([pixels, config.encoder_hidden, config.encoder_hidden, 4 * shapes])
         self.register_buffer(
-            "order", torch.tensor(symmetry_order(space), dtype=torch.float32), persistent=False
+            "order", torch.tensor(space.symmetry_order, dtype=torch.float32), persistent=False
         )
         self._renderers: dict[torch.device, Renderer] = {}
 
@@ -165,9 +158,7 @@ class RenderedObjects(ObjectModel):
     def glimpse_where(self, position: torch.Tensor) -> torch.Tensor:
         """The glimpse window (K, 3) = (scale, x, y) centred where an object at ``position``
         (K, 2), resting at the floor's middle height, appears in the image."""
-        height = position.new_tensor(self.space.resting_height["cube"])
-        centre = torch.cat([position, height.expand(len(position), 1)], dim=-1)
-        where = self.renderer(position.device).camera.project(centre)
+        where = self.renderer(position.device).appears_at(position)
         return torch.cat([torch.full_like(where[:, :1], self.glimpse_scale), where], dim=-1)
 
     def _encode(self, glimpse: torch.Tensor):

@@ -78,6 +78,14 @@ class SceneSpace:
         }
 
     @property
+    def symmetry_order(self) -> tuple[int, ...]:
+        """Per shape (in SHAPES' order), how many turns of it look alike: 360 degrees over its
+        symmetry angle (1 for a shape that every turn leaves alike, the sphere)."""
+        return tuple(
+            1 if self.symmetry_deg[s] == 0 else round(360 / self.symmetry_deg[s]) for s in SHAPES
+        )
+
+    @property
     def min_centre_distance(self) -> float:
         """Two objects whose centres are at least this far apart cannot intersect."""
         return 2 * max(self.bounding_radius.values())
@@ -232,12 +240,17 @@ class Renderer:
         coverage = torch.sigmoid(signed / self.edge_width)
         return coverage, depth, shade
 
+    def appears_at(self, position: torch.Tensor) -> torch.Tensor:
+        """Where an object at ``position`` (..., 2) on the floor appears in the image: its centre
+        at the floor's middle object height (a cube's), projected, (..., 2) normalised x, y."""
+        height = position.new_full((*position.shape[:-1], 1), self.space.resting_height["cube"])
+        return self.camera.project(torch.cat([position, height], dim=-1))
+
     def window(self, position: torch.Tensor) -> torch.Tensor:
         """Flat pixel indices (..., WINDOW^2) of the square window, kept inside the image, around
         where an object at ``position`` (..., 2) on the floor appears: all of it is inside."""
-        size, camera = self.space.image_size, self.camera
-        height = position.new_full((*position.shape[:-1], 1), self.space.resting_height["cube"])
-        where = camera.project(torch.cat([position.detach(), height], dim=-1))
+        size = self.space.image_size
+        where = self.appears_at(position.detach())
         corner = ((where + 1) * (size / 2) - WINDOW / 2).round().long().clamp(0, size - WINDOW)
         offsets = torch.arange(WINDOW, device=position.device)
         rows = (corner[..., 1:2] + offsets).unsqueeze(-1)  # (..., WINDOW, 1)

@@ -91,7 +91,7 @@ def evaluate_with_extra_step(
     }
 
 
-def _finished_run(run_dir: Path, config: RunConfig) -> bool:
+def finished_run(run_dir: Path, config: RunConfig) -> bool:
     """Whether ``run_dir`` already holds the end of a run with exactly ``config``: an
     experiment stopped part-way then continues with the runs it has not finished."""
     from airscene.checkpoint import CheckpointError, read_checkpoint
@@ -144,7 +144,7 @@ def run_generalisation(
                 given = reuse.get(f"{key}/{seed}") or (reuse.get(key) if index == 0 else None)
                 run_dir = Path(given or out / "runs" / f"{task}-{name.lower()}-seed{seed}")
                 config = run_config(train_counts, dair, steps, seed)
-                if given is None and not _finished_run(run_dir, config):
+                if given is None and not finished_run(run_dir, config):
                     train(
                         config,
                         run_dir,

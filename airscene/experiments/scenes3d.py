@@ -31,7 +31,7 @@ from airscene.checkpoint import load_model
 from airscene.config import RunConfig, scenes3d_run
 from airscene.data.scenes3d import load_scenes3d
 from airscene.evaluate3d import Evaluation3D, drawn_boxes, evaluate_scenes3d, score_scenes3d
-from airscene.experiments.generalisation import _finished_run
+from airscene.experiments.generalisation import finished_run
 from airscene.experiments.supervised3d import infer_supervised, train_supervised
 from airscene.provenance import git_revision
 from airscene.train import train
@@ -43,11 +43,8 @@ GRADIENTS = ("autograd", "finite-difference")
 # The supervised CNNs, by how they regress the rotation (``supervised3d.train_supervised``).
 CNNS = {"supervised CNN (turn)": "turn", "supervised CNN (raw angle)": "angle"}
 # Training steps of each model: the two AIR runs (by their pose gradient) and the CNN.
-FULL_STEPS = {
-    "autograd": scenes3d_run().train.steps,
-    "finite-difference": scenes3d_run().train.steps,
-    "cnn": 6_000,
-}
+_DEFAULT_STEPS = scenes3d_run().train.steps
+FULL_STEPS = {"autograd": _DEFAULT_STEPS, "finite-difference": _DEFAULT_STEPS, "cnn": 6_000}
 QUICK_STEPS = {"autograd": 1_000, "finite-difference": 300, "cnn": 1_000}
 
 
@@ -127,11 +124,15 @@ def run_scenes3d(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     steps = QUICK_STEPS if quick else FULL_STEPS
+    # Every model learns from the same scenes (the CNNs with their ground truth) and is scored
+    # on the same held-out ones.
+    data = run_config(GRADIENTS[0], steps[GRADIENTS[0]], seed).data
+    test = load_scenes3d(data.n_test, "test", data.seed, data.counts)
     results: dict[str, Any] = {}
     for gradient in GRADIENTS:
         config = run_config(gradient, steps[gradient], seed)
         run_dir = out / "runs" / f"air-{gradient}"
-        if not _finished_run(run_dir, config):
+        if not finished_run(run_dir, config):
             train(
                 config,
                 run_dir,
@@ -140,8 +141,6 @@ def run_scenes3d(
                 command=["airscene", "experiment", "scenes3d"] + (["--quick"] if quick else []),
             )
         model, checkpoint = load_model(run_dir)
-        data = config.data
-        test = load_scenes3d(data.n_test, "test", data.seed, data.counts)
         evaluation = evaluate_scenes3d(model, test, generator=torch.Generator().manual_seed(seed))
         curve = training_curve(run_dir)
         reached = next((row for row in curve if meets_targets(row)), None)
@@ -156,7 +155,6 @@ def run_scenes3d(
         }
         if gradient == "autograd":
             _figure(model, test, out / "scenes3d.png")
-    # The CNNs learn from the AIR runs' training scenes, with their ground truth.
     training = load_scenes3d(data.n_train, "train", data.seed, data.counts)
     for name, rotation_target in CNNS.items():
         started = time.perf_counter()

@@ -31,9 +31,7 @@ def _symmetry_order(space: SceneSpace, rotation_target: str = "turn") -> torch.T
     symmetry order for ``turn``, 1 for ``angle`` (the rotation itself)."""
     if rotation_target == "angle":
         return torch.ones(len(SHAPES))
-    return torch.tensor(
-        [1.0 if space.symmetry_deg[s] == 0 else 360.0 / space.symmetry_deg[s] for s in SHAPES]
-    )
+    return torch.tensor(space.symmetry_order, dtype=torch.float32)
 
 
 class SupervisedSceneCNN(nn.Module):
