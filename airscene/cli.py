@@ -458,8 +458,7 @@ def _show(args: argparse.Namespace) -> int:
     from airscene.checkpoint import load_model
     from airscene.data.scenes import load_scenes
     from airscene.data.training import images_to_tensor
-    from airscene.spatial import z_where_to_box
-    from airscene.visualise import inference_figure
+    from airscene.visualise import show_inference
 
     model, checkpoint = load_model(args.model)
     data = config_from_args(DataConfig, args, base=checkpoint.config.data, rename=_DATA_RENAME)
@@ -469,22 +468,7 @@ def _show(args: argparse.Namespace) -> int:
         scenes = load_scenes3d(data.n_test, "test", data.seed, data.counts)[: args.n]
     else:
         scenes = load_scenes(data, "test")[: args.n]
-    x = images_to_tensor(scenes.images)
-    inference = model(x, sample=False)
-    if data.kind == "scenes3d":
-        from airscene.evaluate3d import drawn_boxes
-
-        boxes = drawn_boxes(model, inference)
-    else:
-        boxes = z_where_to_box(inference.z_where, model.config.canvas_size)
-    path = inference_figure(
-        x.numpy(),
-        inference.canvas.detach().numpy(),
-        inference.z_pres.numpy(),
-        boxes.detach().numpy(),
-        args.out,
-        true_counts=scenes.counts,
-    )
+    path = show_inference(model, images_to_tensor(scenes.images), args.out, scenes.counts)
     print(f"wrote {path}")
     return 0
 

@@ -96,6 +96,31 @@ def inference_figure(
     )
 
 
+def show_inference(model, images, path: str | Path, true_counts: np.ndarray | None = None) -> Path:
+    """``inference_figure`` of ``model``'s deterministic inference on ``images`` (B, H, W), a
+    tensor: the boxes are the 2D windows, or over a renderer where each object is drawn."""
+    import torch
+
+    from airscene.spatial import z_where_to_box
+
+    with torch.no_grad():
+        inference = model(images, sample=False)
+        if model.config.objects.kind == "render3d":
+            from airscene.evaluate3d import drawn_boxes
+
+            boxes = drawn_boxes(model, inference)
+        else:
+            boxes = z_where_to_box(inference.z_where, model.config.canvas_size)
+    return inference_figure(
+        images.cpu().numpy(),
+        inference.canvas.cpu().numpy(),
+        inference.z_pres.cpu().numpy(),
+        boxes.cpu().numpy(),
+        path,
+        true_counts=true_counts,
+    )
+
+
 def draw_overlay(
     image: np.ndarray, boxes: Sequence[Box], path: str | Path, min_side: int = 256
 ) -> Path:

@@ -1,8 +1,10 @@
 """How well can anything read digits from an AIR model's objects? The ceiling of the downstream
 experiment's readers, measured with digit labels they never get there.
 
-On 1-digit scenes (so each inferred object is one known digit), classifiers learn the digit from
-``--labels`` labelled objects and are tested on 5,000 others:
+On 1-digit scenes (so each inferred object is one known digit), or with ``--digits 2`` on the
+downstream tasks' 2-digit scenes (objects matched to the digits by position), classifiers learn
+the digit from ``--labels`` labelled objects and are tested on 5,000 others (10,000 objects of
+5,000 scenes with ``--digits 2``):
 
 * an MLP on z_what (the posterior mean; what the downstream readers see of an object);
 * a linear map of z_what;
@@ -14,6 +16,7 @@ A sum of two digits is right when both digits are (and rarely otherwise), so the
 per-digit accuracy bounds what a reader on that input reaches on the sum task.
 
     python benchmarks/downstream_ceiling.py --model default
+    python benchmarks/downstream_ceiling.py --model default --digits 2 --out OUT.json
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from airscene.experiments.baselines import (
     fit_classifier,
 )
 from airscene.provenance import git_revision
-from airscene.spatial import read_glimpse
+from airscene.spatial import read_glimpse, z_where_to_box
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,6 +60,34 @@ def single_objects(model, split: str, n: int):
         glimpse.append(read_glimpse(x, inference.z_where[:, 0], model.config.objects.glimpse_size))
     labels = torch.from_numpy(scenes.labels[:, 0].astype(np.int64))
     return torch.cat(what), torch.cat(glimpse), labels
+
+
+@torch.no_grad()
+def paired_objects(model, split: str, n: int):
+    """z_what, the attended glimpse and the digit label of the objects of 2-digit scenes, ``n``
+    objects (two per scene, in pairs) from the scenes where AIR found exactly two; each object
+    is matched to a true digit by the centres of its window and of the digit's ink box."""
+    scenes = load_scenes(DataConfig(counts=(2,), seed=0), split, n=(n + 1) // 2 + n // 20 + 10)
+    size = model.config.objects.glimpse_size
+    what, glimpse, labels = [], [], []
+    for start in range(0, len(scenes.images), 1000):
+        x = images_to_tensor(scenes.images[start : start + 1000])
+        inference = model(x, sample=False)
+        two = inference.count == 2
+        z_where = inference.z_where[two][:, :2]  # (P, 2, 3): plain AIR's objects come first
+        box = z_where_to_box(z_where, model.config.canvas_size)
+        found = (box[..., :2] + box[..., 2:]) / 2  # (P, 2, 2) window centres
+        truth_box = torch.from_numpy(scenes.boxes[start : start + 1000][two.numpy()][:, :2])
+        truth = (truth_box[..., :2] + truth_box[..., 2:]).float() / 2
+        digit = torch.from_numpy(scenes.labels[start : start + 1000][two.numpy()][:, :2])
+        same = (found - truth).norm(dim=-1).sum(-1)
+        swapped = (found - truth.flip(1)).norm(dim=-1).sum(-1)
+        digit = torch.where((swapped < same)[:, None], digit.flip(1), digit)
+        seen = x[two].repeat_interleave(2, 0)
+        what.append(inference.z_what[two][:, :2].flatten(0, 1))
+        glimpse.append(read_glimpse(seen, z_where.flatten(0, 1), size))
+        labels.append(digit.flatten().long())
+    return torch.cat(what)[:n], torch.cat(glimpse)[:n], torch.cat(labels)[:n]
 
 
 def kmeans_purity(train: torch.Tensor, labels: torch.Tensor, test, test_labels, k: int) -> float:
@@ -81,12 +112,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="default")
     parser.add_argument("--labels", type=int, nargs="+", default=[1000, 20000])
     parser.add_argument("--steps", type=int, default=4000, help="classifier minibatches of 64")
+    parser.add_argument(
+        "--digits",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="objects of 1-digit scenes, or of 2-digit scenes (the downstream tasks' scenes: a "
+        "window may hold part of the other digit); 2 also scores both digits of a test scene",
+    )
     parser.add_argument("--out", default=str(HERE / "results" / "downstream_ceiling.json"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model, checkpoint = load_model(args.model)
-    what, glimpse, labels = single_objects(model, "train", max(args.labels))
-    test_what, test_glimpse, test_labels = single_objects(model, "test", 5000)
+    objects = single_objects if args.digits == 1 else paired_objects
+    what, glimpse, labels = objects(model, "train", max(args.labels))
+    test_what, test_glimpse, test_labels = objects(
+        model, "test", 5000 if args.digits == 1 else 10000
+    )
     mean, std = what.mean(0), what.std(0).clamp_min(1e-3)
     what_n, test_what_n = (what - mean) / std, (test_what - mean) / std
     size = model.config.objects.glimpse_size
@@ -105,13 +147,28 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     results: dict[str, dict[str, float]] = {}
+    both: dict[str, dict[str, float]] = {name: {} for name in readers}
     for name, (make, train_inputs, test_inputs) in readers.items():
         results[name] = {}
         for n in args.labels:
             torch.manual_seed(0)
             reader = fit_classifier(make(), train_inputs[:n], labels[:n], args.steps, 0)
             results[name][str(n)] = accuracy(reader, test_inputs, test_labels)
-            print(f"{name}, {n} digit labels: {100 * results[name][str(n)]:.2f}%", flush=True)
+            line = f"{name}, {n} digit labels: {100 * results[name][str(n)]:.2f}%"
+            if args.digits == 2:  # both digits of a scene right: about what a sum reader reaches
+                with torch.no_grad():
+                    right = (
+                        torch.cat(
+                            [
+                                reader(test_inputs[i : i + 1000]).argmax(-1)
+                                for i in range(0, len(test_inputs), 1000)
+                            ]
+                        )
+                        == test_labels
+                    )
+                both[name][str(n)] = float(right.view(-1, 2).all(1).float().mean())
+                line += f", both digits of a scene {100 * both[name][str(n)]:.2f}%"
+            print(line, flush=True)
     purity = {
         str(k): kmeans_purity(what_n, labels, test_what_n, test_labels, k) for k in (10, 30, 100)
     }
@@ -126,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         "classifier_steps": args.steps,
         "digit_accuracy": results,
         "kmeans_purity": purity,
+        "scenes": f"{args.digits}-digit",
     }
+    if args.digits == 2:
+        summary["test_scenes_with_both_digits_right"] = both
     Path(args.out).write_text(json.dumps(summary, indent=2))
     print(f"wrote {args.out}")
     return 0

@@ -36,6 +36,39 @@ def test_sum_and_ascending_labels_on_known_scenes():
     assert ascending_labels(scenes).tolist() == [1, 0, 1, 1, 1]
 
 
+def test_ascending_reads_digits_by_the_centres_of_their_ink():
+    # Two stacked digits: the 2's ink starts left of the 5's but is centred right of it.
+    scenes = scenes_with([[(5, 20), (2, 14)]])
+    scenes.boxes[0] = [(20, 2, 26, 22), (14, 28, 40, 48)]  # the 5 narrow, the 2 wide
+    assert ascending_labels(scenes).tolist() == [0]  # 5 (centre 23) then 2 (centre 27)
+    scenes.boxes[0, 1] = (14, 28, 30, 48)  # the 2 narrower: centre 22, left of the 5
+    assert ascending_labels(scenes).tolist() == [1]
+
+
+def test_air_glimpses_are_the_windows_read_from_the_image_in_object_order(tmp_path):
+    from airscene.checkpoint import load_model
+    from airscene.data.training import images_to_tensor
+    from airscene.experiments.downstream import air_latents
+    from airscene.spatial import read_glimpse
+
+    model, _ = load_model(tiny_air_run(tmp_path))
+    images = (np.random.default_rng(0).random((5, 50, 50)) * 255).astype(np.uint8)
+    size, steps = model.objects.config.glimpse_size, model.config.max_steps
+    latents = air_latents(model, images).view(5, steps, -1)
+    glimpses = air_latents(model, images, glimpses=True).view(5, steps, -1)
+    assert glimpses.shape[-1] == 4 + size * size
+    torch.testing.assert_close(glimpses[..., :4], latents[..., :4])  # same objects, same order
+    assert (glimpses[..., 0] > 0).sum() >= 2  # objects to read (and the rest must be zeros)
+    x = images_to_tensor(images)
+    for b in range(5):
+        for i in range(steps):
+            if glimpses[b, i, 0] > 0:
+                read = read_glimpse(x[b : b + 1], glimpses[b, i, 1:4][None], size)
+                torch.testing.assert_close(glimpses[b, i, 4:], read.flatten())
+            else:
+                assert not glimpses[b, i].any()
+
+
 def test_ordered_object_latents_are_sorted_left_to_right_with_absent_last():
     z_pres = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     z_where = torch.tensor(
@@ -177,7 +210,9 @@ def test_downstream_experiment_wiring(tmp_path, capsys):
     # three representations, report, figure, JSON), not the accuracies.
     import json
 
+    from airscene.checkpoint import load_model
     from airscene.experiments.downstream import (
+        GLIMPSE_READOUT,
         REPRESENTATIONS,
         DownstreamSettings,
         run_downstream,
@@ -206,6 +241,9 @@ def test_downstream_experiment_wiring(tmp_path, capsys):
     # AIR's features: N objects x [z_pres, z_where (3), z_what (4)]; the VAE's latent matches.
     assert summary["feature_dims"]["AIR latents"] == 3 * (1 + 3 + 4)
     assert summary["feature_dims"]["VAE latents"] == 3 * (1 + 3 + 4)
+    glimpse = load_model(summary["air_model"])[0].objects.config.glimpse_size
+    # The glimpse readout's objects: [z_pres, z_where (3), the attended glimpse's pixels].
+    assert summary["feature_dims"][GLIMPSE_READOUT] == 3 * (1 + 3 + glimpse**2)
     report = (out / "report.md").read_text()
     assert "| labelled scenes | AIR latents | VAE latents | CNN on pixels |" in report
     assert (out / "downstream.png").read_bytes()[:4] == b"\x89PNG"

@@ -136,6 +136,7 @@ class GlimpseCNN(nn.Module):
 
     def __init__(self, glimpse_size: int, classes: int = 10) -> None:
         super().__init__()
+        self.glimpse_size = glimpse_size
         self.features = nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1),
             nn.ReLU(),
@@ -148,8 +149,9 @@ class GlimpseCNN(nn.Module):
         self.head = mlp([32 * (glimpse_size // 4) ** 2, 128, classes])
 
     def forward(self, glimpse: torch.Tensor) -> torch.Tensor:
-        """(M, G, G) -> (M, classes)."""
-        return self.head(self.features(glimpse.unsqueeze(1)))
+        """(M, G, G), or flattened (M, G * G) -> (M, classes)."""
+        side = self.glimpse_size
+        return self.head(self.features(glimpse.reshape(len(glimpse), 1, side, side)))
 
 
 class DecodedGlimpseCNN(GlimpseCNN):
@@ -183,6 +185,8 @@ class ObjectDigitReadout(nn.Module):
 
     Reads ``ordered_object_latents`` flattened: N objects of [z_pres, z_where (3), z_what (D)],
     left to right, absent objects last. An absent object adds 0 to the sum and ends the order.
+    (Given each object's attended glimpse, flattened, in place of its z_what, and a ``digit``
+    network of glimpses, it reads more than the latents: the input's pixels in each window.)
     """
 
     def __init__(self, objects: int, digit: nn.Module, task: str, digits: int = 10) -> None:

@@ -30,7 +30,7 @@ import torch
 from airscene.checkpoint import load_model
 from airscene.config import RunConfig, scenes3d_run
 from airscene.data.scenes3d import load_scenes3d
-from airscene.evaluate3d import Evaluation3D, drawn_boxes, evaluate_scenes3d, score_scenes3d
+from airscene.evaluate3d import Evaluation3D, evaluate_scenes3d, score_scenes3d
 from airscene.experiments.generalisation import finished_run
 from airscene.experiments.supervised3d import infer_supervised, train_supervised
 from airscene.provenance import git_revision
@@ -182,21 +182,11 @@ def run_scenes3d(
     return summary
 
 
-@torch.no_grad()
 def _figure(model, scenes, path: Path, n: int = 10) -> None:
     from airscene.data.training import images_to_tensor
-    from airscene.visualise import inference_figure
+    from airscene.visualise import show_inference
 
-    x = images_to_tensor(scenes.images[:n])
-    inference = model(x, sample=False)
-    inference_figure(
-        x.numpy(),
-        inference.canvas.numpy(),
-        inference.z_pres.numpy(),
-        drawn_boxes(model, inference).numpy(),
-        path,
-        true_counts=scenes.counts[:n],
-    )
+    show_inference(model, images_to_tensor(scenes.images[:n]), path, scenes.counts[:n])
 
 
 def _percent(value: float | None) -> str:
