@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "git_revision": git_revision(),
         "model": args.model,
         "model_git_revision": checkpoint.meta.get("git_revision"),
+        "model_training_command": checkpoint.meta.get("command"),
         "test_objects": len(test_labels),
         "classifier_steps": args.steps,
         "digit_accuracy": results,
