@@ -27,7 +27,7 @@ from airscene.experiments.baselines import (
     accuracy,
     fit_classifier,
 )
-from airscene.experiments.downstream import TASKS, DownstreamSettings, air_latents
+from airscene.experiments.downstream import TASKS, DownstreamSettings, air_latents, air_views
 from airscene.provenance import git_revision
 
 HERE = Path(__file__).resolve().parent
@@ -55,13 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, float]] = {task: {} for task in TASKS}
     for name, (glimpses, digit) in readouts.items():
         posterior = torch.Generator().manual_seed(args.seed)
-        views = torch.stack(
-            [air_latents(model, pool.images, glimpses=glimpses)]
-            + [
-                air_latents(model, pool.images, generator=posterior, glimpses=glimpses)
-                for _ in range(settings.posterior_draws)
-            ]
-        )
+        views = air_views(model, pool.images, settings.posterior_draws, posterior, glimpses)
         test_inputs = air_latents(model, test.images, glimpses=glimpses)
         for task, (make_labels, _) in TASKS.items():
             torch.manual_seed(args.seed)

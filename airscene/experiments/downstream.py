@@ -161,6 +161,21 @@ def air_latents(
     return torch.cat(chunks)
 
 
+def air_views(
+    model: AIR,
+    images: np.ndarray,
+    draws: int,
+    generator: torch.Generator,
+    glimpses: bool = False,
+) -> torch.Tensor:
+    """``air_latents`` of ``images`` at the posterior mean, then ``draws`` draws from q(z | x)
+    by ``generator``: a reader's training views, (1 + draws, B, F)."""
+    return torch.stack(
+        [air_latents(model, images, glimpses=glimpses)]
+        + [air_latents(model, images, generator=generator, glimpses=glimpses) for _ in range(draws)]
+    )
+
+
 @torch.no_grad()
 def vae_latents(
     vae: PixelVAE, images: np.ndarray, generator: torch.Generator | None = None
@@ -213,14 +228,8 @@ def run_downstream(
     # Every representation's training inputs are views (V, pool, ...): the posterior mean first,
     # then the latent representations' posterior draws (``posterior_draws``).
     posterior = torch.Generator().manual_seed(seed)
-    air_pool, air_test = air_latents(air, pool.images), air_latents(air, test.images)
-    air_views = torch.stack(
-        [air_pool]
-        + [
-            air_latents(air, pool.images, generator=posterior)
-            for _ in range(settings.posterior_draws)
-        ]
-    )
+    latent_views = air_views(air, pool.images, settings.posterior_draws, posterior)
+    air_pool, air_test = latent_views[0], air_latents(air, test.images)
     log = _progress_printer(progress)
     log(f"VAE: {settings.vae_steps} steps on Multi-MNIST 0-2 digit scenes (AIR's training data)")
     vae_images = load_scenes(checkpoint.config.data, "train").images
@@ -229,18 +238,13 @@ def run_downstream(
         [vae_latents(vae, pool.images)]
         + [vae_latents(vae, pool.images, posterior) for _ in range(settings.posterior_draws)]
     )
-    glimpse_views = torch.stack(
-        [air_latents(air, pool.images, glimpses=True)]
-        + [
-            air_latents(air, pool.images, generator=posterior, glimpses=True)
-            for _ in range(settings.posterior_draws)
-        ]
-    )
+    # The glimpse readout's views: the mean and draws of its own from the same generator.
+    glimpse_views = air_views(air, pool.images, settings.posterior_draws, posterior, glimpses=True)
     inputs = {
-        "AIR latents": _standardised(air_views, air_test),
+        "AIR latents": _standardised(latent_views, air_test),
         "VAE latents": _standardised(vae_views, vae_latents(vae, test.images)),
         "CNN on pixels": (images_to_tensor(pool.images)[None], images_to_tensor(test.images)),
-        "AIR + object readout": (air_views, air_test),
+        "AIR + object readout": (latent_views, air_test),
         GLIMPSE_READOUT: (glimpse_views, air_latents(air, test.images, glimpses=True)),
     }
     objects = checkpoint.config.model.max_steps
@@ -374,7 +378,7 @@ def _report(summary: dict[str, Any], settings: DownstreamSettings) -> str:
         "trained on the task labels alone (same views as the MLP) and has no counterpart for the "
         "unstructured representations. AIR windows + glimpse readout: the same readout, its "
         "CNN given each object's attended glimpse (the input's pixels in the window AIR "
-        "inferred, at the posterior mean and the same draws) in place of the decoded z_what: "
+        "inferred, at the posterior mean and as many draws of its own) in place of the decoded z_what: "
         "more than the latents, shown for what AIR's windows alone are worth. A digit's place, "
         "for 'left to right', is the centre of its ink box.",
         "",
