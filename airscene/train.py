@@ -284,6 +284,11 @@ class Trainer:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         return torch.stack([g.sum() for g in grads]).sum()
 
+    def drop_data_parallel(self) -> None:
+        """Step through the bare modules from now on, releasing the DDP wrappers (and their
+        hold on the process group) so that leaving the group ends it."""
+        self.step_model, self.step_baseline = self.model, self.baseline
+
     def take_means(self) -> tuple[float, float, float]:
         """Mean loss, ELBO and count accuracy since the last call (NaN where nothing was summed),
         over every process's shard (every process calls it at the same step)."""
@@ -460,6 +465,11 @@ def train(
                 checkpoints,
                 provenance,
             )
+        # Leave together, with no collective in flight and no DDP wrapper still holding the
+        # group: a rank tearing gloo down while rank 0 still writes its last checkpoint was
+        # seen to abort (SIGABRT, "terminate called without an active exception").
+        world.barrier()
+        trainer.drop_data_parallel()
     finally:
         world.close()
     return TrainResult(
