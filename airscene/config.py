@@ -178,6 +178,11 @@ class GlimpseConfig:
     z_what_dim: int = param(50, "dimensions of z_what, an object's appearance code")
     encoder_hidden: int = param(200, "hidden units of the glimpse encoder (glimpse -> z_what)")
     decoder_hidden: int = param(200, "hidden units of the glimpse decoder (z_what -> glimpse)")
+    glimpse_networks: Literal["dense", "conv"] = param(
+        "dense",
+        "the glimpse encoder and decoder: dense (one hidden layer each, as the paper) or conv "
+        "(two strided convolutions, then the hidden layer; glimpse_size a multiple of 4)",
+    )
     decoder_output_bias: float = param(
         -2.0,
         "initial bias before the decoder's sigmoid: glimpses start near blank (avoids collapse to 0 objects)",
@@ -202,6 +207,14 @@ class GlimpseConfig:
         _check(self.glimpse_size >= 4, f"glimpse_size must be >= 4, got {self.glimpse_size}")
         for name in ("z_what_dim", "encoder_hidden", "decoder_hidden"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        _check(
+            self.glimpse_networks in ("dense", "conv"),
+            f"unknown glimpse_networks {self.glimpse_networks!r} (dense or conv)",
+        )
+        _check(
+            self.glimpse_networks != "conv" or self.glimpse_size % 4 == 0,
+            f"conv glimpse networks need a glimpse_size that is a multiple of 4, got {self.glimpse_size}",
+        )
         _check(self.z_where_prior_loc[0] > 0, "the prior mean of the z_where scale must be > 0")
         _check(all(s > 0 for s in self.z_where_prior_scale), "z_where_prior_scale must be > 0")
         _check(

@@ -1,4 +1,5 @@
-"""The neural networks of AIR: recurrent core, predictors, glimpse encoder/decoder, baseline.
+"""The neural networks of AIR: recurrent core, predictors, glimpse encoder/decoder (dense or
+convolutional), baseline.
 
 Plain ``nn.Module``s with no knowledge of the probabilistic model; ``airscene.model`` wires them.
 """
@@ -221,6 +222,54 @@ class GlimpseDecoder(nn.Module):
 
     def forward(self, z_what: torch.Tensor) -> torch.Tensor:
         logits = self.net(z_what)
+        return torch.sigmoid(logits).view(-1, self.glimpse_size, self.glimpse_size)
+
+
+class ConvGlimpseEncoder(nn.Module):
+    """Glimpse (B, G*G) -> the Normal posterior over z_what (loc, scale), through two strided
+    convolutions (G -> G/2 -> G/4) before a hidden layer: features that do not hinge on the
+    exact pixel where a stroke falls inside the window."""
+
+    def __init__(self, glimpse_size: int, hidden: int, z_what_dim: int) -> None:
+        super().__init__()
+        self.glimpse_size = glimpse_size
+        quarter = glimpse_size // 4
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 5, stride=2, padding=2),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 5, stride=2, padding=2),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        self.head = mlp([32 * quarter * quarter, hidden, 2 * z_what_dim])
+
+    def forward(self, glimpse_flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        glimpse = glimpse_flat.view(-1, 1, self.glimpse_size, self.glimpse_size)
+        loc, scale_raw = self.head(F.relu(self.features(glimpse))).chunk(2, dim=-1)
+        return loc, F.softplus(scale_raw) + 1e-4
+
+
+class ConvGlimpseDecoder(nn.Module):
+    """z_what (B, D) -> glimpse intensities (B, G, G) in [0, 1]: a hidden layer to a
+    (32, G/4, G/4) map, then two transposed convolutions that each double its side."""
+
+    def __init__(self, z_what_dim: int, hidden: int, glimpse_size: int, output_bias: float) -> None:
+        super().__init__()
+        self.glimpse_size = glimpse_size
+        self.quarter = glimpse_size // 4
+        self.project = mlp([z_what_dim, hidden, 32 * self.quarter * self.quarter])
+        self.upsample = nn.Sequential(
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(16, 1, 4, stride=2, padding=1),
+        )
+        # As GlimpseDecoder: glimpses start near blank (no collapse to 0 objects).
+        nn.init.constant_(self.upsample[-1].bias, output_bias)
+
+    def forward(self, z_what: torch.Tensor) -> torch.Tensor:
+        grid = self.project(z_what).view(-1, 32, self.quarter, self.quarter)
+        logits = self.upsample(grid)
         return torch.sigmoid(logits).view(-1, self.glimpse_size, self.glimpse_size)
 
 

@@ -25,7 +25,12 @@ import torch.nn.functional as F
 
 from airscene.config import GlimpseConfig, ModelConfig
 from airscene.densities import normal_log_prob, standard_normal_log_prob
-from airscene.networks import GlimpseDecoder, GlimpseEncoder
+from airscene.networks import (
+    ConvGlimpseDecoder,
+    ConvGlimpseEncoder,
+    GlimpseDecoder,
+    GlimpseEncoder,
+)
 from airscene.rows import StepNoise, standard_normal
 from airscene.spatial import read_glimpse, write_glimpse
 
@@ -136,8 +141,15 @@ class GlimpseObjects(ObjectModel):
         self.z_what_dim = config.z_what_dim
         self.feedback_dim = 3 + config.z_what_dim  # z_where, z_what
         pixels = config.glimpse_size**2
-        self.encoder = GlimpseEncoder(pixels, config.encoder_hidden, config.z_what_dim)
-        self.decoder = GlimpseDecoder(
+        if config.glimpse_networks == "conv":
+            self.encoder = ConvGlimpseEncoder(
+                config.glimpse_size, config.encoder_hidden, config.z_what_dim
+            )
+            decoder = ConvGlimpseDecoder
+        else:
+            self.encoder = GlimpseEncoder(pixels, config.encoder_hidden, config.z_what_dim)
+            decoder = GlimpseDecoder
+        self.decoder = decoder(
             config.z_what_dim,
             config.decoder_hidden,
             config.glimpse_size,

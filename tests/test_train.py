@@ -72,9 +72,12 @@ def test_z_pres_prior_annealing_is_geometric():
 
 
 @pytest.mark.parametrize("dair", [False, True])
-def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, dair):
+@pytest.mark.parametrize("glimpse_networks", ["dense", "conv"])
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, dair, glimpse_networks):
     torch.manual_seed(0)
-    config = RunConfig(model=model_config(dair=dair, **TINY_MODEL))
+    config = RunConfig(
+        model=model_config(dair=dair, glimpse_networks=glimpse_networks, **TINY_MODEL)
+    )
     model = build_model(config.model)
     save_checkpoint(tmp_path / "ckpt", config, model, step=7, metrics={"count_accuracy": 0.5})
     loaded, checkpoint = load_model(tmp_path / "ckpt")
