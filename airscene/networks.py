@@ -245,7 +245,7 @@ class ConvGlimpseEncoder(nn.Module):
 
     def forward(self, glimpse_flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         glimpse = glimpse_flat.view(-1, 1, self.glimpse_size, self.glimpse_size)
-        loc, scale_raw = self.head(F.relu(self.features(glimpse))).chunk(2, dim=-1)
+        loc, scale_raw = self.head(self.features(glimpse)).chunk(2, dim=-1)
         return loc, F.softplus(scale_raw) + 1e-4
 
 

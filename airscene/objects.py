@@ -140,13 +140,13 @@ class GlimpseObjects(ObjectModel):
         self.config, self.canvas_size = config, canvas_size
         self.z_what_dim = config.z_what_dim
         self.feedback_dim = 3 + config.z_what_dim  # z_where, z_what
-        pixels = config.glimpse_size**2
         if config.glimpse_networks == "conv":
             self.encoder = ConvGlimpseEncoder(
                 config.glimpse_size, config.encoder_hidden, config.z_what_dim
             )
             decoder = ConvGlimpseDecoder
         else:
+            pixels = config.glimpse_size**2
             self.encoder = GlimpseEncoder(pixels, config.encoder_hidden, config.z_what_dim)
             decoder = GlimpseDecoder
         self.decoder = decoder(

@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         test_inputs = air_latents(model, test.images, glimpses=glimpses)
         for task, (make_labels, _) in TASKS.items():
             labels = torch.from_numpy(make_labels(pool))
+            test_labels = torch.from_numpy(make_labels(test))
             scores = []
             for fit in range(args.fits):
                 torch.manual_seed(args.seed + fit)
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                     settings.classifier_steps,
                     args.seed + fit,
                 )
-                scores.append(accuracy(readout, test_inputs, torch.from_numpy(make_labels(test))))
+                scores.append(accuracy(readout, test_inputs, test_labels))
                 print(f"{task}, {name}, fit {fit}: {100 * scores[-1]:.2f}%", flush=True)
             results[task][name] = sum(scores) / len(scores)
             fits[task][name] = scores
