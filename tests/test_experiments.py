@@ -267,6 +267,57 @@ def test_feature_classifier_learns_a_separable_task():
     assert accuracy(classifier, inputs, labels) > 0.95
 
 
+def test_cosine_fit_learns_and_its_steps_shrink_to_nothing():
+    from airscene.experiments.baselines import accuracy, feature_classifier, fit_classifier
+
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.randn(200, 6, generator=g)
+    labels = (inputs[:, 0] + inputs[:, 3] > 0).long()
+
+    class Recorded(torch.nn.Module):  # keeps its weights as each training step saw them
+        def __init__(self):
+            super().__init__()
+            self.net, self.seen = feature_classifier(6, 2, hidden=32), []
+
+        def forward(self, x):
+            if self.training:
+                self.seen.append(torch.cat([p.detach().flatten() for p in self.parameters()]))
+            return self.net(x)
+
+    moves = {}
+    for cosine in (False, True):
+        torch.manual_seed(0)
+        classifier = fit_classifier(Recorded(), inputs, labels, 300, seed=0, cosine=cosine)
+        assert accuracy(classifier, inputs, labels) > 0.95
+        step = torch.stack(classifier.seen).diff(dim=0).abs().max(dim=1).values  # per step
+        moves[cosine] = (float(step[:20].mean()), float(step[-20:].mean()))
+    # Adam moves a weight by about the learning rate: constant, the last steps move as far as
+    # the first; with the cosine, they move a small fraction of it.
+    assert moves[False][1] > 0.3 * moves[False][0]
+    assert moves[True][1] < 0.02 * moves[True][0]
+
+
+def test_ensemble_accuracy_averages_the_readers_probabilities():
+    from airscene.experiments.baselines import accuracy, ensemble_accuracy
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = torch.tensor(logits)
+
+        def forward(self, x):
+            return self.logits[x.long().squeeze(-1)]
+
+    inputs = torch.arange(4.0).unsqueeze(-1)  # row i is example i
+    labels = torch.tensor([0, 0, 1, 1])
+    # Each reader is sure and right on two examples, unsure and wrong on the other two.
+    a = Fixed([[5.0, 0.0], [5.0, 0.0], [0.2, 0.0], [0.2, 0.0]])
+    b = Fixed([[0.0, 0.2], [0.0, 0.2], [0.0, 5.0], [0.0, 5.0]])
+    assert accuracy(a, inputs, labels) == accuracy(b, inputs, labels) == 0.5
+    assert ensemble_accuracy([a, b], inputs, labels) == 1.0
+    assert ensemble_accuracy([a], inputs, labels) == 0.5
+
+
 def test_vae_and_cnn_baselines_learn():
     import numpy as np
 

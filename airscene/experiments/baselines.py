@@ -101,12 +101,21 @@ def fit_classifier(
     seed: int,
     batch_size: int = 64,
     weight_decay: float = 1e-4,
+    cosine: bool = False,
 ) -> nn.Module:
     """Train ``model`` on (inputs, labels) by Adam on the cross-entropy for ``steps`` minibatches
-    (the whole set when it is smaller than a batch); returns it in eval mode."""
+    (the whole set when it is smaller than a batch); returns it in eval mode.
+
+    With ``cosine`` the learning rate decays from 1e-3 to 0 over the steps (a cosine), so the fit
+    ends at a settled point rather than wherever its last minibatches left it."""
     torch.manual_seed(seed)
     order = np.random.default_rng(seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=weight_decay)
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(steps, 1))
+        if cosine
+        else None
+    )
     model.train()
     for _ in range(steps):
         index = (
@@ -118,6 +127,8 @@ def fit_classifier(
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+        if schedule is not None:
+            schedule.step()
     return model.eval()
 
 
@@ -128,6 +139,19 @@ def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, chunk
         int((model(inputs[i : i + chunk]).argmax(-1) == labels[i : i + chunk]).sum())
         for i in range(0, len(inputs), chunk)
     )
+    return hits / len(inputs)
+
+
+@torch.no_grad()
+def ensemble_accuracy(
+    models: list[nn.Module], inputs: torch.Tensor, labels: torch.Tensor, chunk: int = 1024
+) -> float:
+    """Fraction of ``inputs`` whose most likely class, under the mean of the ``models``' class
+    probabilities (each a softmax of its outputs), is the label."""
+    hits = 0
+    for i in range(0, len(inputs), chunk):
+        mean = torch.stack([torch.softmax(m(inputs[i : i + chunk]), -1) for m in models]).mean(0)
+        hits += int((mean.argmax(-1) == labels[i : i + chunk]).sum())
     return hits / len(inputs)
 
 
