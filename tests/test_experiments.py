@@ -213,30 +213,38 @@ def test_downstream_experiment_wiring(tmp_path, capsys):
     from airscene.checkpoint import load_model
     from airscene.experiments.downstream import (
         GLIMPSE_READOUT,
+        OBJECT_READOUTS,
         REPRESENTATIONS,
         DownstreamSettings,
         run_downstream,
     )
 
     settings = DownstreamSettings(
-        label_sizes=(10, 30),
+        label_sizes=(10, 30, 1000),
         test_scenes=40,
         classifier_steps=3,
         small_set_steps=3,
         vae_steps=3,
         repeats_below_1000=2,
         posterior_draws=2,
+        readout_fits=3,
     )
     out = tmp_path / "downstream"
     summary = run_downstream(out, model=tiny_air_run(tmp_path), progress=False, settings=settings)
     saved = json.loads((out / "results.json").read_text())
     assert saved["results"].keys() == {"sum", "ascending"}
     for task in ("sum", "ascending"):
-        for size in ("10", "30"):
+        for size in ("10", "30", "1000"):
             row = saved["results"][task][size]
             assert set(row) == set(REPRESENTATIONS)
-            assert all(len(row[name]["runs"]) == 2 for name in REPRESENTATIONS)
             assert all(0.0 <= row[name]["accuracy"] <= 1.0 for name in REPRESENTATIONS)
+            for name in REPRESENTATIONS:
+                # Under 1,000 labels: one fit per drawn subset (2); from 1,000 up one subset,
+                # fitted 3 times for the object readouts (answering together), once otherwise.
+                together = size == "1000" and name in OBJECT_READOUTS
+                fits = 2 if size != "1000" else 3 if together else 1
+                assert len(row[name]["runs"]) == fits
+                assert row[name].get("fits_together") == (3 if together else None)
         assert 0 < saved["results"][task]["majority_class_accuracy"] <= 1
     # AIR's features: N objects x [z_pres, z_where (3), z_what (4)]; the VAE's latent matches.
     assert summary["feature_dims"]["AIR latents"] == 3 * (1 + 3 + 4)
@@ -246,6 +254,7 @@ def test_downstream_experiment_wiring(tmp_path, capsys):
     assert summary["feature_dims"][GLIMPSE_READOUT] == 3 * (1 + 3 + glimpse**2)
     report = (out / "report.md").read_text()
     assert "| labelled scenes | AIR latents | VAE latents | CNN on pixels |" in report
+    assert "fitted 3 times on the same scenes" in report and "% (" in report  # mean of the fits
     assert (out / "downstream.png").read_bytes()[:4] == b"\x89PNG"
     # A missing model: one line, exit 2, no output directory made.
     from airscene.cli import main
