@@ -45,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str] | None = None) -> int:
+    settings = DownstreamSettings()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -58,19 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--learning-rate",
         choices=("cosine", "constant"),
-        default="cosine" if DownstreamSettings().cosine else "constant",
+        default="cosine" if settings.cosine else "constant",
         help="each fit's learning rate: decayed to 0 (cosine) or constant (default: the "
         "experiment's)",
     )
     parser.add_argument(
         "--steps",
         type=int,
-        default=DownstreamSettings().classifier_steps,
+        default=settings.classifier_steps,
         help="minibatches per fit",
     )
     parser.add_argument("--out", default=str(HERE / "results" / "downstream_readout.json"))
     args = parser.parse_args(argv)
-    settings = DownstreamSettings()
     model, checkpoint = load_model(args.model)
     two = DataConfig(canvas_size=model.config.canvas_size, counts=(2,), seed=args.seed)
     pool = load_scenes(two, "train", n=args.labels)

@@ -135,11 +135,7 @@ def fit_classifier(
 @torch.no_grad()
 def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, chunk: int = 1024):
     """Fraction of ``inputs`` whose most likely class is the label."""
-    hits = sum(
-        int((model(inputs[i : i + chunk]).argmax(-1) == labels[i : i + chunk]).sum())
-        for i in range(0, len(inputs), chunk)
-    )
-    return hits / len(inputs)
+    return _fraction_right(model, inputs, labels, chunk)
 
 
 @torch.no_grad()
@@ -148,10 +144,20 @@ def ensemble_accuracy(
 ) -> float:
     """Fraction of ``inputs`` whose most likely class, under the mean of the ``models``' class
     probabilities (each a softmax of its outputs), is the label."""
-    hits = 0
-    for i in range(0, len(inputs), chunk):
-        mean = torch.stack([torch.softmax(m(inputs[i : i + chunk]), -1) for m in models]).mean(0)
-        hits += int((mean.argmax(-1) == labels[i : i + chunk]).sum())
+
+    def mean_probabilities(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.softmax(m(x), -1) for m in models]).mean(0)
+
+    return _fraction_right(mean_probabilities, inputs, labels, chunk)
+
+
+def _fraction_right(scores, inputs: torch.Tensor, labels: torch.Tensor, chunk: int) -> float:
+    """Fraction of ``inputs`` whose highest of ``scores(inputs)`` (B, C) is the label, ``chunk``
+    inputs at a time."""
+    hits = sum(
+        int((scores(inputs[i : i + chunk]).argmax(-1) == labels[i : i + chunk]).sum())
+        for i in range(0, len(inputs), chunk)
+    )
     return hits / len(inputs)
 
 

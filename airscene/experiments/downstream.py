@@ -123,7 +123,7 @@ class DownstreamSettings:
     posterior_draws: int = 8
     # Every classifier's learning rate decays to 0 over its steps (a cosine): one fit then ends
     # settled instead of wherever its last minibatches left it (measured with
-    # benchmarks/downstream_readout.py --cosine; README, downstream tasks).
+    # benchmarks/downstream_readout.py --learning-rate; README, downstream tasks).
     cosine: bool = True
     # From 1,000 labels up, each object readout is fitted this many times on the same labelled
     # scenes (initialisation and minibatches seeded seed + k) and answers with the fits' class
@@ -308,7 +308,6 @@ def run_downstream(
                     )
                     fitted.append(classifier)
                     scores.append(accuracy(classifier, test_inputs, test_labels))
-                row[name] = {"accuracy": float(np.mean(scores)), "runs": scores}
                 if together:
                     row[name] = {
                         "accuracy": ensemble_accuracy(fitted, test_inputs, test_labels),
@@ -316,6 +315,8 @@ def run_downstream(
                         "runs": scores,
                         "mean_of_the_fits": float(np.mean(scores)),
                     }
+                else:
+                    row[name] = {"accuracy": float(np.mean(scores)), "runs": scores}
                 log(f"{task:>9} {size:>6} labels  {name:<14} {100 * row[name]['accuracy']:5.1f}%")
             results[task][str(size)] = row
 
