@@ -524,10 +524,22 @@ def _infer(args: argparse.Namespace) -> int:
 
 
 def _experiment_downstream(args: argparse.Namespace) -> int:
-    from airscene.experiments.downstream import REPRESENTATIONS, run_downstream
+    from airscene.experiments.downstream import (
+        REPRESENTATIONS,
+        DownstreamSettings,
+        run_downstream,
+    )
 
+    if args.explain_away is not None and args.explain_away < 0:
+        print(f"error: --explain-away must be 0 or more, got {args.explain_away}", file=sys.stderr)
+        return EXIT_USAGE
     out = _experiment_out(args)
-    summary = run_downstream(out, quick=args.quick, seed=args.seed, model=args.model)
+    settings = DownstreamSettings.quick() if args.quick else DownstreamSettings()
+    if args.explain_away is not None:
+        settings = dataclasses.replace(settings, explain_away=args.explain_away)
+    summary = run_downstream(
+        out, quick=args.quick, seed=args.seed, model=args.model, settings=settings
+    )
     for task, rows in summary["results"].items():
         largest = max(int(k) for k in rows if k.isdigit())
         cells = ", ".join(
@@ -881,6 +893,15 @@ def _add_experiment_parser(verbs) -> None:
         "--model",
         default="default",
         help="the AIR checkpoint or run whose latents are read (default: the shipped model)",
+    )
+    parsers["downstream"].add_argument(
+        "--explain-away",
+        type=int,
+        default=None,
+        metavar="PASSES",
+        help="read each object's z_what again with the scene's other objects removed from the "
+        "image, this many passes (0: as inference read it; default: the experiment's setting, "
+        "DownstreamSettings.explain_away)",
     )
     parsers["downstream"].set_defaults(handler=_experiment_downstream)
     parsers["count"].add_argument(

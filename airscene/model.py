@@ -35,8 +35,9 @@ import torch.nn as nn
 from airscene.config import ModelConfig
 from airscene.densities import bernoulli_log_prob, normal_log_prob
 from airscene.networks import PresenceHead, RecurrentCore, StepPredictor
-from airscene.objects import ObjectModel, ObjectStep, build_objects
+from airscene.objects import GlimpseObjects, ObjectModel, ObjectStep, build_objects
 from airscene.rows import ActiveRows, Packed, StepNoise
+from airscene.spatial import read_glimpse
 
 # ---------------------------------------------------------------------------------------------
 # What inference and sampling return
@@ -256,6 +257,47 @@ class AIR(nn.Module):
         count = torch.tensor(counts)[which].to(like.device)
         steps = torch.arange(self.config.max_steps, device=like.device)
         return (steps < count.unsqueeze(1)).to(like.dtype)
+
+    # -- inference: each object read again, the others explained away -----------------------
+
+    @torch.no_grad()
+    def explain_away(
+        self,
+        x: torch.Tensor,
+        inference: Inference,
+        generator: torch.Generator | None = None,
+        passes: int = 1,
+    ) -> dict[str, torch.Tensor]:
+        """``inference.objects`` with each present object's z_what read again from what the
+        *other* present objects leave unexplained: its glimpse of x minus their drawing, at its
+        own z_where. The loop reads object i from x (AIR) or from x minus objects 1..i-1 (DAIR),
+        so where objects overlap, an earlier object's glimpse still holds part of a later one;
+        here every object is read with every other one removed. Each pass redraws the others
+        from the previous pass's z_what. Without ``generator`` z_what is q's mean, with it one
+        draw from q. For objects read from a glimpse (``GlimpseObjects``) only."""
+        if not isinstance(self.objects, GlimpseObjects):
+            raise ValueError("explain_away reads glimpses: it needs the 2D glimpse objects")
+        if passes < 1:
+            raise ValueError(f"passes must be at least 1, got {passes}")
+        objects = dict(inference.objects)
+        image, step = inference.z_pres.nonzero(as_tuple=True)
+        if len(image) == 0:
+            return objects
+        z_where = objects["z_where"][image, step]
+        z_what = objects["z_what"].clone()
+        size = self.objects.config.glimpse_size
+        for _ in range(passes):
+            present = {"z_where": z_where, "z_what": z_what[image, step]}
+            drawn = self.objects.draw(present)  # (M, H, W) each object alone
+            canvas = self.objects.paint(self.objects.blank_canvas(x), image, present)
+            unexplained = x[image] - (canvas[image] - drawn)  # x minus the other objects
+            glimpse = read_glimpse(unexplained, z_where, size)
+            loc, scale = self.objects.encoder(glimpse.flatten(1))
+            if generator is not None:
+                loc = loc + scale * torch.randn(loc.shape, generator=generator).to(loc)
+            z_what[image, step] = loc
+        objects["z_what"] = z_what
+        return objects
 
     # -- inference: one step ----------------------------------------------------------------
 

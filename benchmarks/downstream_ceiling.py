@@ -48,9 +48,9 @@ HERE = Path(__file__).resolve().parent
 
 
 @torch.no_grad()
-def single_objects(model, split: str, n: int):
+def single_objects(model, split: str, n: int, passes: int = 0):
     """z_what, the attended glimpse and the digit label of the first object of ``n`` 1-digit
-    scenes."""
+    scenes (``passes``: ignored, one object has no others to explain away)."""
     scenes = load_scenes(DataConfig(counts=(1,), seed=0), split, n=n)
     what, glimpse = [], []
     for start in range(0, n, 1000):
@@ -63,16 +63,21 @@ def single_objects(model, split: str, n: int):
 
 
 @torch.no_grad()
-def paired_objects(model, split: str, n: int):
+def paired_objects(model, split: str, n: int, passes: int = 0):
     """z_what, the attended glimpse and the digit label of the objects of 2-digit scenes, ``n``
     objects (two per scene, in pairs) from the scenes where AIR found exactly two; each object
-    is matched to a true digit by the centres of its window and of the digit's ink box."""
+    is matched to a true digit by the centres of its window and of the digit's ink box. With
+    ``passes`` > 0, z_what is read again with the other object explained away
+    (``AIR.explain_away``)."""
     scenes = load_scenes(DataConfig(counts=(2,), seed=0), split, n=(n + 1) // 2 + n // 20 + 10)
     size = model.config.objects.glimpse_size
     what, glimpse, labels = [], [], []
     for start in range(0, len(scenes.images), 1000):
         x = images_to_tensor(scenes.images[start : start + 1000])
         inference = model(x, sample=False)
+        z_what = inference.z_what
+        if passes > 0:
+            z_what = model.explain_away(x, inference, passes=passes)["z_what"]
         two = inference.count == 2
         z_where = inference.z_where[two][:, :2]  # (P, 2, 3): plain AIR's objects come first
         box = z_where_to_box(z_where, model.config.canvas_size)
@@ -84,7 +89,7 @@ def paired_objects(model, split: str, n: int):
         swapped = (found - truth.flip(1)).norm(dim=-1).sum(-1)
         digit = torch.where((swapped < same)[:, None], digit.flip(1), digit)
         seen = x[two].repeat_interleave(2, 0)
-        what.append(inference.z_what[two][:, :2].flatten(0, 1))
+        what.append(z_what[two][:, :2].flatten(0, 1))
         glimpse.append(read_glimpse(seen, z_where.flatten(0, 1), size))
         labels.append(digit.flatten().long())
     return torch.cat(what)[:n], torch.cat(glimpse)[:n], torch.cat(labels)[:n]
@@ -120,14 +125,22 @@ def main(argv: list[str] | None = None) -> int:
         help="objects of 1-digit scenes, or of 2-digit scenes (the downstream tasks' scenes: a "
         "window may hold part of the other digit); 2 also scores both digits of a test scene",
     )
+    parser.add_argument(
+        "--explain-away",
+        type=int,
+        default=0,
+        metavar="PASSES",
+        help="with --digits 2: read each object's z_what again with the other object removed, "
+        "this many passes (AIR.explain_away; 0: the z_what of inference)",
+    )
     parser.add_argument("--out", default=str(HERE / "results" / "downstream_ceiling.json"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model, checkpoint = load_model(args.model)
     objects = single_objects if args.digits == 1 else paired_objects
-    what, glimpse, labels = objects(model, "train", max(args.labels))
+    what, glimpse, labels = objects(model, "train", max(args.labels), args.explain_away)
     test_what, test_glimpse, test_labels = objects(
-        model, "test", 5000 if args.digits == 1 else 10000
+        model, "test", 5000 if args.digits == 1 else 10000, args.explain_away
     )
     mean, std = what.mean(0), what.std(0).clamp_min(1e-3)
     what_n, test_what_n = (what - mean) / std, (test_what - mean) / std
@@ -185,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "digit_accuracy": results,
         "kmeans_purity": purity,
         "scenes": f"{args.digits}-digit",
+        "explain_away_passes": args.explain_away,
     }
     if args.digits == 2:
         summary["test_scenes_with_both_digits_right"] = both

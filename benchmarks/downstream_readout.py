@@ -69,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         default=settings.classifier_steps,
         help="minibatches per fit",
     )
+    parser.add_argument(
+        "--explain-away",
+        type=int,
+        default=0,
+        metavar="PASSES",
+        help="the latent readout reads each object's z_what read again with the other objects "
+        "removed, this many passes (AIR.explain_away; 0: the z_what of inference)",
+    )
     parser.add_argument("--out", default=str(HERE / "results" / "downstream_readout.json"))
     args = parser.parse_args(argv)
     model, checkpoint = load_model(args.model)
@@ -87,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     ensembles: dict[str, dict[str, float]] = {task: {} for task in TASKS}
     for name, (glimpses, digit) in readouts.items():
         posterior = torch.Generator().manual_seed(args.seed)
-        views = air_views(model, pool.images, settings.posterior_draws, posterior, glimpses)
-        test_inputs = air_latents(model, test.images, glimpses=glimpses)
+        passes = 0 if glimpses else args.explain_away
+        views = air_views(model, pool.images, settings.posterior_draws, posterior, glimpses, passes)
+        test_inputs = air_latents(model, test.images, glimpses=glimpses, explain_away=passes)
         for task, (make_labels, _) in TASKS.items():
             labels = torch.from_numpy(make_labels(pool))
             test_labels = torch.from_numpy(make_labels(test))
@@ -128,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "test_scenes": settings.test_scenes,
         "fits": args.fits,
         "steps_per_fit": args.steps,
+        "explain_away_passes": args.explain_away,
         "learning_rate": "cosine decay from 1e-3 to 0"
         if args.learning_rate == "cosine"
         else "constant 1e-3",

@@ -69,6 +69,26 @@ def test_air_glimpses_are_the_windows_read_from_the_image_in_object_order(tmp_pa
                 assert not glimpses[b, i].any()
 
 
+def test_air_latents_explained_away_change_only_the_z_what_of_objects_with_company(tmp_path):
+    from airscene.checkpoint import load_model
+    from airscene.experiments.downstream import air_latents
+
+    model, _ = load_model(tiny_air_run(tmp_path))  # plain AIR: the loop reads every object in x
+    with torch.no_grad():  # z_pres about 1/2: scenes with one object and with several
+        model.predictor.net[-1].bias[0] = 0.0
+    images = (np.random.default_rng(0).random((8, 50, 50)) * 255).astype(np.uint8)
+    steps = model.config.max_steps
+    plain = air_latents(model, images).view(8, steps, -1)
+    again = air_latents(model, images, explain_away=1).view(8, steps, -1)
+    torch.testing.assert_close(again[..., :4], plain[..., :4])  # same objects, same windows
+    count = plain[..., 0].sum(1)
+    alone, company = count == 1, count >= 2
+    assert alone.any() and company.any()
+    # An object alone in its scene has nothing to explain away: read as the loop read it.
+    torch.testing.assert_close(again[alone], plain[alone], atol=1e-5, rtol=0)
+    assert (again[company][..., 4:] - plain[company][..., 4:]).abs().max() > 1e-3
+
+
 def test_ordered_object_latents_are_sorted_left_to_right_with_absent_last():
     z_pres = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     z_where = torch.tensor(
@@ -228,6 +248,7 @@ def test_downstream_experiment_wiring(tmp_path, capsys):
         repeats_below_1000=2,
         posterior_draws=2,
         readout_fits=3,
+        explain_away=1,
     )
     out = tmp_path / "downstream"
     summary = run_downstream(out, model=tiny_air_run(tmp_path), progress=False, settings=settings)
@@ -255,6 +276,8 @@ def test_downstream_experiment_wiring(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "| labelled scenes | AIR latents | VAE latents | CNN on pixels |" in report
     assert "fitted 3 times on the same scenes" in report and "% (" in report  # mean of the fits
+    assert "z_what is read again (1 pass(es))" in report
+    assert summary["settings"]["explain_away"] == 1
     assert (out / "downstream.png").read_bytes()[:4] == b"\x89PNG"
     # A missing model: one line, exit 2, no output directory made.
     from airscene.cli import main
@@ -262,6 +285,10 @@ def test_downstream_experiment_wiring(tmp_path, capsys):
     capsys.readouterr()
     missing = ["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "not-made")]
     assert main(["experiment", "downstream", *missing]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "not-made").exists()
+    negative = ["--explain-away", "-1", "--out", str(tmp_path / "not-made")]
+    assert main(["experiment", "downstream", *negative]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert not (tmp_path / "not-made").exists()
 

@@ -1,5 +1,7 @@
 """The model: shapes, masking of steps after z_pres = 0, DAIR, prior samples, determinism."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from tiny import model_config
@@ -7,6 +9,7 @@ from tiny import model_config
 from airscene.densities import bernoulli_log_prob, normal_log_prob
 from airscene.model import AIR, build_model
 from airscene.rows import decided_steps
+from airscene.spatial import read_glimpse
 
 SMALL = dict(
     lstm_size=32,
@@ -256,3 +259,41 @@ def test_conv_glimpse_networks_start_blank_and_learn_to_autoencode_glimpses():
 
     with pytest.raises(ConfigError, match="multiple of 4"):
         GlimpseConfig(glimpse_networks="conv", glimpse_size=10)
+
+
+def test_explain_away_reads_each_object_from_the_image_without_the_others():
+    model = small_model()
+    generator = torch.Generator().manual_seed(5)
+    z_where = torch.tensor([[0.5, -0.2, 0.0], [0.5, 0.2, 0.1], [0.3, 0.0, 0.0]])
+    first_what = torch.randn(6, generator=generator)
+    present = torch.tensor([[1.0, 1.0, 0.0]])  # a third step, not present
+
+    def scene(second_what: torch.Tensor):
+        """Object 0 and a second, overlapping object of appearance ``second_what``: the image
+        exactly their drawing, and an inference that found them."""
+        z_what = torch.stack([first_what, second_what, torch.zeros(6)])
+        x = model.objects.draw({"z_where": z_where[:2], "z_what": z_what[:2]}).sum(0)[None]
+        return x, SimpleNamespace(
+            z_pres=present, objects={"z_where": z_where[None], "z_what": z_what[None]}
+        )
+
+    second_what = torch.randn(6, generator=generator)
+    x, inference = scene(second_what)
+    read_again = model.explain_away(x, inference)["z_what"][0]
+    read_again_other = model.explain_away(*scene(-3 * second_what))["z_what"][0]
+    size = model.objects.config.glimpse_size
+    alone = model.objects.draw({"z_where": z_where[:1], "z_what": first_what[None]})
+    with torch.no_grad():
+        read_alone = model.objects.encoder(read_glimpse(alone, z_where[:1], size).flatten(1))[0]
+        read_in_x = model.objects.encoder(read_glimpse(x, z_where[:1], size).flatten(1))[0]
+    # Object 0 is read from its own drawing alone, whatever the other object looks like; read
+    # from x itself (what the loop does) it would not be.
+    torch.testing.assert_close(read_again[0], read_alone[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(read_again_other[0], read_alone[0], atol=1e-5, rtol=0)
+    assert (read_in_x[0] - read_alone[0]).abs().max() > 1e-2
+    assert torch.equal(read_again[2], torch.zeros(6))  # the absent step is left as it was
+    # With a generator: a draw from q, not its mean.
+    drawn = model.explain_away(x, inference, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(drawn["z_what"][0, 0], read_again[0])
+    with pytest.raises(ValueError, match="passes"):
+        model.explain_away(x, inference, passes=0)

@@ -130,6 +130,9 @@ class DownstreamSettings:
     # probabilities averaged (an ensemble, still a reader of the same inputs); the single fits'
     # accuracies are kept in the JSON beside it.
     readout_fits: int = 3
+    # AIR's z_what as the readers see it: read again this many passes with the other objects of
+    # the scene removed from the image (``AIR.explain_away``; 0: as inference read it).
+    explain_away: int = 0
 
     @classmethod
     def quick(cls) -> DownstreamSettings:
@@ -152,10 +155,13 @@ def air_latents(
     batch: int = 512,
     generator: torch.Generator | None = None,
     glimpses: bool = False,
+    explain_away: int = 0,
 ) -> torch.Tensor:
     """AIR's representation of each scene: its per-object latents, objects sorted left to right
     (``ordered_object_latents``), flattened to (B, N * (1 + 3 + D)). Deterministic inference
     (every latent at its posterior mode or mean), or with ``generator`` one draw from q(z | x).
+    With ``explain_away`` > 0, each object's z_what is read again that many passes with the
+    other objects removed from the image (``AIR.explain_away``).
 
     With ``glimpses``, each object's attended glimpse of the image (G * G pixels, read at its
     z_where) takes the place of its z_what: more than the latents, (B, N * (1 + 3 + G * G))."""
@@ -164,6 +170,9 @@ def air_latents(
         x = images_to_tensor(images[start : start + batch])
         inference = model(x, generator=generator, sample=generator is not None)
         appearance = inference.z_what
+        if explain_away > 0 and not glimpses:
+            objects = model.explain_away(x, inference, generator, passes=explain_away)
+            appearance = objects["z_what"]
         if glimpses:
             size = model.objects.config.glimpse_size
             steps = inference.z_where.shape[1]
@@ -181,12 +190,14 @@ def air_views(
     draws: int,
     generator: torch.Generator,
     glimpses: bool = False,
+    explain_away: int = 0,
 ) -> torch.Tensor:
     """``air_latents`` of ``images`` at the posterior mean, then ``draws`` draws from q(z | x)
     by ``generator``: a reader's training views, (1 + draws, B, F)."""
+    options = {"glimpses": glimpses, "explain_away": explain_away}
     return torch.stack(
-        [air_latents(model, images, glimpses=glimpses)]
-        + [air_latents(model, images, generator=generator, glimpses=glimpses) for _ in range(draws)]
+        [air_latents(model, images, **options)]
+        + [air_latents(model, images, generator=generator, **options) for _ in range(draws)]
     )
 
 
@@ -242,8 +253,9 @@ def run_downstream(
     # Every representation's training inputs are views (V, pool, ...): the posterior mean first,
     # then the latent representations' posterior draws (``posterior_draws``).
     posterior = torch.Generator().manual_seed(seed)
-    latent_views = air_views(air, pool.images, settings.posterior_draws, posterior)
-    air_pool, air_test = latent_views[0], air_latents(air, test.images)
+    passes = settings.explain_away
+    latent_views = air_views(air, pool.images, settings.posterior_draws, posterior, False, passes)
+    air_pool, air_test = latent_views[0], air_latents(air, test.images, explain_away=passes)
     log = _progress_printer(progress)
     log(f"VAE: {settings.vae_steps} steps on Multi-MNIST 0-2 digit scenes (AIR's training data)")
     vae_images = load_scenes(checkpoint.config.data, "train").images
@@ -414,6 +426,12 @@ def _report(summary: dict[str, Any], settings: DownstreamSettings) -> str:
             "on the same scenes and the fits answer together (class probabilities averaged); the "
             "mean of the single fits is in parentheses. "
             if settings.readout_fits > 1
+            else ""
+        )
+        + (
+            f"AIR's z_what is read again ({settings.explain_away} pass(es)) from the image with "
+            "the scene's other objects removed (their drawing subtracted), for every view. "
+            if settings.explain_away
             else ""
         )
         + "AIR + object "
