@@ -289,8 +289,8 @@ class AIR(nn.Module):
         for _ in range(passes):
             present = {"z_where": z_where, "z_what": z_what[image, step]}
             drawn = self.objects.draw(present)  # (M, H, W) each object alone
-            canvas = self.objects.paint(self.objects.blank_canvas(x), image, present)
-            unexplained = x[image] - (canvas[image] - drawn)  # x minus the other objects
+            scene = torch.zeros_like(x).index_add(0, image, drawn)  # glimpse objects add up
+            unexplained = x[image] - (scene[image] - drawn)  # x minus the other objects
             glimpse = read_glimpse(unexplained, z_where, size)
             loc, scale = self.objects.encoder(glimpse.flatten(1))
             if generator is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 from pathlib import Path
 
@@ -48,9 +49,9 @@ HERE = Path(__file__).resolve().parent
 
 
 @torch.no_grad()
-def single_objects(model, split: str, n: int, passes: int = 0):
+def single_objects(model, split: str, n: int):
     """z_what, the attended glimpse and the digit label of the first object of ``n`` 1-digit
-    scenes (``passes``: ignored, one object has no others to explain away)."""
+    scenes."""
     scenes = load_scenes(DataConfig(counts=(1,), seed=0), split, n=n)
     what, glimpse = [], []
     for start in range(0, n, 1000):
@@ -137,10 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model, checkpoint = load_model(args.model)
-    objects = single_objects if args.digits == 1 else paired_objects
-    what, glimpse, labels = objects(model, "train", max(args.labels), args.explain_away)
+    objects = single_objects
+    if args.digits == 2:  # one object alone has no other to explain away
+        objects = functools.partial(paired_objects, passes=args.explain_away)
+    what, glimpse, labels = objects(model, "train", max(args.labels))
     test_what, test_glimpse, test_labels = objects(
-        model, "test", 5000 if args.digits == 1 else 10000, args.explain_away
+        model, "test", 5000 if args.digits == 1 else 10000
     )
     mean, std = what.mean(0), what.std(0).clamp_min(1e-3)
     what_n, test_what_n = (what - mean) / std, (test_what - mean) / std

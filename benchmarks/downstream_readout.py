@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ensembles: dict[str, dict[str, float]] = {task: {} for task in TASKS}
     for name, (glimpses, digit) in readouts.items():
         posterior = torch.Generator().manual_seed(args.seed)
-        passes = 0 if glimpses else args.explain_away
+        # The glimpse readout reads pixels, not z_what: air_latents leaves explain_away to z_what.
+        passes = args.explain_away
         views = air_views(model, pool.images, settings.posterior_draws, posterior, glimpses, passes)
         test_inputs = air_latents(model, test.images, glimpses=glimpses, explain_away=passes)
         for task, (make_labels, _) in TASKS.items():
