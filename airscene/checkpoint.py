@@ -180,8 +180,13 @@ class RunCheckpoints:
             shutil.rmtree(old, ignore_errors=True)
 
 
-# Names of the models shipped in airscene/pretrained: the 2D default and the 3D experiment's.
-PRETRAINED = {"default": "air-multi-mnist", "scenes3d": "air-scenes3d"}
+# Names of the models shipped in airscene/pretrained: the 2D default, conv + DAIR (the downstream
+# experiment's; its z_what reads digits better) and the 3D experiment's.
+PRETRAINED = {
+    "default": "air-multi-mnist",
+    "conv-dair": "air-multi-mnist-conv-dair",
+    "scenes3d": "air-scenes3d",
+}
 
 
 def pretrained_dir(name: str) -> Path:

@@ -525,21 +525,24 @@ def _infer(args: argparse.Namespace) -> int:
 
 def _experiment_downstream(args: argparse.Namespace) -> int:
     from airscene.experiments.downstream import (
+        MODEL,
         REPRESENTATIONS,
         DownstreamSettings,
         run_downstream,
     )
 
-    if args.explain_away is not None and args.explain_away < 0:
-        print(f"error: --explain-away must be 0 or more, got {args.explain_away}", file=sys.stderr)
-        return EXIT_USAGE
+    for flag, value in (("--explain-away", args.explain_away), ("--test-draws", args.test_draws)):
+        if value is not None and value < 0:
+            print(f"error: {flag} must be 0 or more, got {value}", file=sys.stderr)
+            return EXIT_USAGE
     out = _experiment_out(args)
     settings = DownstreamSettings.quick() if args.quick else DownstreamSettings()
     if args.explain_away is not None:
         settings = dataclasses.replace(settings, explain_away=args.explain_away)
-    summary = run_downstream(
-        out, quick=args.quick, seed=args.seed, model=args.model, settings=settings
-    )
+    if args.test_draws is not None:
+        settings = dataclasses.replace(settings, test_draws=args.test_draws)
+    model = args.model if args.model is not None else MODEL
+    summary = run_downstream(out, quick=args.quick, seed=args.seed, model=model, settings=settings)
     for task, rows in summary["results"].items():
         largest = max(int(k) for k in rows if k.isdigit())
         cells = ", ".join(
@@ -804,8 +807,8 @@ def _add_infer_parser(verbs) -> None:
     infer.add_argument(
         "--model",
         default="default",
-        help="'default' (the shipped 2D model), 'scenes3d' (the shipped 3D model), a checkpoint "
-        "or a run directory",
+        help="'default' (the shipped 2D model), 'conv-dair' (the shipped 2D conv + DAIR model), "
+        "'scenes3d' (the shipped 3D model), a checkpoint or a run directory",
     )
     infer.add_argument("--out", default=None, help="write JSON Lines here instead of stdout")
     infer.add_argument(
@@ -891,8 +894,9 @@ def _add_experiment_parser(verbs) -> None:
     parsers["generalisation"].set_defaults(handler=_experiment_generalisation)
     parsers["downstream"].add_argument(
         "--model",
-        default="default",
-        help="the AIR checkpoint or run whose latents are read (default: the shipped model)",
+        default=None,
+        help="the AIR checkpoint or run whose latents are read, or a shipped model's name "
+        "(default: 'conv-dair', the shipped conv + DAIR model; 'default' is the plain AIR)",
     )
     parsers["downstream"].add_argument(
         "--explain-away",
@@ -902,6 +906,15 @@ def _add_experiment_parser(verbs) -> None:
         help="read each object's z_what again with the scene's other objects removed from the "
         "image, this many passes (0: as inference read it; default: the experiment's setting, "
         "DownstreamSettings.explain_away)",
+    )
+    parsers["downstream"].add_argument(
+        "--test-draws",
+        type=int,
+        default=None,
+        metavar="K",
+        help="every latent reader answers a test scene with its class probabilities averaged "
+        "over the posterior mean and K draws from q(z | x) (0: at the mean only; default: the "
+        "experiment's setting, DownstreamSettings.test_draws)",
     )
     parsers["downstream"].set_defaults(handler=_experiment_downstream)
     parsers["count"].add_argument(

@@ -249,6 +249,7 @@ def test_downstream_experiment_wiring(tmp_path, capsys):
         posterior_draws=2,
         readout_fits=3,
         explain_away=1,
+        test_draws=2,
     )
     out = tmp_path / "downstream"
     summary = run_downstream(out, model=tiny_air_run(tmp_path), progress=False, settings=settings)
@@ -278,6 +279,7 @@ def test_downstream_experiment_wiring(tmp_path, capsys):
     assert "fitted 3 times on the same scenes" in report and "% (" in report  # mean of the fits
     assert "z_what is read again (1 pass(es))" in report
     assert summary["settings"]["explain_away"] == 1
+    assert "averaged over each test scene's posterior mean and 2 draws" in report
     assert (out / "downstream.png").read_bytes()[:4] == b"\x89PNG"
     # A missing model: one line, exit 2, no output directory made.
     from airscene.cli import main
@@ -287,10 +289,11 @@ def test_downstream_experiment_wiring(tmp_path, capsys):
     assert main(["experiment", "downstream", *missing]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert not (tmp_path / "not-made").exists()
-    negative = ["--explain-away", "-1", "--out", str(tmp_path / "not-made")]
-    assert main(["experiment", "downstream", *negative]) == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
-    assert not (tmp_path / "not-made").exists()
+    for flag in ("--explain-away", "--test-draws"):
+        negative = [flag, "-1", "--out", str(tmp_path / "not-made")]
+        assert main(["experiment", "downstream", *negative]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+        assert not (tmp_path / "not-made").exists()
 
 
 def test_feature_classifier_learns_a_separable_task():
@@ -352,6 +355,13 @@ def test_ensemble_accuracy_averages_the_readers_probabilities():
     assert accuracy(a, inputs, labels) == accuracy(b, inputs, labels) == 0.5
     assert ensemble_accuracy([a, b], inputs, labels) == 1.0
     assert ensemble_accuracy([a], inputs, labels) == 0.5
+    # Views of the same examples (e.g. the posterior mean and a draw) are averaged like readers:
+    # one reader, whose rows 4-7 answer as b does, sees the examples as rows 0-3 and 4-7.
+    c = Fixed(a.logits.tolist() + b.logits.tolist())
+    views = (inputs, inputs + 4)
+    assert [ensemble_accuracy([c], v, labels) for v in views] == [0.5, 0.5]
+    assert ensemble_accuracy([c], views, labels) == 1.0
+    assert ensemble_accuracy([c], views, labels, chunk=3) == 1.0  # chunks cut across the views
 
 
 def test_vae_and_cnn_baselines_learn():

@@ -14,15 +14,27 @@ from airscene.config import DataConfig
 from airscene.data.scenes import export_png, load_scenes
 
 
-def test_shipped_model_describes_itself():
-    directory = pretrained_dir("default")
-    checkpoint = read_checkpoint("default")
+@pytest.mark.parametrize("name", ["default", "conv-dair"])
+def test_shipped_model_describes_itself(name):
+    directory = pretrained_dir(name)
+    checkpoint = read_checkpoint(name)
     assert checkpoint.path == directory
     assert (directory / MODEL_FILE).stat().st_size < 20 * 2**20
     assert (
         checkpoint.meta["command"][:2] == ["airscene", "train"] and checkpoint.meta["git_revision"]
     )
     assert checkpoint.config.train.seed == 0 and checkpoint.step == checkpoint.config.train.steps
+    # Its provenance and evaluation beside it, as the package ships them.
+    assert (directory / "README.md").is_file()
+
+
+def test_shipped_conv_dair_model_is_the_one_its_command_makes():
+    checkpoint = read_checkpoint("conv-dair")
+    flags = checkpoint.meta["command"][2:]
+    assert flags[:4] == ["--dair", "--glimpse-networks", "conv", "--steps"]
+    model = checkpoint.config.model
+    assert model.dair and model.objects.glimpse_networks == "conv"
+    assert checkpoint.step == int(flags[4]) == 30_000
 
 
 def fresh_pngs(tmp_path):
@@ -33,9 +45,10 @@ def fresh_pngs(tmp_path):
     return folder, truth
 
 
-def test_shipped_model_counts_fresh_pngs(tmp_path):
+@pytest.mark.parametrize("name", ["default", "conv-dair"])
+def test_shipped_model_counts_fresh_pngs(tmp_path, name):
     folder, truth = fresh_pngs(tmp_path)
-    results = airscene.load("default").infer(sorted(folder.glob("*.png")))
+    results = airscene.load(name).infer(sorted(folder.glob("*.png")))
     correct = sum(r.count == truth[r.path.split("/")[-1]] for r in results)
     assert len(results) == 200 and correct / 200 >= 0.98
 

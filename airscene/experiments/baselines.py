@@ -9,6 +9,7 @@ object readout is handed AIR's decoder, a frozen module, by the experiment).
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -135,30 +136,38 @@ def fit_classifier(
 @torch.no_grad()
 def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, chunk: int = 1024):
     """Fraction of ``inputs`` whose most likely class is the label."""
-    return _fraction_right(model, inputs, labels, chunk)
+    return _fraction_right(lambda rows: model(inputs[rows]), labels, chunk)
 
 
 @torch.no_grad()
 def ensemble_accuracy(
-    models: list[nn.Module], inputs: torch.Tensor, labels: torch.Tensor, chunk: int = 1024
+    models: list[nn.Module],
+    inputs: torch.Tensor | Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    chunk: int = 1024,
 ) -> float:
     """Fraction of ``inputs`` whose most likely class, under the mean of the ``models``' class
-    probabilities (each a softmax of its outputs), is the label."""
+    probabilities (each a softmax of its outputs), is the label.
 
-    def mean_probabilities(x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([torch.softmax(m(x), -1) for m in models]).mean(0)
+    ``inputs`` may be several views of the same test items (a sequence of tensors, e.g. the
+    posterior mean and draws from q(z | x)): the mean is then over every model and every view,
+    a Monte Carlo estimate of the class probabilities under the posterior."""
+    views = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
 
-    return _fraction_right(mean_probabilities, inputs, labels, chunk)
+    def mean_probabilities(rows: slice) -> torch.Tensor:
+        return torch.stack([torch.softmax(m(v[rows]), -1) for m in models for v in views]).mean(0)
+
+    return _fraction_right(mean_probabilities, labels, chunk)
 
 
-def _fraction_right(scores, inputs: torch.Tensor, labels: torch.Tensor, chunk: int) -> float:
-    """Fraction of ``inputs`` whose highest of ``scores(inputs)`` (B, C) is the label, ``chunk``
-    inputs at a time."""
+def _fraction_right(scores, labels: torch.Tensor, chunk: int) -> float:
+    """Fraction of items whose highest of ``scores(rows)`` (rows: a slice of the items; (B, C))
+    is the label, ``chunk`` items at a time."""
     hits = sum(
-        int((scores(inputs[i : i + chunk]).argmax(-1) == labels[i : i + chunk]).sum())
-        for i in range(0, len(inputs), chunk)
+        int((scores(slice(i, i + chunk)).argmax(-1) == labels[i : i + chunk]).sum())
+        for i in range(0, len(labels), chunk)
     )
-    return hits / len(inputs)
+    return hits / len(labels)
 
 
 class GlimpseCNN(nn.Module):
