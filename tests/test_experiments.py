@@ -225,12 +225,13 @@ def tiny_air_run(tmp_path):
     return train(config, tmp_path / "tiny-air", progress=False).run_dir
 
 
-def test_downstream_experiment_wiring(tmp_path, capsys):
+def test_downstream_experiment_wiring(tmp_path, capsys, monkeypatch):
     # A tiny AIR run and a few classifier steps: the plumbing (labelled subsets of each size,
     # three representations, report, figure, JSON), not the accuracies.
     import json
 
     from airscene.checkpoint import load_model
+    from airscene.experiments import downstream
     from airscene.experiments.downstream import (
         GLIMPSE_READOUT,
         OBJECT_READOUTS,
@@ -252,7 +253,24 @@ def test_downstream_experiment_wiring(tmp_path, capsys):
         test_draws=2,
     )
     out = tmp_path / "downstream"
+    scored = []  # (readers, views, their widths) of every test score
+
+    def recording(models, views, labels, chunk=1024):
+        scored.append((len(models), len(views), {v.shape[-1] for v in views}))
+        return real_ensemble_accuracy(models, views, labels, chunk)
+
+    real_ensemble_accuracy = downstream.ensemble_accuracy
+    monkeypatch.setattr(downstream, "ensemble_accuracy", recording)
     summary = run_downstream(out, model=tiny_air_run(tmp_path), progress=False, settings=settings)
+    # Every latent reader is scored on the posterior mean and 2 draws (each with its features),
+    # the CNN on the pixels once: 3 sizes x 2 tasks, single fits and fits together.
+    pixels = {w for _, v, widths in scored if v == 1 for w in widths}
+    assert pixels == {50} and sum(v == 1 for _, v, _ in scored) == 2 * (2 + 2 + 1)
+    assert all(v == 3 and len(widths) == 1 for _, v, widths in scored if widths != {50})
+    assert {r for r, _, _ in scored} == {1, 3}  # single fits, and 3 fits together
+    for name in ("explain_away", "test_draws", "posterior_draws"):
+        with pytest.raises(ValueError, match=name):
+            DownstreamSettings(**{name: -1})
     saved = json.loads((out / "results.json").read_text())
     assert saved["results"].keys() == {"sum", "ascending"}
     for task in ("sum", "ascending"):

@@ -151,8 +151,11 @@ def ensemble_accuracy(
 
     ``inputs`` may be several views of the same test items (a sequence of tensors, e.g. the
     posterior mean and draws from q(z | x)): the mean is then over every model and every view,
-    a Monte Carlo estimate of the class probabilities under the posterior."""
+    a Monte Carlo estimate of the class probabilities under the posterior. Views stacked in
+    one tensor must be unbound first (``views.unbind(0)``): a tensor is one view."""
     views = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+    if any(len(view) != len(labels) for view in views):
+        raise ValueError(f"every view must hold one row per label ({len(labels)})")
 
     def mean_probabilities(rows: slice) -> torch.Tensor:
         return torch.stack([torch.softmax(m(v[rows]), -1) for m in models for v in views]).mean(0)

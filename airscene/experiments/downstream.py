@@ -120,8 +120,8 @@ class DownstreamSettings:
     vae_steps: int = 10_000
     repeats_below_1000: int = 3  # small labelled sets are drawn this many times; mean reported
     # Each labelled scene is also given to the latent readers as this many draws from its
-    # representation's posterior (AIR's q(z | x), the VAE's q(z | x)) beside the posterior mean
-    # they are tested on: the posterior's own spread as data augmentation.
+    # representation's posterior (AIR's q(z | x), the VAE's q(z | x)) beside its posterior
+    # mean: the posterior's own spread as data augmentation.
     posterior_draws: int = 8
     # Every classifier's learning rate decays to 0 over its steps (a cosine): one fit then ends
     # settled instead of wherever its last minibatches left it (measured with
@@ -139,6 +139,11 @@ class DownstreamSettings:
     # posterior mean and this many draws from q(z | x) (AIR's, the VAE's): the answer under the
     # posterior rather than at its mean (0: at the mean only). The CNN on pixels has no posterior.
     test_draws: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("explain_away", "test_draws", "posterior_draws"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
 
     @classmethod
     def quick(cls) -> DownstreamSettings:
@@ -201,7 +206,7 @@ def air_views(
     explain_away: int = 0,
 ) -> torch.Tensor:
     """``air_latents`` of ``images`` at the posterior mean, then ``draws`` draws from q(z | x)
-    by ``generator``: a reader's training views, (1 + draws, B, F)."""
+    by ``generator``: a reader's views of the scenes (for training or test), (1 + draws, B, F)."""
     options = {"glimpses": glimpses, "explain_away": explain_away}
     return torch.stack(
         [air_latents(model, images, **options)]
@@ -244,8 +249,8 @@ def run_downstream(
     write report.md, results.json and downstream.png into ``out_dir``.
 
     ``model`` is the AIR checkpoint whose latents are read (default: the shipped conv + DAIR
-    model, trained without labels on Multi-MNIST with 0-2 digits). The VAE is trained here on the same images.
-    ``settings`` overrides the sizes that ``quick`` picks.
+    model, trained without labels on Multi-MNIST with 0-2 digits). The VAE is trained here on
+    the same images. ``settings`` overrides the sizes that ``quick`` picks.
     """
     if settings is None:
         settings = DownstreamSettings.quick() if quick else DownstreamSettings()
@@ -430,15 +435,15 @@ def _report(summary: dict[str, Any], settings: DownstreamSettings) -> str:
         f"`{summary['air_model']}` (trained without labels on 0-2 digit scenes; it counts "
         f"{100 * summary['air_model_eval_count_accuracy_on_2_digits']:.1f}% of these test scenes "
         f"right), its per-object [z_pres, z_where, z_what] sorted left to right "
-        f"({summary['feature_dims']['AIR latents']} numbers). VAE latents: the posterior mean of a "
+        f"({summary['feature_dims']['AIR latents']} numbers). VAE latents: the posterior of a "
         f"VAE of the whole image with a latent of the same size, trained on the same 0-2 digit "
         f"scenes for {settings.vae_steps:,} steps. Both read by the same MLP (two hidden layers "
         f"of 256), trained on each labelled scene's posterior mean and "
         f"{settings.posterior_draws} draws from its posterior (AIR's q(z | x), the VAE's q(z | x)) "
         + (
             f"and tested with their class probabilities averaged over each test scene's "
-            f"posterior mean and {settings.test_draws} draws from its posterior (every latent "
-            f"reader, the object readouts too). "
+            f"posterior mean and {settings.test_draws} draws from its posterior (every reader "
+            f"but the CNN). "
             if settings.test_draws
             else "and tested on the posterior mean. "
         )
@@ -468,8 +473,8 @@ def _report(summary: dict[str, Any], settings: DownstreamSettings) -> str:
         "trained on the task labels alone (same views as the MLP) and has no counterpart for the "
         "unstructured representations. AIR windows + glimpse readout: the same readout, its "
         "CNN given each object's attended glimpse (the input's pixels in the window AIR "
-        "inferred, at the posterior mean and as many draws of its own) in place of the decoded z_what: "
-        "more than the latents, shown for what AIR's windows alone are worth. A digit's place, "
+        "inferred, for the posterior mean and each draw of z_where) in place of the decoded "
+        "z_what: more than the latents, shown for what AIR's windows alone are worth. A digit's place, "
         "for 'left to right', is the centre of its ink box.",
         "",
         f"The paper's finding to check: {PAPER_FINDING}.",
