@@ -314,6 +314,19 @@ def test_downstream_experiment_wiring(tmp_path, capsys, monkeypatch):
         assert not (tmp_path / "not-made").exists()
 
 
+def test_standardised_views_keep_an_unused_latents_draws_on_the_common_scale():
+    from airscene.experiments.downstream import _standardised
+
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(1, 500, 2, generator=g)
+    means[..., 1] = 0.5  # a latent the model leaves unused: its mean never moves...
+    draws = means + torch.randn(4, 500, 2, generator=g)  # ...and its draws are as wide as the prior
+    views, test = _standardised(torch.cat([means, draws]), draws[0])
+    spread = views.flatten(0, 1).std(0)
+    assert torch.allclose(spread, torch.ones(2), atol=1e-4)  # not 1,000 for the unused one
+    assert float(test[:, 1].std()) < 2
+
+
 def test_feature_classifier_learns_a_separable_task():
     from airscene.experiments.baselines import accuracy, feature_classifier, fit_classifier
 
