@@ -25,7 +25,7 @@ def test_shipped_model_describes_itself(name):
     )
     assert checkpoint.config.train.seed == 0 and checkpoint.step == checkpoint.config.train.steps
     # Its provenance and evaluation beside it, as the package ships them.
-    assert (directory / "README.md").is_file()
+    assert (directory / "README.md").is_file() and (directory / "eval.json").is_file()
 
 
 def test_shipped_conv_dair_model_is_the_one_its_command_makes():
