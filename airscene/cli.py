@@ -23,6 +23,7 @@ import numpy as np
 from airscene.config import (
     OWN_DATA_FIELDS,
     DataConfig,
+    DownstreamSettings,
     ModelConfig,
     RunConfig,
     TrainConfig,
@@ -524,23 +525,11 @@ def _infer(args: argparse.Namespace) -> int:
 
 
 def _experiment_downstream(args: argparse.Namespace) -> int:
-    from airscene.experiments.downstream import (
-        MODEL,
-        REPRESENTATIONS,
-        DownstreamSettings,
-        run_downstream,
-    )
+    from airscene.experiments.downstream import MODEL, REPRESENTATIONS, run_downstream
 
-    for flag, value in (("--explain-away", args.explain_away), ("--test-draws", args.test_draws)):
-        if value is not None and value < 0:
-            print(f"error: {flag} must be 0 or more, got {value}", file=sys.stderr)
-            return EXIT_USAGE
+    base = DownstreamSettings.quick() if args.quick else DownstreamSettings()
+    settings = config_from_args(DownstreamSettings, args, base=base)  # bad values: exit 2
     out = _experiment_out(args)
-    settings = DownstreamSettings.quick() if args.quick else DownstreamSettings()
-    if args.explain_away is not None:
-        settings = dataclasses.replace(settings, explain_away=args.explain_away)
-    if args.test_draws is not None:
-        settings = dataclasses.replace(settings, test_draws=args.test_draws)
     model = args.model if args.model is not None else MODEL
     summary = run_downstream(out, quick=args.quick, seed=args.seed, model=model, settings=settings)
     for task, rows in summary["results"].items():
@@ -898,24 +887,10 @@ def _add_experiment_parser(verbs) -> None:
         help="the AIR checkpoint or run whose latents are read, or a shipped model's name "
         "(default: 'conv-dair', the shipped conv + DAIR model; 'default' is the plain AIR)",
     )
-    parsers["downstream"].add_argument(
-        "--explain-away",
-        type=int,
-        default=None,
-        metavar="PASSES",
-        help="read each object's z_what again with the scene's other objects removed from the "
-        "image, this many passes (0: as inference read it; default: the experiment's setting, "
-        "DownstreamSettings.explain_away)",
-    )
-    parsers["downstream"].add_argument(
-        "--test-draws",
-        type=int,
-        default=None,
-        metavar="K",
-        help="every latent reader answers a test scene with its class probabilities averaged "
-        "over the posterior mean and K draws from q(z | x) (0: at the mean only; default: the "
-        "experiment's setting, DownstreamSettings.test_draws)",
-    )
+    # DownstreamSettings' readers as flags; its sizes come from --quick.
+    flags = ("explain_away", "test_draws")
+    sizes = [f.name for f in dataclasses.fields(DownstreamSettings) if f.name not in flags]
+    add_config_arguments(parsers["downstream"], DownstreamSettings, exclude=sizes)
     parsers["downstream"].set_defaults(handler=_experiment_downstream)
     parsers["count"].add_argument(
         "--curves-from",

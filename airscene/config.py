@@ -512,3 +512,59 @@ def scenes3d_run() -> RunConfig:
             checkpoint_every=500,
         ),
     )
+
+
+@dataclass(frozen=True)
+class DownstreamSettings:
+    """Sizes and readers of one run of the downstream experiment (full or quick)."""
+
+    label_sizes: tuple[int, ...] = (10, 100, 1_000, 10_000)
+    test_scenes: int = 5_000
+    classifier_steps: int = 6_000  # minibatches of 64 for every classifier on 1,000+ labels
+    small_set_steps: int = 1_000  # the same under 1,000 labels (a few batches: more only overfit)
+    vae_steps: int = 10_000
+    repeats_below_1000: int = 3  # small labelled sets are drawn this many times; mean reported
+    # Each labelled scene is also given to the latent readers as this many draws from its
+    # representation's posterior (AIR's q(z | x), the VAE's q(z | x)) beside its posterior
+    # mean: the posterior's own spread as data augmentation.
+    posterior_draws: int = 8
+    # Every classifier's learning rate decays to 0 over its steps (a cosine): one fit then ends
+    # settled instead of wherever its last minibatches left it (measured with
+    # benchmarks/downstream_readout.py --learning-rate; README, downstream tasks).
+    cosine: bool = True
+    # From 1,000 labels up, each object readout is fitted this many times on the same labelled
+    # scenes (initialisation and minibatches seeded seed + k) and answers with the fits' class
+    # probabilities averaged (an ensemble, still a reader of the same inputs); the single fits'
+    # accuracies are kept in the JSON beside it.
+    readout_fits: int = 3
+    # The two that ``airscene experiment downstream`` takes as flags (the rest are its sizes).
+    explain_away: int = param(
+        1,
+        "read each object's z_what again with the scene's other objects removed from the image, "
+        "this many passes (AIR.explain_away; 0: as inference read it; default: 1)",
+    )
+    test_draws: int = param(
+        8,
+        "every latent reader answers a test scene with its class probabilities averaged over the "
+        "posterior mean and this many draws from q(z | x), AIR's or the VAE's (0: at the mean "
+        "only; the CNN on pixels has no posterior; default: 8, with --quick 2)",
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("explain_away", "test_draws", "posterior_draws"):
+            value = getattr(self, name)
+            _check(value >= 0, f"{name} must be 0 or more, got {value}")
+
+    @classmethod
+    def quick(cls) -> DownstreamSettings:
+        return cls(
+            label_sizes=(10, 100, 1_000),
+            test_scenes=1_000,
+            classifier_steps=400,
+            small_set_steps=400,
+            vae_steps=1_500,
+            repeats_below_1000=1,
+            posterior_draws=2,
+            readout_fits=2,
+            test_draws=2,
+        )

@@ -41,7 +41,7 @@ from airscene.experiments.baselines import (
     ensemble_accuracy,
     fit_classifier,
 )
-from airscene.experiments.downstream import TASKS, DownstreamSettings, air_latents, air_views
+from airscene.experiments.downstream import TASKS, DownstreamSettings, air_views
 from airscene.provenance import git_revision
 
 HERE = Path(__file__).resolve().parent
@@ -110,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         # The glimpse readout reads pixels, not z_what: air_latents leaves explain_away to z_what.
         passes = args.explain_away
         views = air_views(model, pool.images, settings.posterior_draws, posterior, glimpses, passes)
-        test_inputs = air_latents(model, test.images, glimpses=glimpses, explain_away=passes)
-        if args.test_draws > 0:
-            # Draws of their own, apart from the training views' generator.
-            test_posterior = torch.Generator().manual_seed(args.seed + 1)
-            test_views = air_views(
-                model, test.images, args.test_draws, test_posterior, glimpses, passes
-            )
+        # The test scenes' posterior mean, then --test-draws draws of their own (a generator
+        # apart from the training views').
+        test_posterior = torch.Generator().manual_seed(args.seed + 1)
+        test_views = air_views(
+            model, test.images, args.test_draws, test_posterior, glimpses, passes
+        )
+        test_inputs = test_views[0]
         for task, (make_labels, _) in TASKS.items():
             labels = torch.from_numpy(make_labels(pool))
             test_labels = torch.from_numpy(make_labels(test))

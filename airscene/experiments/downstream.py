@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from airscene.checkpoint import PRETRAINED, load_model
-from airscene.config import DataConfig
+from airscene.config import DataConfig, DownstreamSettings
 from airscene.data.scenes import Scenes, load_scenes
 from airscene.data.training import images_to_tensor
 from airscene.evaluate import evaluate
@@ -107,57 +106,6 @@ PAPER_FINDING = (
     "AIR's latents reach high accuracy (about 95%) with far fewer labelled images than the "
     "baselines (as read by a published summary of the paper's figure; approximate)"
 )
-
-
-@dataclass(frozen=True)
-class DownstreamSettings:
-    """Sizes of one run of the downstream experiment (full or quick)."""
-
-    label_sizes: tuple[int, ...] = (10, 100, 1_000, 10_000)
-    test_scenes: int = 5_000
-    classifier_steps: int = 6_000  # minibatches of 64 for every classifier on 1,000+ labels
-    small_set_steps: int = 1_000  # the same under 1,000 labels (a few batches: more only overfit)
-    vae_steps: int = 10_000
-    repeats_below_1000: int = 3  # small labelled sets are drawn this many times; mean reported
-    # Each labelled scene is also given to the latent readers as this many draws from its
-    # representation's posterior (AIR's q(z | x), the VAE's q(z | x)) beside its posterior
-    # mean: the posterior's own spread as data augmentation.
-    posterior_draws: int = 8
-    # Every classifier's learning rate decays to 0 over its steps (a cosine): one fit then ends
-    # settled instead of wherever its last minibatches left it (measured with
-    # benchmarks/downstream_readout.py --learning-rate; README, downstream tasks).
-    cosine: bool = True
-    # From 1,000 labels up, each object readout is fitted this many times on the same labelled
-    # scenes (initialisation and minibatches seeded seed + k) and answers with the fits' class
-    # probabilities averaged (an ensemble, still a reader of the same inputs); the single fits'
-    # accuracies are kept in the JSON beside it.
-    readout_fits: int = 3
-    # AIR's z_what as the readers see it: read again this many passes with the other objects of
-    # the scene removed from the image (``AIR.explain_away``; 0: as inference read it).
-    explain_away: int = 1
-    # Every latent reader answers a test scene with its class probabilities averaged over the
-    # posterior mean and this many draws from q(z | x) (AIR's, the VAE's): the answer under the
-    # posterior rather than at its mean (0: at the mean only). The CNN on pixels has no posterior.
-    test_draws: int = 8
-
-    def __post_init__(self) -> None:
-        for name in ("explain_away", "test_draws", "posterior_draws"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
-
-    @classmethod
-    def quick(cls) -> DownstreamSettings:
-        return cls(
-            label_sizes=(10, 100, 1_000),
-            test_scenes=1_000,
-            classifier_steps=400,
-            small_set_steps=400,
-            vae_steps=1_500,
-            repeats_below_1000=1,
-            posterior_draws=2,
-            readout_fits=2,
-            test_draws=2,
-        )
 
 
 @torch.no_grad()
