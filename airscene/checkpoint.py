@@ -7,9 +7,6 @@ A checkpoint is a directory:
   checkpoint.json       format version, library version, the object model's kind, step,
                         metrics and the full RunConfig
 
-Checkpoints written before object models had their own settings hold a flat model config;
-``ModelConfig.upgrade`` reads it into today's layout (their weights are unchanged).
-
 It is written into a temporary directory and renamed into place, so a crash never leaves a
 half-written checkpoint under the final name.
 """
@@ -231,7 +228,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         config = from_dict(RunConfig, meta["config"])
     except (KeyError, TypeError, ConfigError) as error:
         raise CheckpointError(f"{meta_file}: invalid config in checkpoint ({error})") from None
-    kind = meta.get("object_model", config.model.objects.kind)  # absent before object models
+    kind = meta.get("object_model")
     if kind != config.model.objects.kind:
         raise CheckpointError(
             f"{meta_file}: says object model {kind!r}, its config holds {config.model.objects.kind!r}"

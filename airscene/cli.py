@@ -1,8 +1,9 @@
 """The ``airscene`` command: verbs as thin layers over the public Python API.
 
-Flags are derived from the config dataclasses (``airscene.config``): each field becomes
-``--field-name`` with its type, default and help, so the hyperparameters are listed once.
-Errors the user can fix (``AirsceneError``) end in one line on stderr and exit code 2.
+Flags are derived from the config dataclasses (``airscene.flags``). Whatever differs between
+kinds of object or of scene is asked of the object model or the scene family
+(``airscene.registry``). Errors the user can fix (``AirsceneError``) end in one line on stderr
+and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,11 +13,8 @@ import dataclasses
 import os
 import sys
 import time
-import types
-import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -27,238 +25,41 @@ from airscene.config import (
     ModelConfig,
     RunConfig,
     TrainConfig,
-    scenes3d_run,
 )
 from airscene.errors import AirsceneError
+from airscene.flags import add_config_arguments, config_from_args, given_fields, value_parser
 
 EXIT_USAGE = 2
-
-
-# ---------------------------------------------------------------------------------------------
-# Flags from dataclasses
-
-
-def _scalar_parser(kind: type) -> Callable[[str], Any]:
-    if kind is bool:
-        return _parse_bool
-    return kind
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _value_parser(hint: Any) -> tuple[Callable[[str], Any], str]:
-    """A string -> value parser for a field's type hint, and a metavar for its help."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        parse, metavar = _value_parser(inner[0])
-
-        def parse_optional(text: str) -> Any:
-            return None if text.strip().lower() in ("none", "") else parse(text)
-
-        return parse_optional, metavar
-    if origin is tuple:
-        element = _scalar_parser(args[0])
-
-        def parse_tuple(text: str) -> tuple:
-            try:
-                values = tuple(element(part) for part in text.split(",") if part.strip())
-            except ValueError:
-                raise argparse.ArgumentTypeError(
-                    f"expected a comma-separated list, got {text!r}"
-                ) from None
-            if args[-1] is not Ellipsis and len(values) != len(args):
-                raise argparse.ArgumentTypeError(
-                    f"expected {len(args)} comma-separated values, got {text!r}"
-                )
-            return values
-
-        arity = "A,B,..." if args[-1] is Ellipsis else ",".join("ABCDEFGH"[: len(args)])
-        return parse_tuple, arity
-    if origin is typing.Literal:
-        return str, "{" + ",".join(map(str, args)) + "}"
-    return _scalar_parser(hint), hint.__name__.upper()
-
-
-def add_config_arguments(
-    parser: argparse.ArgumentParser,
-    cls: type,
-    exclude: Sequence[str] = (),
-    rename: dict[str, str] | None = None,
-) -> None:
-    """Add one ``--flag`` per field of dataclass ``cls`` (its help text, type and default);
-    ``rename`` gives a field another flag name where two configs share a field name. A field
-    that holds one of several config kinds (``ModelConfig.objects``) becomes ``--FIELD KIND``,
-    and the fields of every kind get flags of their own."""
-    hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(
-        f"{cls.__name__} ({(cls.__doc__ or '').strip().splitlines()[0]})"
-    )
-    for field in dataclasses.fields(cls):
-        if field.name in exclude:
-            continue
-        kinds = field.metadata.get("kinds")
-        if kinds is not None:
-            group.add_argument(
-                "--" + field.name.replace("_", "-"),
-                choices=tuple(kinds),
-                default=None,
-                help=f"{field.metadata.get('help', '')} (default: {field.default_factory().kind})",
-            )
-            added: set[str] = {"kind"}  # a field two kinds share is one flag
-            for kind in kinds.values():
-                add_config_arguments(parser, kind, exclude=tuple(added))
-                added |= {f.name for f in dataclasses.fields(kind)}
-            continue
-        dest = (rename or {}).get(field.name, field.name)
-        flag = "--" + dest.replace("_", "-")
-        help_text = field.metadata.get("help", "")
-        if "default" not in help_text:
-            help_text += f" (default: {_show_default(field.default)})"
-        hint = hints[field.name]
-        if hint is bool:
-            group.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-            continue
-        parse, metavar = _value_parser(hint)
-        choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
-        group.add_argument(
-            flag,
-            dest=dest,
-            type=parse,
-            default=None,
-            metavar=metavar,
-            choices=choices,
-            help=help_text,
-        )
-
-
-def _show_default(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    return str(value)
-
-
-def config_from_args(
-    cls: type,
-    args: argparse.Namespace,
-    base: Any = None,
-    rename: dict[str, str] | None = None,
-    **overrides: Any,
-) -> Any:
-    """Build ``cls`` from parsed flags; fields not given keep their value in ``base`` (or the
-    default)."""
-    given = {}
-    for field in dataclasses.fields(cls):
-        kinds = field.metadata.get("kinds")
-        if kinds is not None:
-            inner = getattr(base, field.name) if base is not None else field.default_factory()
-            given[field.name] = _kind_from_args(field.name, kinds, args, inner)
-            continue
-        value = getattr(args, (rename or {}).get(field.name, field.name), None)
-        if value is not None:
-            given[field.name] = value
-    if base is not None:
-        return dataclasses.replace(base, **given, **overrides)
-    return cls(**{**given, **overrides})
-
-
-def _kind_from_args(name: str, kinds: dict[str, type], args: argparse.Namespace, base: Any) -> Any:
-    """The config of the kind ``--NAME`` chooses (else ``base``'s), from its own flags; a flag
-    of another kind is an error."""
-    kind = getattr(args, name, None) or base.kind
-    own = ("kind", *(f.name for f in dataclasses.fields(kinds[kind])))
-    for other, other_cls in kinds.items():
-        stray = [] if other == kind else given_fields(other_cls, args, exclude=own)
-        if stray:
-            flags = ", ".join(f"--{f.replace('_', '-')}" for f in stray)
-            raise AirsceneError(f"{flags}: a setting of --{name} {other}, not of {kind}")
-    # A kind's own ``kind`` field is chosen by --NAME, never by a flag of another config's.
-    own_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "kind"})
-    return config_from_args(kinds[kind], own_args, base=base if base.kind == kind else None)
-
-
-def given_fields(
-    cls: type,
-    args: argparse.Namespace,
-    rename: dict[str, str] | None = None,
-    exclude: Sequence[str] = (),
-) -> list[str]:
-    """The fields of ``cls`` (and of the configs it holds) that were given as flags."""
-    names = []
-    for field in dataclasses.fields(cls):
-        if field.name in exclude:
-            continue
-        kinds = field.metadata.get("kinds")
-        if kinds is not None:
-            if getattr(args, field.name, None) is not None:
-                names.append(field.name)
-            for kind in kinds.values():
-                names += given_fields(kind, args, exclude=("kind",))
-        elif getattr(args, (rename or {}).get(field.name, field.name), None) is not None:
-            names.append((rename or {}).get(field.name, field.name))
-    return names
 
 
 # ---------------------------------------------------------------------------------------------
 # Verbs
 
 
-# The DataConfig flags that mean something for 3D scenes too.
-_SCENES3D_FIELDS = ("kind", "counts", "seed", "n_train", "n_test")
+def _scene_config(args: argparse.Namespace):
+    """The scene family ``--kind`` names and the data config of the flags, from the family's own
+    defaults; a flag that does not shape that family's scenes is refused."""
+    from airscene.registry import scene_family
 
-
-def _data_make_scenes3d(args: argparse.Namespace) -> int:
-    """``data make --kind scenes3d``: rendered 3D scenes with their descriptions."""
-    from airscene.data.scenes import cache_dir
-    from airscene.data.scenes3d import export_png3d, load_scenes3d
-
-    other = [n for n in given_fields(DataConfig, args) if n not in _SCENES3D_FIELDS]
-    if other:
-        flags = ", ".join(f"--{n.replace('_', '-')}" for n in other)
-        raise AirsceneError(f"{flags}: Multi-MNIST only, not for --kind scenes3d")
-    if args.format == "npz" and args.out:
-        raise AirsceneError("--kind scenes3d writes --format png to --out (npz stays in the cache)")
-    config = config_from_args(DataConfig, args, base=scenes3d_run().data)  # checks the counts
-    counts = config.counts
-    splits = ("train", "test") if args.split == "both" else (args.split,)
-    out = Path(args.out) if args.out else (Path("scenes3d") if args.format == "png" else None)
-    if out is not None:
-        for split in splits:
-            if (out / split).exists() and any((out / split).iterdir()):
-                raise AirsceneError(f"{out / split}: exists and is not empty; choose another --out")
-    for split in splits:
-        n = (
-            args.n
-            if args.n is not None
-            else (config.n_train if split == "train" else config.n_test)
-        )
-        started = time.perf_counter()
-        scenes = load_scenes3d(n, split, config.seed, counts)
-        seconds = time.perf_counter() - started
-        histogram = np.bincount(scenes.counts, minlength=4)
-        summary = ", ".join(f"{k}: {int(histogram[k])}" for k in counts)
-        where = export_png3d(scenes, out / split) if out is not None else cache_dir()
-        print(f"{split}: {len(scenes)} 3D scenes ({summary}) in {seconds:.1f}s -> {where}")
-    return 0
+    family = scene_family(args.kind or DataConfig.kind)
+    if family.fields is not None:
+        other = [n for n in given_fields(DataConfig, args) if n not in family.fields]
+        if other:
+            flags = ", ".join(f"--{n.replace('_', '-')}" for n in other)
+            raise AirsceneError(f"{flags}: not a setting of --kind {family.kind}")
+    return family, config_from_args(DataConfig, args, base=family.preset().data)
 
 
 def _data_make(args: argparse.Namespace) -> int:
-    from airscene.data.scenes import cache_dir, export_png, load_scenes, save_npz
+    from airscene.data.scenes import cache_dir
 
-    if args.kind == "scenes3d":  # DataConfig's --kind
-        return _data_make_scenes3d(args)
-    config = config_from_args(DataConfig, args)
+    family, config = _scene_config(args)
+    if args.format == "npz" and args.out and not family.writes_npz:
+        raise AirsceneError(
+            f"--kind {family.kind} writes --format png to --out (npz stays in the cache)"
+        )
     splits = ("train", "test") if args.split == "both" else (args.split,)
-    out = Path(args.out) if args.out else (Path("multi-mnist") if args.format == "png" else None)
+    out = Path(args.out) if args.out else (Path(family.kind) if args.format == "png" else None)
     if out is not None and out.exists() and not out.is_dir():
         raise AirsceneError(f"{out}: exists and is not a directory; choose another --out")
     if out is not None and args.format == "npz":
@@ -272,15 +73,15 @@ def _data_make(args: argparse.Namespace) -> int:
                 raise AirsceneError(f"{target}: exists and is not empty; choose another --out")
     for split in splits:
         started = time.perf_counter()
-        scenes = load_scenes(config, split, n=args.n)
+        scenes = family.load(config, split, n=args.n)
         seconds = time.perf_counter() - started
         histogram = np.bincount(scenes.counts, minlength=config.max_count + 1)
-        summary = ", ".join(f"{k}: {int(c)}" for k, c in enumerate(histogram) if k in config.counts)
+        summary = ", ".join(f"{k}: {int(histogram[k])}" for k in config.counts)
         if args.format == "png":
-            where = export_png(scenes, out / split, config)
+            where = family.export_png(scenes, out / split, config)
         elif out is not None:
             where = out / f"{split}.npz"
-            save_npz(scenes, where, config)
+            family.save_npz(scenes, where, config)
         else:
             where = cache_dir()
         print(f"{split}: {len(scenes)} scenes ({summary}) in {seconds:.1f}s -> {where}")
@@ -288,32 +89,18 @@ def _data_make(args: argparse.Namespace) -> int:
 
 
 def _data_show(args: argparse.Namespace) -> int:
-    from airscene.data.scenes import load_npz, load_scenes
+    from airscene.data.scenes import load_npz
     from airscene.visualise import scene_grid
 
-    if args.kind == "scenes3d":
-        raise AirsceneError(
-            "data show draws Multi-MNIST; see 3D scenes with data make --kind scenes3d --format png"
-        )
-    if args.input:
-        scenes = load_npz(args.input)
-    else:
-        scenes = load_scenes(config_from_args(DataConfig, args), args.split, n=args.n)
+    family, config = _scene_config(args)
+    scenes = load_npz(args.input) if args.input else family.load(config, args.split, n=args.n)
     shown = scenes[: args.num]
     boxes = [
         [tuple(b) for b in s_boxes[:count]]
         for s_boxes, count in zip(shown.boxes, shown.counts, strict=True)
     ]
-    captions = [
-        f"n={count}: " + " ".join(str(int(label)) for label in labels[:count])
-        for labels, count in zip(shown.labels, shown.counts, strict=True)
-    ]
     path = scene_grid(
-        shown.images,
-        args.out,
-        boxes=boxes,
-        captions=captions,
-        title="Multi-MNIST: ink boxes and labels",
+        shown.images, args.out, boxes=boxes, captions=family.captions(shown), title=family.title
     )
     print(f"wrote {path} ({len(shown)} scenes)")
     return 0
@@ -342,8 +129,7 @@ def _train(args: argparse.Namespace) -> int:
         say(f"resuming {args.resume}", file=sys.stderr)
         result = train(None, args.resume, resume=True, command=command)
     else:
-        # --kind scenes3d starts from the 3D experiment's defaults; any flag still overrides.
-        preset = scenes3d_run() if args.kind == "scenes3d" else RunConfig()
+        preset = _train_preset(args)
         model = config_from_args(ModelConfig, args, base=preset.model)
         data = config_from_args(
             DataConfig, args, base=preset.data, rename=_DATA_RENAME, canvas_size=model.canvas_size
@@ -365,15 +151,25 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_preset(args: argparse.Namespace) -> RunConfig:
+    """The run ``train`` starts from: the defaults of the scene family ``--kind`` names, else of
+    the one ``--objects``' object model trains on (``train --kind scenes3d``: the 3D
+    experiment's recipe); any flag still overrides."""
+    from airscene.registry import object_model_class, scene_family
+
+    kind = args.kind
+    if kind is None and args.objects is not None:
+        kind = object_model_class(args.objects).default_data
+    return scene_family(kind or DataConfig.kind).preset()
+
+
 def _eval(args: argparse.Namespace) -> int:
     from airscene.checkpoint import load_model
-    from airscene.data.scenes import Scenes, load_scenes
-    from airscene.evaluate import evaluate
+    from airscene.data.scenes import Scenes
+    from airscene.registry import scene_family
 
     model, checkpoint = load_model(args.model)
     data = config_from_args(DataConfig, args, base=checkpoint.config.data, rename=_DATA_RENAME)
-    if data.kind == "scenes3d":
-        return _eval_scenes3d(args, model, checkpoint, data)
     if args.data is not None:  # the user's own images: all of them, counts if given
         from airscene.data.training import training_data
 
@@ -383,9 +179,9 @@ def _eval(args: argparse.Namespace) -> int:
         images, counts, _ = training_data(own)
         scenes = Scenes.unlabelled(images, counts)
     else:
-        scenes = load_scenes(data, "test", n=args.n or 10_000)
+        scenes = scene_family(data.kind).load(data, "test", n=args.n or data.n_test)
     generator = torch_generator(args.seed)
-    result = evaluate(model, scenes, iw_samples=args.iw_samples, generator=generator)
+    result = model.objects.evaluate(model, scenes, generator=generator, iw_samples=args.iw_samples)
     return _print_report(args, checkpoint, result.to_dict())
 
 
@@ -401,18 +197,6 @@ def _print_report(args: argparse.Namespace, checkpoint, metrics: dict) -> int:
     return 0
 
 
-def _eval_scenes3d(args: argparse.Namespace, model, checkpoint, data: DataConfig) -> int:
-    """``eval`` of a 3D model: count, shape, position and rotation on held-out 3D scenes."""
-    from airscene.data.scenes3d import load_scenes3d
-    from airscene.evaluate3d import evaluate_scenes3d
-
-    if model.config.objects.kind != "render3d":
-        raise AirsceneError(f"{checkpoint.path}: a {model.config.objects.kind} model, not 3D")
-    scenes = load_scenes3d(args.n or data.n_test, "test", data.seed, data.counts)
-    result = evaluate_scenes3d(model, scenes, generator=torch_generator(args.seed))
-    return _print_report(args, checkpoint, result.to_dict())
-
-
 def torch_generator(seed: int):
     import torch
 
@@ -421,7 +205,6 @@ def torch_generator(seed: int):
 
 def _sample(args: argparse.Namespace) -> int:
     from airscene.checkpoint import load_model
-    from airscene.spatial import z_where_to_box
     from airscene.visualise import scene_grid
 
     model, checkpoint = load_model(args.model)
@@ -440,7 +223,7 @@ def _sample(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise AirsceneError(str(error)) from None
-    boxes = z_where_to_box(drawn.z_where, model.config.canvas_size).numpy()
+    boxes = model.objects.figure_boxes(drawn.objects).cpu().numpy()
     present = drawn.z_pres.numpy() > 0
     path = scene_grid(
         drawn.images.numpy(),
@@ -457,18 +240,13 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     from airscene.checkpoint import load_model
-    from airscene.data.scenes import load_scenes
     from airscene.data.training import images_to_tensor
+    from airscene.registry import scene_family
     from airscene.visualise import show_inference
 
     model, checkpoint = load_model(args.model)
     data = config_from_args(DataConfig, args, base=checkpoint.config.data, rename=_DATA_RENAME)
-    if data.kind == "scenes3d":  # each input beside the re-rendering of what was inferred
-        from airscene.data.scenes3d import load_scenes3d
-
-        scenes = load_scenes3d(data.n_test, "test", data.seed, data.counts)[: args.n]
-    else:
-        scenes = load_scenes(data, "test")[: args.n]
+    scenes = scene_family(data.kind).load(data, "test")[: args.n]
     path = show_inference(model, images_to_tensor(scenes.images), args.out, scenes.counts)
     print(f"wrote {path}")
     return 0
@@ -599,14 +377,17 @@ def _experiment_out(args: argparse.Namespace) -> Path:
 
 
 def _add_data_parser(verbs) -> None:
-    data = verbs.add_parser("data", help="make and look at Multi-MNIST scenes")
+    data = verbs.add_parser(
+        "data", help="make and look at generated scenes (Multi-MNIST; --kind scenes3d: 3D scenes)"
+    )
     data_verbs = data.add_subparsers(dest="data_verb", metavar="ACTION")
     data_verbs.required = True
 
     make = data_verbs.add_parser(
         "make",
-        help="generate Multi-MNIST scenes (cached; optionally exported as .npz or PNG files)",
-        description="Generate Multi-MNIST scenes with their ground truth (count, ink boxes, labels).",
+        help="generate scenes (cached; optionally exported as .npz or PNG files)",
+        description="Generate scenes of --kind (Multi-MNIST by default) with their ground truth "
+        "(count, boxes, and labels or 3D descriptions).",
     )
     make.add_argument("--split", choices=("train", "test", "both"), default="both")
     make.add_argument(
@@ -625,7 +406,10 @@ def _add_data_parser(verbs) -> None:
     make.set_defaults(handler=_data_make)
 
     show = data_verbs.add_parser(
-        "show", help="save a PNG grid of scenes with their ground-truth boxes and counts"
+        "show",
+        help="save a PNG grid of scenes with their ground-truth boxes and counts",
+        description="Draw generated scenes of --kind (or an .npz from data make) with their "
+        "ground-truth boxes and what is in each.",
     )
     show.add_argument("--split", choices=("train", "test"), default="train")
     show.add_argument(
@@ -641,7 +425,8 @@ def _add_data_parser(verbs) -> None:
 def _add_train_parser(verbs) -> None:
     train = verbs.add_parser(
         "train",
-        help="train AIR (or DAIR with --dair) on Multi-MNIST",
+        help="train AIR (DAIR with --dair) on Multi-MNIST, 3D scenes (--kind scenes3d) or your "
+        "own images (--data)",
         description="Train AIR. Every hyperparameter is a flag; the resolved config, metrics, "
         "TensorBoard scalars and checkpoints go into --run-dir.",
     )
@@ -674,7 +459,7 @@ def _add_eval_parser(verbs) -> None:
         "--n",
         type=int,
         default=None,
-        help="test scenes (default: 10,000 Multi-MNIST; for a 3D model its n-test, 1,000)",
+        help="test scenes (default: the n-test of the model's training data)",
     )
     evaluate.add_argument(
         "--iw-samples", type=int, default=100, help="samples for log p(x) (0: skip)"
@@ -744,21 +529,21 @@ def _add_sample_parser(verbs) -> None:
         "--counts, not from the model's count prior rho: rho is a counting penalty chosen for "
         "training (the default 1e-10 makes each object ten billion times less likely than none, "
         "so that a digit is not split over two windows), and scenes drawn with it are almost "
-        "always empty. The position prior is the model's too (N(0, 1) in half-canvas units), "
-        "so about half of the objects drawn have their centre off the canvas (a third of 1-object scenes show no ink).",
+        "always empty. The position prior is the model's too (for 2D objects N(0, 1) in "
+        "half-canvas units), so many objects drawn have their centre off the canvas.",
     )
     sample.add_argument("--model", required=True, help="checkpoint or run directory")
     sample.add_argument(
         "--counts",
         default=None,
-        type=_value_parser(tuple[int, ...])[0],
+        type=value_parser(tuple[int, ...])[0],
         metavar="N,N,...",
         help="object counts to draw scenes with, e.g. 0,1,2 (default: the training data's)",
     )
     sample.add_argument(
         "--count-probs",
         default=None,
-        type=_value_parser(tuple[float, ...])[0],
+        type=value_parser(tuple[float, ...])[0],
         metavar="P,P,...",
         help="probability of each entry of --counts (default: uniform)",
     )
@@ -770,7 +555,11 @@ def _add_sample_parser(verbs) -> None:
 
 def _add_show_parser(verbs) -> None:
     show = verbs.add_parser(
-        "show", help="PNG of test images, reconstructions, inferred boxes and counts"
+        "show",
+        help="PNG of test images, reconstructions, inferred boxes and counts",
+        description="Run a trained model on held-out scenes of its training data (or of the data "
+        "flags) and draw each image above its reconstruction, with every inferred object's box "
+        "coloured by the step that found it and the count found against the true one.",
     )
     show.add_argument("--model", required=True, help="checkpoint or run directory")
     show.add_argument("--n", type=int, default=10, help="images to show")
@@ -866,7 +655,7 @@ def _add_experiment_parser(verbs) -> None:
         )
     parsers["generalisation"].add_argument(
         "--seeds",
-        type=_value_parser(tuple[int, ...])[0],
+        type=value_parser(tuple[int, ...])[0],
         default=(0,),
         metavar="A,B,...",
         help="train every model from each of these seeds; the report gives each seed and their "

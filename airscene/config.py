@@ -131,9 +131,6 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def from_dict(cls: type[C], values: dict[str, Any]) -> C:
     """Build ``cls`` from a dict such as ``to_dict`` wrote; unknown keys are an error."""
-    upgrade = getattr(cls, "upgrade", None)
-    if upgrade is not None:
-        values = upgrade(values)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
@@ -292,7 +289,7 @@ class RenderedConfig:
 
 
 # The object models a ModelConfig can hold, by their ``kind``. A new object model adds its
-# config here (and its module to ``airscene.objects.OBJECT_MODELS``).
+# config here (and its class to ``airscene.registry.OBJECT_MODELS``).
 OBJECT_CONFIGS: dict[str, type] = {"glimpse": GlimpseConfig, "render3d": RenderedConfig}
 # The type of ModelConfig.objects: one of the OBJECT_CONFIGS classes.
 ObjectConfig = GlimpseConfig | RenderedConfig
@@ -330,7 +327,7 @@ class ModelConfig:
         1e-10,
         "rho: prior probability that another object is present; each object costs log(1/rho) nats, "
         "so a strong prior (1e-10: 23.0 nats) keeps one digit from being split over two windows "
-        "(seeds 0-19 split digits for good: 1 at 1e-10, 4 at 1e-7; 3 of seeds 0-4 at 1e-5)",
+        "(how often each value splits digits: benchmarks/README.md, training from every seed)",
     )
     likelihood: Literal["normal", "bernoulli"] = param("normal", "pixel likelihood p(x | z)")
     likelihood_sigma: float = param(0.3, "standard deviation of the normal pixel likelihood")
@@ -372,19 +369,6 @@ class ModelConfig:
                 "the 3D renderer's objects draw 64x64 images: canvas_size must be 64 "
                 "(train --kind scenes3d sets it)",
             )
-
-    @staticmethod
-    def upgrade(values: dict[str, Any]) -> dict[str, Any]:
-        """A model config as written before object models had their own settings (every field
-        flat in the model's dict) -> today's layout, the glimpse fields under ``objects``."""
-        if "objects" in values:
-            return values
-        glimpse = {f.name for f in dataclasses.fields(GlimpseConfig)}
-        moved = {k: v for k, v in values.items() if k in glimpse}
-        return {
-            **{k: v for k, v in values.items() if k not in glimpse},
-            "objects": {"kind": "glimpse", **moved},
-        }
 
 
 @dataclass(frozen=True)
@@ -541,7 +525,7 @@ class DownstreamSettings:
     explain_away: int = param(
         1,
         "read each object's z_what again with the scene's other objects removed from the image, "
-        "this many passes (AIR.explain_away; 0: as inference read it; default: 1)",
+        "this many passes (GlimpseObjects.explain_away; 0: as inference read it; default: 1)",
     )
     test_draws: int = param(
         8,

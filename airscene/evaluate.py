@@ -1,4 +1,4 @@
-"""Evaluation: count accuracy and its confusion matrix, box IoU, ELBO and log p(x)."""
+"""Evaluation of 2D objects: count accuracy and its confusion matrix, box IoU, ELBO and log p(x)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from airscene.data.scenes import Scenes
 from airscene.data.training import images_to_tensor
 from airscene.model import AIR
 from airscene.objective import importance_weighted_log_px
-from airscene.spatial import z_where_to_box
 
 
 @dataclass
@@ -34,6 +33,14 @@ class Evaluation:
     def to_dict(self) -> dict:
         return json_ready(self)
 
+    def headline(self) -> dict[str, float]:
+        """What training logs of it."""
+        return {
+            "eval_count_accuracy": self.count_accuracy,
+            "eval_elbo": self.elbo,
+            "eval_mean_iou": self.mean_iou,
+        }
+
 
 def json_ready(metrics) -> dict:
     """A metrics dataclass as a JSON-ready dict: what could not be measured (NaN) becomes None."""
@@ -41,38 +48,6 @@ def json_ready(metrics) -> dict:
         k: (None if isinstance(v, float) and math.isnan(v) else v)
         for k, v in asdict(metrics).items()
     }
-
-
-def tight_boxes(ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tight pixel box x0, y0, x1, y1 (end exclusive) of the True pixels of each mask
-    ``ink`` (B, H, W), (B, 4) int64, and whether the mask has any, (B,)."""
-    rows, cols = ink.any(dim=2), ink.any(dim=1)  # (B, H), (B, W)
-    index_y = torch.arange(ink.shape[1], device=ink.device)
-    index_x = torch.arange(ink.shape[2], device=ink.device)
-    box = torch.stack(
-        [
-            torch.where(cols, index_x, ink.shape[2]).amin(1),
-            torch.where(rows, index_y, ink.shape[1]).amin(1),
-            torch.where(cols, index_x + 1, 0).amax(1),
-            torch.where(rows, index_y + 1, 0).amax(1),
-        ],
-        dim=1,
-    )
-    return box, rows.any(dim=1)
-
-
-@torch.no_grad()
-def ink_boxes(model: AIR, inference, threshold: float = 0.1) -> torch.Tensor:
-    """The tight pixel box (B, N, 4) of what each inferred object draws (pixels above
-    ``threshold``), comparable with the ground truth's ink boxes; an object that draws nothing
-    above it gets its window."""
-    size = model.config.canvas_size
-    boxes = z_where_to_box(inference.z_where, size).clone()
-    for t in range(inference.z_where.shape[1]):
-        drawn = model.objects.draw({k: v[:, t] for k, v in inference.objects.items()}) > threshold
-        tight, has_ink = tight_boxes(drawn)
-        boxes[:, t] = torch.where(has_ink[:, None], tight.to(boxes.dtype), boxes[:, t])
-    return boxes
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -128,8 +103,8 @@ def evaluate(
         x = images_to_tensor(scenes.images[start : start + batch_size], device)
         mode = model(x, sample=False)  # the deterministic answer: count and boxes
         counts.append(mode.count.cpu().numpy())
-        window = z_where_to_box(mode.z_where, model.config.canvas_size).cpu().numpy()
-        ink = ink_boxes(model, mode).cpu().numpy()
+        window = model.objects.windows(mode.objects).cpu().numpy()
+        ink = model.objects.drawn_boxes(mode.objects).cpu().numpy()
         present = mode.z_pres.cpu().numpy() > 0
         windows.extend(window[i][present[i]] for i in range(len(x)))
         inks.extend(ink[i][present[i]] for i in range(len(x)))

@@ -23,7 +23,8 @@ import torch
 
 from airscene.data.scenes3d import Scenes3D
 from airscene.data.training import images_to_tensor
-from airscene.evaluate import confusion_matrix, json_ready, tight_boxes
+from airscene.errors import AirsceneError
+from airscene.evaluate import confusion_matrix, json_ready
 from airscene.model import AIR
 from airscene.render3d import SHAPES, SceneSpace
 
@@ -48,6 +49,16 @@ class Evaluation3D:
 
     def to_dict(self) -> dict:
         return json_ready(self)
+
+    def headline(self) -> dict[str, float]:
+        """What training logs of it (medians of the errors)."""
+        return {
+            "eval_count_accuracy": self.count_accuracy,
+            "eval_elbo": self.elbo,
+            "eval_shape_accuracy": self.shape_accuracy,
+            "eval_position_error": self.position_error_median,
+            "eval_rotation_error_deg": self.rotation_error_median_deg,
+        }
 
 
 @dataclass
@@ -96,21 +107,6 @@ def infer_scenes3d(
             np.zeros((0, n)), np.zeros((0, n)), np.zeros(0),
         )  # fmt: skip
     return Inferred3D(**{name: np.concatenate(value) for name, value in parts.items()})
-
-
-@torch.no_grad()
-def drawn_boxes(model: AIR, inference, threshold: float = 0.05) -> torch.Tensor:
-    """Per image and step, the pixel box (B, N, 4) = x0, y0, x1, y1 (end exclusive) of where the
-    inferred object, drawn alone, differs from the bare floor by more than ``threshold``; an
-    object that changes no pixel gets [0, 0, 0, 0]."""
-    objects = model.objects
-    floor = objects.renderer(inference.canvas.device).floor_shade
-    boxes = torch.zeros(*inference.z_pres.shape, 4)
-    for t in range(inference.z_pres.shape[1]):
-        drawn = objects.draw({k: v[:, t] for k, v in inference.objects.items()}).cpu()
-        box, found = tight_boxes((drawn - floor).abs() > threshold)
-        boxes[:, t] = torch.where(found[:, None], box.float(), 0.0)
-    return boxes
 
 
 def rotation_error_deg(a: np.ndarray, b: np.ndarray, symmetry_deg: np.ndarray) -> np.ndarray:
@@ -202,5 +198,9 @@ def evaluate_scenes3d(
     generator: torch.Generator | None = None,
 ) -> Evaluation3D:
     """Count, shape, position and rotation metrics of ``model`` on ``scenes``."""
+    if not all(hasattr(scenes, name) for name in ("shapes", "positions", "rotations_deg")):
+        raise AirsceneError(
+            "3D evaluation needs 3D scenes with their descriptions (--kind scenes3d)"
+        )
     inferred = infer_scenes3d(model, scenes.images, batch_size, generator)
     return score_scenes3d(scenes, inferred, model.config.max_steps, model.objects.space)

@@ -19,13 +19,17 @@ predicts z_pres and the parameters of the object's posterior, and the object mod
 object (for 2D objects: z_where, the glimpse read there, z_what from it). ``AIR.forward`` is the
 loop over steps. Once an image's z_pres is 0 its later steps enter no term of p or q, so the loop
 runs each step only for the images it is decided for (``airscene.rows.ActiveRows``); the plain
-every-step computation it is tested against is ``airscene.reference``. With ``dair`` the
+every-step computation it is tested against is ``tests/reference.py``. With ``dair`` the
 network reads the residual x - canvas-so-far instead of x (DAIR, paper sec. 3.1).
+
+The model is what the paper says and nothing more: training curricula (a blurred likelihood, the
+enumeration of a discrete latent) are the objective's requests (``airscene.objective``), made
+of the pieces the model offers (``log_likelihood``, ``enumerate_choices``).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -35,9 +39,9 @@ import torch.nn as nn
 from airscene.config import ModelConfig
 from airscene.densities import bernoulli_log_prob, normal_log_prob
 from airscene.networks import PresenceHead, RecurrentCore, StepPredictor
-from airscene.objects import GlimpseObjects, ObjectModel, ObjectStep, build_objects
-from airscene.rows import ActiveRows, Packed, StepNoise
-from airscene.spatial import read_glimpse
+from airscene.objects import ObjectModel, ObjectStep
+from airscene.registry import build_objects
+from airscene.rows import ActiveRows, StepNoise
 
 # ---------------------------------------------------------------------------------------------
 # What inference and sampling return
@@ -75,17 +79,9 @@ class Inference:
     # None where the object model has no discrete latents
     log_likelihood: torch.Tensor  # (B,) log p(x | z)
     canvas: torch.Tensor  # (B, H, W) the reconstruction: the present objects painted
-    choices: EnumeratedChoices | None = None  # where asked for and the object model has them
-
-    @property
-    def z_where(self) -> torch.Tensor:
-        """(B, N, 3) the 2D objects' windows: scale, x, y."""
-        return self.objects["z_where"]
-
-    @property
-    def z_what(self) -> torch.Tensor:
-        """(B, N, D) the 2D objects' appearance codes."""
-        return self.objects["z_what"]
+    scene: torch.Tensor  # the object model's canvas that ``canvas`` is the image of (for a
+    # renderer: every object's coverage, depth and shade); for summed objects ``canvas`` itself
+    choices: EnumeratedChoices | None = None  # set by an objective that enumerates them
 
     @property
     def count(self) -> torch.Tensor:
@@ -120,10 +116,6 @@ class PriorSample:
     objects: dict[str, torch.Tensor]  # the object model's latents, (B, N, ...)
 
     @property
-    def z_where(self) -> torch.Tensor:
-        return self.objects["z_where"]
-
-    @property
     def count(self) -> torch.Tensor:
         return self.z_pres.sum(1).long()
 
@@ -142,6 +134,59 @@ class Step(NamedTuple):
     state: tuple[torch.Tensor, torch.Tensor]  # the LSTM's (h, c) after this step
 
 
+class StepTrace:
+    """The loop's record: what every step inferred, for the images it ran for. The core's values
+    (z_pres and the log-densities) and the object model's latents are kept apart by name, packed
+    into one table (``ActiveRows.pack``: one scatter for all) and read back apart."""
+
+    def __init__(self, rows: ActiveRows) -> None:
+        self.rows = rows
+        self.values: dict[str, list[torch.Tensor]] = {}  # by name, each step's (K_t, ...)
+        self.object_names: list[str] = []
+
+    def add(self, t: int, step: Step) -> None:
+        """Record step ``t``'s values for the images it ran for (``rows`` as they are now)."""
+        if not self.values:
+            self.object_names = list(step.objects.values)
+            clash = set(self.object_names) & set(_CORE_VALUES)
+            if clash:
+                raise ValueError(f"object latents named like the core's values: {sorted(clash)}")
+        self.rows.record(t)
+        named = {name: getattr(step, name) for name in _CORE_VALUES}
+        for name, value in {**named, **step.objects.values}.items():
+            if value is not None:
+                self.values.setdefault(name, []).append(value)
+        if step.log_q_discrete is not None:
+            self.values.setdefault("log_q_discrete", []).append(step.log_q_discrete)
+
+    def scattered(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The core's values and the object latents, each name (B, N, ...), zero where a step
+        was not decided."""
+        self.packed = self.rows.pack(self.values)
+        every = self.packed.scatter()
+        objects = {name: every.pop(name) for name in self.object_names}
+        return every, objects
+
+    def present_objects(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """After ``scattered``: the image of every present object (M,), in step order, and their
+        latents (M, ...)."""
+        columns = self.packed.columns()
+        found = columns["z_pres"].nonzero().squeeze(1)  # of every decided step
+        image = self.packed.flat_index[found] // self.rows.steps
+        return image, {name: columns[name][found] for name in self.object_names}
+
+
+# The core's per-step values, in the order they are recorded (log_q_discrete after the object's).
+_CORE_VALUES = (
+    "z_pres",
+    "z_pres_prob",
+    "log_q_z_pres",
+    "log_p_z_pres",
+    "log_q_object",
+    "log_p_object",
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # The model
 
@@ -151,7 +196,7 @@ class AIR(nn.Module):
 
     The recurrent core (LSTM and predictor) owns z_pres and its state; ``objects`` owns every
     other per-object latent and how objects make the image: by default the one ``config.objects``
-    names (``build_model``); a model can also be given one directly.
+    names (``airscene.registry``); a model can also be given one directly.
     """
 
     def __init__(self, config: ModelConfig, objects: ObjectModel | None = None) -> None:
@@ -159,24 +204,18 @@ class AIR(nn.Module):
         self.config = config
         self.objects = build_objects(config) if objects is None else objects
         # What a step sees of the one before: the object's feedback and its z_pres.
-        self.latent_dim = objects.feedback_dim + 1
+        self.latent_dim = self.objects.feedback_dim + 1
         self.core = RecurrentCore(config.canvas_size**2, self.latent_dim, config.lstm_size)
         self.predictor = StepPredictor(
-            config.lstm_size, config.predictor_hidden, objects.initial_params()
+            config.lstm_size, config.predictor_hidden, self.objects.initial_params()
         )
         if config.presence_from == "residual":
             self.presence = PresenceHead(4 * config.lstm_size, config.predictor_hidden)
 
     # -- generative model -------------------------------------------------------------------
 
-    def log_likelihood(
-        self, x: torch.Tensor, mean: torch.Tensor, blur: float = 0.0
-    ) -> torch.Tensor:
-        """log p(x | z) summed over pixels, (B,), for the canvas's mean image ``mean``. With
-        ``blur`` > 0 (pixels) both images are Gaussian-blurred first: a training curriculum
-        (``TrainConfig.likelihood_blur_start``), not the model's likelihood."""
-        if blur > 0:
-            x, mean = gaussian_blur(x, blur), gaussian_blur(mean, blur)
+    def log_likelihood(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) summed over pixels, (B,), for the canvas's mean image ``mean``."""
         if self.config.likelihood == "normal":
             sigma = torch.as_tensor(self.config.likelihood_sigma, dtype=x.dtype, device=x.device)
             return normal_log_prob(x, mean, sigma).flatten(1).sum(1)
@@ -258,47 +297,6 @@ class AIR(nn.Module):
         steps = torch.arange(self.config.max_steps, device=like.device)
         return (steps < count.unsqueeze(1)).to(like.dtype)
 
-    # -- inference: each object read again, the others explained away -----------------------
-
-    @torch.no_grad()
-    def explain_away(
-        self,
-        x: torch.Tensor,
-        inference: Inference,
-        generator: torch.Generator | None = None,
-        passes: int = 1,
-    ) -> dict[str, torch.Tensor]:
-        """``inference.objects`` with each present object's z_what read again from what the
-        *other* present objects leave unexplained: its glimpse of x minus their drawing, at its
-        own z_where. The loop reads object i from x (AIR) or from x minus objects 1..i-1 (DAIR),
-        so where objects overlap, an earlier object's glimpse still holds part of a later one;
-        here every object is read with every other one removed. Each pass redraws the others
-        from the previous pass's z_what. Without ``generator`` z_what is q's mean, with it one
-        draw from q. For objects read from a glimpse (``GlimpseObjects``) only."""
-        if not isinstance(self.objects, GlimpseObjects):
-            raise ValueError("explain_away reads glimpses: it needs the 2D glimpse objects")
-        if passes < 1:
-            raise ValueError(f"passes must be at least 1, got {passes}")
-        objects = dict(inference.objects)
-        image, step = inference.z_pres.nonzero(as_tuple=True)
-        if len(image) == 0:
-            return objects
-        z_where = objects["z_where"][image, step]
-        z_what = objects["z_what"].clone()
-        size = self.objects.config.glimpse_size
-        for _ in range(passes):
-            present = {"z_where": z_where, "z_what": z_what[image, step]}
-            drawn = self.objects.draw(present)  # (M, H, W) each object alone
-            scene = torch.zeros_like(x).index_add(0, image, drawn)  # glimpse objects add up
-            unexplained = x[image] - (scene[image] - drawn)  # x minus the other objects
-            glimpse = read_glimpse(unexplained, z_where, size)
-            loc, scale = self.objects.encoder(glimpse.flatten(1))
-            if generator is not None:
-                loc = loc + scale * torch.randn(loc.shape, generator=generator).to(loc)
-            z_what[image, step] = loc
-        objects["z_what"] = z_what
-        return objects
-
     # -- inference: one step ----------------------------------------------------------------
 
     def step(
@@ -346,110 +344,77 @@ class AIR(nn.Module):
         generator: torch.Generator | None = None,
         sample: bool = True,
         z_pres_prior: float | torch.Tensor | None = None,
-        likelihood_blur: float = 0.0,
-        enumerate_discrete: bool = False,
     ) -> Inference:
         """Infer the objects in ``x`` (B, H, W) and score them under p and q.
 
         ``sample=False`` takes the mode of every step instead of a draw (z_pres = [p >= 0.5],
         the object's latents at their posterior means): the deterministic answer for counting.
-        ``z_pres_prior`` overrides rho (it may be annealed during training);
-        ``likelihood_blur`` scores blurred images (``log_likelihood``);
-        ``enumerate_discrete`` also scores every value of each present object's enumerable
-        discrete latent (``Inference.choices``, for the objective's local expectation).
+        ``z_pres_prior`` overrides rho (it may be annealed during training).
         """
-        config = self.config
-        rho = torch.as_tensor(
-            config.z_pres_prior if z_pres_prior is None else z_pres_prior,
-            dtype=x.dtype,
-            device=x.device,
-        )
-        log_rho = (rho.log(), torch.log1p(-rho))
-        batch, steps = x.shape[0], config.max_steps
-        rows = ActiveRows(batch, steps, x.device)
+        log_rho = self._log_rho(x, z_pres_prior)
+        rows = ActiveRows(x.shape[0], self.config.max_steps, x.device)
+        trace = StepTrace(rows)
         # Plain AIR sees the same image at every step: project it into the gates once.
-        image_gates = None if config.dair else self.core.project_image(x.flatten(1))
+        image_gates = None if self.config.dair else self.core.project_image(x.flatten(1))
         canvas = self.objects.blank_canvas(x)  # painted step by step for DAIR only
-        state = None  # zero: the core's shortcut for a first step
-        previous = x.new_zeros(batch, self.latent_dim)
-        previous[:, -1] = 1.0
-        record: dict[str, list[torch.Tensor]] = {}
-        for t in range(steps):
-            seen = rows.take(x)
-            if config.dair:  # DAIR reads what is still unexplained
-                seen = seen - rows.take(self.objects.canvas_image(canvas))
+        state, previous = None, self._first_latents(x, x.shape[0])
+        for t in range(self.config.max_steps):
+            if self.config.dair:  # DAIR reads what is still unexplained
+                seen = rows.take(x) - rows.take(self.objects.canvas_image(canvas))
                 gates = self.core.project_image(seen.flatten(1))
             else:
-                gates = rows.take(image_gates)
-            rows.record(t)
-            noise = StepNoise(generator, batch, x, rows) if sample else None
+                seen, gates = rows.take(x), rows.take(image_gates)
+            noise = StepNoise(generator, x.shape[0], x, rows) if sample else None
             step = self.step(seen, gates, previous, state, log_rho, noise)
-            _append(record, step)
-            # The next step is decided only for the images with an object at this one.
-            found = step.z_pres.nonzero().squeeze(1)
-            if config.dair:  # the canvas must be up to date before the next step reads it
+            trace.add(t, step)
+            found = step.z_pres.nonzero().squeeze(1)  # only their next step is decided
+            if self.config.dair:  # the canvas must be up to date before the next step reads it
                 present = {k: v[found] for k, v in step.objects.values.items()}
                 canvas = self.objects.paint(canvas, rows.index[found], present)
-            h, c, feedback = rows.keep(
-                found, *step.state, self.objects.feedback(step.objects.values)
-            )
-            state = (h, c)
-            previous = torch.cat([feedback, feedback.new_ones(len(rows), 1)], dim=1)
-            if not config.dair_memory:  # the next step starts afresh: it sees the residual only
-                state = None
-                previous = torch.zeros_like(previous)
-                previous[:, -1] = 1.0
-        packed = rows.pack(record)
-        if not config.dair:
-            canvas = self._paint_present(canvas, packed)
-        image = self.objects.canvas_image(canvas)
-        inference = self._inference(x, image, packed.scatter(), likelihood_blur)
-        if enumerate_discrete:
-            inference.choices = self._enumerate(x, canvas, inference, likelihood_blur)
-        return inference
+            state, previous = self._carried(step, found, rows)
+        every, objects = trace.scattered()
+        if not self.config.dair:  # plain AIR paints its present objects after the loop
+            canvas = self.objects.paint(canvas, *trace.present_objects())
+        return self._inference(x, canvas, every, objects)
 
-    def _enumerate(
-        self, x: torch.Tensor, canvas: torch.Tensor, inference: Inference, blur: float
-    ) -> EnumeratedChoices | None:
-        """``Inference.choices``: each present object's discrete latent at every value. Where
-        the object model scores a window, log p(x | z) of the pixels outside it is the same for
-        every value, so it is left out: it shifts each object's values by one constant."""
-        image, step = inference.z_pres.nonzero(as_tuple=True)
-        choices = self.objects.discrete_choices(canvas, inference.objects, image, step)
-        if choices is None:
-            return None
-        m, values = choices.logits.shape
-        with torch.no_grad():
-            scenes = choices.images.flatten(0, 1)
-            data = x[image]
-            if choices.window is not None:  # the values' images differ only there
-                data = data.flatten(1).gather(1, choices.window).view(-1, *scenes.shape[1:])
-            data = data.repeat_interleave(values, dim=0)
-            log_joint = self.log_likelihood(data, scenes, blur).view(m, values)
-            log_joint = log_joint + choices.log_prior
-        where = (image, step)
-        shape = (*inference.z_pres.shape, values)
-        return EnumeratedChoices(
-            logits=choices.logits.new_zeros(shape).index_put(where, choices.logits),
-            log_joint=log_joint.new_zeros(shape).index_put(where, log_joint),
-        )
+    def _log_rho(
+        self, like: torch.Tensor, z_pres_prior: float | torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log rho, log(1 - rho)) of the count prior, rho the model's unless overridden."""
+        rho = self.config.z_pres_prior if z_pres_prior is None else z_pres_prior
+        rho = torch.as_tensor(rho, dtype=like.dtype, device=like.device)
+        return rho.log(), torch.log1p(-rho)
+
+    def _first_latents(self, like: torch.Tensor, rows: int) -> torch.Tensor:
+        """What the first step sees of a step before it: zeros, and z_pres = 1 (go on), (K, L)."""
+        previous = like.new_zeros(rows, self.latent_dim)
+        previous[:, -1] = 1.0
+        return previous
+
+    def _carried(
+        self, step: Step, found: torch.Tensor, rows: ActiveRows
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor]:
+        """The LSTM state and previous latents the next step starts from, for the images that
+        go on (``found``, their positions among ``rows``, which then keep only them)."""
+        h, c, feedback = rows.keep(found, *step.state, self.objects.feedback(step.objects.values))
+        if not self.config.dair_memory:  # the next step starts afresh: it sees the residual only
+            return None, self._first_latents(feedback, len(rows))
+        return (h, c), torch.cat([feedback, feedback.new_ones(len(rows), 1)], dim=1)
 
     def _inference(
         self,
         x: torch.Tensor,
-        image: torch.Tensor,
+        canvas: torch.Tensor,
         every: dict[str, torch.Tensor],
-        likelihood_blur: float = 0.0,
+        objects: dict[str, torch.Tensor],
     ) -> Inference:
-        """The loop's record, scattered into (B, N, ...) ``every``, and the painted ``image``
-        scored against ``x``, as an ``Inference``."""
-        objects = {
-            name[len(_OBJECT) :]: value for name, value in every.items() if name.startswith(_OBJECT)
-        }
+        """The loop's record, scattered into (B, N, ...) ``every`` (the core's values) and
+        ``objects`` (the object latents), and the painted ``canvas`` scored against ``x``."""
         log_p_object = every["log_p_object"]
         together = self.objects.scene_log_prior(objects, every["z_pres"].detach())
         if together is not None:
             log_p_object = log_p_object + together
+        image = self.objects.canvas_image(canvas)
         return Inference(
             z_pres=every["z_pres"].detach(),  # a discrete draw: no gradient path
             z_pres_prob=every["z_pres_prob"],
@@ -460,64 +425,43 @@ class AIR(nn.Module):
             log_q_object=every["log_q_object"],
             log_p_object=log_p_object,
             log_q_discrete=every.get("log_q_discrete"),
-            log_likelihood=self.log_likelihood(x, image, likelihood_blur),
+            log_likelihood=self.log_likelihood(x, image),
             canvas=image,
+            scene=canvas,
         )
 
-    def _paint_present(self, canvas: torch.Tensor, packed: Packed) -> torch.Tensor:
-        """Plain AIR's objects, painted after the loop: only the present ones, each into its
-        image in step order (on Multi-MNIST a third of all steps hold an object)."""
-        columns = packed.columns()
-        found = columns["z_pres"].nonzero().squeeze(1)  # of every decided step
-        image = packed.flat_index[found] // packed.rows.steps
-        values = {
-            name[len(_OBJECT) :]: value[found]
-            for name, value in columns.items()
-            if name.startswith(_OBJECT)
-        }
-        return self.objects.paint(canvas, image, values)
+    # -- what an objective may ask for beyond the ELBO ---------------------------------------
 
-
-_OBJECT = "object."  # the record's names of the object model's values start with this
-
-
-def _append(record: dict[str, list[torch.Tensor]], step: Step) -> None:
-    """Add a step's per-row values to the loop's record, by name."""
-    named = {
-        "z_pres": step.z_pres,
-        "z_pres_prob": step.z_pres_prob,
-        "log_q_z_pres": step.log_q_z_pres,
-        "log_p_z_pres": step.log_p_z_pres,
-        "log_q_object": step.log_q_object,
-        "log_p_object": step.log_p_object,
-        **{_OBJECT + k: v for k, v in step.objects.values.items()},
-    }
-    if step.log_q_discrete is not None:
-        named["log_q_discrete"] = step.log_q_discrete
-    for name, value in named.items():
-        record.setdefault(name, []).append(value)
-
-
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``images`` (B, H, W) blurred by a Gaussian of ``sigma`` pixels (truncated at 3 sigma,
-    edges replicated): separable, so it is G_H @ image @ G_W^T with one small matrix per axis
-    (a wide kernel costs no more than a narrow one, unlike a convolution)."""
-    height, width = images.shape[-2:]
-    rows = _blur_matrix(height, sigma, images.dtype, images.device)
-    columns = rows if width == height else _blur_matrix(width, sigma, images.dtype, images.device)
-    return rows @ images @ columns.T
-
-
-def _blur_matrix(size: int, sigma: float, dtype: torch.dtype, device: torch.device):
-    """(size, size): row i holds the Gaussian's weights of the pixels that blur into pixel i,
-    the taps that fall off the edge added to the edge pixel (replicate padding)."""
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    source = (torch.arange(size, device=device).unsqueeze(1) + offsets.long()).clamp(0, size - 1)
-    matrix = torch.zeros(size, size, dtype=dtype, device=device)
-    return matrix.scatter_add_(1, source, kernel.expand(size, -1).contiguous())
+    def enumerate_choices(
+        self,
+        x: torch.Tensor,
+        inference: Inference,
+        log_likelihood: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> EnumeratedChoices | None:
+        """Each present object's discrete latent at every value, the rest of the sample as
+        drawn, scored by ``log_likelihood`` (default the model's); None where the object model
+        has no enumerable discrete latent. Where the object model scores a window, log p(x | z)
+        of the pixels outside it is the same for every value, so it is left out: it shifts each
+        object's values by one constant."""
+        score = self.log_likelihood if log_likelihood is None else log_likelihood
+        image, step = inference.z_pres.nonzero(as_tuple=True)
+        choices = self.objects.discrete_choices(inference.scene, inference.objects, image, step)
+        if choices is None:
+            return None
+        m, values = choices.logits.shape
+        with torch.no_grad():
+            scenes = choices.images.flatten(0, 1)
+            data = x[image]
+            if choices.window is not None:  # the values' images differ only there
+                data = data.flatten(1).gather(1, choices.window).view(-1, *scenes.shape[1:])
+            data = data.repeat_interleave(values, dim=0)
+            log_joint = score(data, scenes).view(m, values) + choices.log_prior
+        where = (image, step)
+        shape = (*inference.z_pres.shape, values)
+        return EnumeratedChoices(
+            logits=choices.logits.new_zeros(shape).index_put(where, choices.logits),
+            log_joint=log_joint.new_zeros(shape).index_put(where, log_joint),
+        )
 
 
 def build_model(config: ModelConfig) -> AIR:

@@ -1,5 +1,11 @@
 """The objective: the ELBO, its gradient estimator, and evaluation bounds.
 
+A training step's inference (``training_inference``) is the model's pass of q with what the
+objective asks for on top of the paper's ELBO: the exact enumeration of a discrete latent where
+the object model can enumerate it, and, early in training, a coarse-to-fine likelihood (image
+and reconstruction blurred alike, so a renderer's pose gradients reach objects that do not yet
+overlap their image). The model stays what the paper says; these are curricula.
+
 Gradients of the single-sample ELBO (paper sec. 2.2):
   * continuous latents (z_where, z_what) are reparameterised, so -ELBO backpropagates directly;
   * the discrete z_pres^i, and any discrete latent of a present object (its identity, for an
@@ -25,7 +31,33 @@ import torch
 import torch.nn as nn
 
 from airscene.model import AIR, EnumeratedChoices, Inference
-from airscene.rows import decided_steps
+from airscene.rows import Generators, decided_steps
+
+
+def training_inference(
+    model: AIR,
+    x: torch.Tensor,
+    generator: Generators = None,
+    z_pres_prior: float | None = None,
+    likelihood_blur: float = 0.0,
+    forward: Callable[..., Inference] | None = None,
+) -> Inference:
+    """One pass of q on the minibatch ``x`` for a training step: ``model``'s inference with
+    ``generator``'s noise and count prior ``z_pres_prior``, its log p(x | z) taken on images
+    blurred by ``likelihood_blur`` pixels (> 0: the coarse-to-fine curriculum), and every
+    enumerable discrete latent scored at each value (``Inference.choices``). ``forward`` runs
+    the pass in the model's place (a data-parallel wrapper of it)."""
+    inference = (forward or model)(x, generator=generator, z_pres_prior=z_pres_prior)
+    score = model.log_likelihood
+    if likelihood_blur > 0:
+
+        def score(data: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+            blurred = (gaussian_blur(data, likelihood_blur), gaussian_blur(mean, likelihood_blur))
+            return model.log_likelihood(*blurred)
+
+        inference.log_likelihood = score(x, inference.canvas)
+    inference.choices = model.enumerate_choices(x, inference, score)
+    return inference
 
 
 def learning_signals(inference: Inference) -> torch.Tensor:
@@ -145,3 +177,25 @@ def importance_weighted_log_px(
         elbo = model(repeated, generator=generator).elbo.view(block.shape[0], samples)
         estimates.append(torch.logsumexp(elbo, dim=1) - math.log(samples))
     return torch.cat(estimates)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``images`` (B, H, W) blurred by a Gaussian of ``sigma`` pixels (truncated at 3 sigma,
+    edges replicated): separable, so it is G_H @ image @ G_W^T with one small matrix per axis
+    (a wide kernel costs no more than a narrow one, unlike a convolution)."""
+    height, width = images.shape[-2:]
+    rows = _blur_matrix(height, sigma, images.dtype, images.device)
+    columns = rows if width == height else _blur_matrix(width, sigma, images.dtype, images.device)
+    return rows @ images @ columns.T
+
+
+def _blur_matrix(size: int, sigma: float, dtype: torch.dtype, device: torch.device):
+    """(size, size): row i holds the Gaussian's weights of the pixels that blur into pixel i,
+    the taps that fall off the edge added to the edge pixel (replicate padding)."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    source = (torch.arange(size, device=device).unsqueeze(1) + offsets.long()).clamp(0, size - 1)
+    matrix = torch.zeros(size, size, dtype=dtype, device=device)
+    return matrix.scatter_add_(1, source, kernel.expand(size, -1).contiguous())

@@ -16,9 +16,11 @@ learned 2D object; a fixed renderer is another ``ObjectModel`` with its own conf
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -32,7 +34,14 @@ from airscene.networks import (
     GlimpseEncoder,
 )
 from airscene.rows import StepNoise, standard_normal
-from airscene.spatial import read_glimpse, write_glimpse
+from airscene.spatial import read_glimpse, tight_boxes, write_glimpse, z_where_to_box
+
+if TYPE_CHECKING:
+    from airscene.data.family import GroundTruth
+    from airscene.model import AIR, Inference
+
+# Maps one image's boxes (K, 4) in canvas pixels to the input image's pixels.
+ToImage = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -66,6 +75,12 @@ class ObjectModel(nn.Module):
 
     feedback_dim: int  # size of ``feedback``'s last dimension
     canvas_size: int
+    default_data: str  # the ``DataConfig.kind`` it trains on unless told otherwise
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> ObjectModel:
+        """The object model of ``config.objects`` for a model of ``config`` (canvas, steps)."""
+        raise NotImplementedError
 
     def initial_params(self) -> torch.Tensor:
         """(P,) what the core's predictor emits for this model's posterior at initialisation (its
@@ -129,11 +144,42 @@ class ObjectModel(nn.Module):
         gradient); None where the model has no enumerable discrete latent (the default)."""
         return None
 
+    # -- what the verbs, figures and evaluations need of an object ---------------------------
+
+    def drawn_boxes(self, objects: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per image and step, the pixel box x0, y0, x1, y1 (end exclusive) of what the object
+        ``objects`` (B, N, ...) draws, (B, N, 4): comparable with the data's ground-truth boxes."""
+        raise NotImplementedError
+
+    def figure_boxes(self, objects: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The boxes (B, N, 4) that ``show`` and ``sample`` figures draw around each object;
+        by default ``drawn_boxes``."""
+        return self.drawn_boxes(objects)
+
+    def describe(self, inference: Inference, to_image: Sequence[ToImage]) -> list[list[Any]]:
+        """Per image of ``inference``, its present objects as records (dataclasses; JSON Lines
+        in ``airscene infer``) with every box mapped to the input's pixels by that image's
+        ``to_image`` (canvas-pixel boxes (K, 4) -> the input's)."""
+        raise NotImplementedError
+
+    def evaluate(
+        self,
+        model: AIR,
+        scenes: GroundTruth,
+        generator: torch.Generator | None = None,
+        iw_samples: int = 0,
+    ) -> Any:
+        """The metrics this kind of object has, of ``model`` on held-out ``scenes``: an object
+        with ``to_dict()`` (the report) and ``headline()`` (the scalars logged in training)."""
+        raise NotImplementedError
+
 
 class GlimpseObjects(ObjectModel):
     """The paper's 2D objects. z_where = (scale, x, y) ~ Normal places a window; q(z_where) is
     predicted by the core, the glimpse is read at z_where and encoded to q(z_what); z_what ~
     N(0, I) is decoded to a glimpse that the spatial transformer writes into the window."""
+
+    default_data = "multi-mnist"
 
     def __init__(self, config: GlimpseConfig, canvas_size: int) -> None:
         super().__init__()
@@ -161,6 +207,10 @@ class GlimpseObjects(ObjectModel):
         self.register_buffer(
             "z_where_prior_scale", torch.tensor(config.z_where_prior_scale), persistent=False
         )
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> GlimpseObjects:
+        return cls(config.objects, config.canvas_size)
 
     def initial_params(self) -> torch.Tensor:
         """z_where's loc (3) and its scale before the bound (3): the window starts at the prior's
@@ -229,20 +279,104 @@ class GlimpseObjects(ObjectModel):
         glimpse = self.decoder(values["z_what"])  # (M, G, G)
         return write_glimpse(glimpse, values["z_where"], self.canvas_size)
 
+    # -- what the verbs, figures and evaluations read ------------------------------------------
 
-def _rendered(objects, model: ModelConfig) -> ObjectModel:
-    from airscene.objects3d import RenderedObjects  # imported here: it builds on this module
+    def windows(self, objects: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The attention window of each object as a pixel box, (B, N, 4)."""
+        return z_where_to_box(objects["z_where"], self.canvas_size)
 
-    return RenderedObjects(objects, model.canvas_size, model.max_steps)
+    @torch.no_grad()
+    def drawn_boxes(self, objects, threshold: float = 0.1):
+        """The tight box of the pixels above ``threshold`` that each object draws (its ink); an
+        object that draws nothing above it gets its window."""
+        boxes = self.windows(objects).clone()
+        for t in range(boxes.shape[1]):
+            drawn = self.draw({k: v[:, t] for k, v in objects.items()}) > threshold
+            tight, has_ink = tight_boxes(drawn)
+            boxes[:, t] = torch.where(has_ink[:, None], tight.to(boxes.dtype), boxes[:, t])
+        return boxes
+
+    def figure_boxes(self, objects):
+        """The attention windows: where each step looked."""
+        return self.windows(objects)
+
+    @torch.no_grad()
+    def describe(self, inference, to_image):
+        inks = self.drawn_boxes(inference.objects).cpu().numpy()
+        windows = self.windows(inference.objects).cpu().numpy()
+        z_pres = inference.z_pres.cpu().numpy()
+        presence = inference.z_pres_prob.cpu().numpy()
+        z_where = inference.objects["z_where"].cpu().numpy()
+        z_what = inference.objects["z_what"].cpu().numpy()
+        described = []
+        for row, mapping in enumerate(to_image):
+            box, window = mapping(inks[row]), mapping(windows[row])
+            described.append(
+                [
+                    DetectedObject(
+                        step=t,
+                        box=[round(float(v), 2) for v in box[t]],
+                        window=[round(float(v), 2) for v in window[t]],
+                        presence=round(float(presence[row, t]), 6),
+                        z_where=[round(float(v), 6) for v in z_where[row, t]],
+                        z_what=[round(float(v), 6) for v in z_what[row, t]],
+                    )
+                    for t in range(z_pres.shape[1])
+                    if z_pres[row, t] > 0
+                ]
+            )
+        return described
+
+    def evaluate(self, model, scenes, generator=None, iw_samples=0):
+        """Count accuracy and confusion, box IoU, ELBO and log p(x) (``airscene.evaluate``)."""
+        from airscene.evaluate import evaluate  # it builds on the model, which builds on this
+
+        return evaluate(model, scenes, iw_samples=iw_samples, generator=generator)
+
+    @torch.no_grad()
+    def explain_away(
+        self,
+        x: torch.Tensor,
+        objects: dict[str, torch.Tensor],
+        z_pres: torch.Tensor,
+        generator: torch.Generator | None = None,
+        passes: int = 1,
+    ) -> dict[str, torch.Tensor]:
+        """``objects`` (an inference of images ``x``) with each present object's z_what read
+        again from what the *other* present objects leave unexplained: its glimpse of x minus
+        their drawing, at its own z_where. The loop reads object i from x (AIR) or from x minus
+        objects 1..i-1 (DAIR), so where objects overlap, an earlier object's glimpse still holds
+        part of a later one; here every object is read with every other one removed. Each pass
+        redraws the others from the previous pass's z_what. Without ``generator`` z_what is q's
+        mean, with it one draw from q."""
+        if passes < 1:
+            raise ValueError(f"passes must be at least 1, got {passes}")
+        objects = dict(objects)
+        image, step = z_pres.nonzero(as_tuple=True)
+        if len(image) == 0:
+            return objects
+        z_where = objects["z_where"][image, step]
+        z_what = objects["z_what"].clone()
+        for _ in range(passes):
+            drawn = self.draw({"z_where": z_where, "z_what": z_what[image, step]})  # each alone
+            scene = torch.zeros_like(x).index_add(0, image, drawn)  # glimpse objects add up
+            unexplained = x[image] - (scene[image] - drawn)  # x minus the other objects
+            glimpse = read_glimpse(unexplained, z_where, self.config.glimpse_size)
+            loc, scale = self.encoder(glimpse.flatten(1))
+            if generator is not None:
+                loc = loc + scale * torch.randn(loc.shape, generator=generator).to(loc)
+            z_what[image, step] = loc
+        objects["z_what"] = z_what
+        return objects
 
 
-# The object models, by the ``kind`` of their config (``airscene.config.OBJECT_CONFIGS``).
-OBJECT_MODELS: dict[str, Callable[[object, ModelConfig], ObjectModel]] = {
-    "glimpse": lambda objects, model: GlimpseObjects(objects, model.canvas_size),
-    "render3d": _rendered,
-}
+@dataclass
+class DetectedObject:
+    """One 2D object found in an image, in inference order (a record of ``airscene infer``)."""
 
-
-def build_objects(config: ModelConfig) -> ObjectModel:
-    """The object model ``config.objects`` describes."""
-    return OBJECT_MODELS[config.objects.kind](config.objects, config)
+    step: int  # 0-based inference step that found it
+    box: list[float]  # x0, y0, x1, y1 (end exclusive) of the object's drawn ink, in input pixels
+    window: list[float]  # the attention window (glimpse) in input pixels
+    presence: float  # q(z_pres = 1) at this step
+    z_where: list[float]  # scale, x, y on the model's canvas (normalised coordinates)
+    z_what: list[float]  # appearance code

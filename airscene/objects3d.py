@@ -34,17 +34,18 @@ not differentiable), from central finite differences of the renderer (``pose_gra
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from airscene.config import RenderedConfig
+from airscene.config import ModelConfig, RenderedConfig
 from airscene.densities import categorical_log_prob, normal_log_prob
 from airscene.networks import mlp
 from airscene.objects import DiscreteChoices, ObjectModel, ObjectStep
 from airscene.render3d import SHAPES, WINDOW, Renderer, SceneSpace
 from airscene.rows import standard_normal, uniform
-from airscene.spatial import read_glimpse
+from airscene.spatial import read_glimpse, tight_boxes
 
 
 class _FiniteDifferencePose(torch.autograd.Function):
@@ -84,6 +85,8 @@ class _FiniteDifferencePose(torch.autograd.Function):
 class RenderedObjects(ObjectModel):
     """The 3D renderer's objects: position, shape and turn per object (see the module)."""
 
+    default_data = "scenes3d"
+
     def __init__(self, config: RenderedConfig, canvas_size: int, max_objects: int) -> None:
         super().__init__()
         space = SceneSpace()
@@ -104,6 +107,10 @@ class RenderedObjects(ObjectModel):
             "order", torch.tensor(space.symmetry_order, dtype=torch.float32), persistent=False
         )
         self._renderers: dict[torch.device, Renderer] = {}
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> RenderedObjects:
+        return cls(config.objects, config.canvas_size, config.max_steps)
 
     def renderer(self, device: torch.device) -> Renderer:
         """The (parameter-free) renderer, its camera's tensors on ``device``."""
@@ -287,3 +294,68 @@ class RenderedObjects(ObjectModel):
             logits=logits,
             log_prior=logits.new_full((m, shapes), -math.log(shapes)),
         )
+
+    # -- what the verbs, figures and evaluations read ------------------------------------------
+
+    @torch.no_grad()
+    def drawn_boxes(self, objects, threshold: float = 0.05):
+        """Where each object, drawn alone, differs from the bare floor by more than
+        ``threshold``; an object that changes no pixel gets [0, 0, 0, 0]."""
+        first = next(iter(objects.values()))
+        floor = self.renderer(first.device).floor_shade
+        boxes = torch.zeros(*first.shape[:2], 4)
+        for t in range(boxes.shape[1]):
+            drawn = self.draw({k: v[:, t] for k, v in objects.items()}).cpu()
+            box, found = tight_boxes((drawn - floor).abs() > threshold)
+            boxes[:, t] = torch.where(found[:, None], box.float(), 0.0)
+        return boxes
+
+    @torch.no_grad()
+    def describe(self, inference, to_image):
+        boxes = self.drawn_boxes(inference.objects).numpy()
+        found = {
+            "z_pres": inference.z_pres,
+            "presence": inference.z_pres_prob,
+            "shape": inference.objects["shape"].long(),
+            "position": inference.objects["position"],
+            "rotation": self.rotation_deg(inference.objects),
+        }
+        found = {k: v.cpu().numpy() for k, v in found.items()}
+        described = []
+        for row, mapping in enumerate(to_image):
+            box = mapping(boxes[row])
+            described.append(
+                [
+                    RenderedObject(
+                        step=t,
+                        shape=SHAPES[int(found["shape"][row, t])],
+                        position=[round(float(v), 5) for v in found["position"][row, t]],
+                        rotation_deg=round(float(found["rotation"][row, t]), 3),
+                        presence=round(float(found["presence"][row, t]), 6),
+                        box=[round(float(v), 2) for v in box[t]],
+                    )
+                    for t in range(found["z_pres"].shape[1])
+                    if found["z_pres"][row, t] > 0
+                ]
+            )
+        return described
+
+    def evaluate(self, model, scenes, generator=None, iw_samples=0):
+        """Count, shape, position and rotation against the scenes' descriptions
+        (``airscene.evaluate3d``; no log p(x): ``iw_samples`` is not used)."""
+        from airscene.evaluate3d import evaluate_scenes3d  # it builds on the model
+
+        return evaluate_scenes3d(model, scenes, generator=generator)
+
+
+@dataclass
+class RenderedObject:
+    """One object found in an image by a 3D model, in inference order (a record of
+    ``airscene infer``)."""
+
+    step: int  # 0-based inference step that found it
+    shape: str  # one of airscene.render3d.SHAPES
+    position: list[float]  # x, y of its centre on the floor (world units)
+    rotation_deg: float  # about the vertical axis, in [0, 360) (defined modulo the symmetry)
+    presence: float  # q(z_pres = 1) at this step
+    box: list[float]  # x0, y0, x1, y1 (end exclusive) of where it draws, in input pixels

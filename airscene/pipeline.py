@@ -17,33 +17,7 @@ import torch
 
 from airscene.checkpoint import Checkpoint, load_model
 from airscene.data.images import ImageError, fit_to_canvas, looks_dark_on_light, read_image, to_grey
-from airscene.evaluate import ink_boxes
 from airscene.model import AIR
-from airscene.spatial import z_where_to_box
-
-
-@dataclass
-class DetectedObject:
-    """One object found in an image, in inference order."""
-
-    step: int  # 0-based inference step that found it
-    box: list[float]  # x0, y0, x1, y1 (end exclusive) of the object's drawn ink, in input pixels
-    window: list[float]  # the attention window (glimpse) in input pixels
-    presence: float  # q(z_pres = 1) at this step
-    z_where: list[float]  # scale, x, y on the model's canvas (normalised coordinates)
-    z_what: list[float]  # appearance code
-
-
-@dataclass
-class RenderedObject:
-    """One object found in an image by a 3D model (the renderer's objects), in inference order."""
-
-    step: int  # 0-based inference step that found it
-    shape: str  # one of airscene.render3d.SHAPES
-    position: list[float]  # x, y of its centre on the floor (world units)
-    rotation_deg: float  # about the vertical axis, in [0, 360) (defined modulo the symmetry)
-    presence: float  # q(z_pres = 1) at this step
-    box: list[float]  # x0, y0, x1, y1 (end exclusive) of where it draws, in input pixels
 
 
 @dataclass
@@ -55,7 +29,9 @@ class SceneResult:
     height: int | None = None
     count: int | None = None
     inverted: bool | None = None
-    objects: list[DetectedObject | RenderedObject] = field(default_factory=list)
+    objects: list[Any] = field(default_factory=list)  # the object model's records
+    # (``airscene.objects.DetectedObject``, ``airscene.objects3d.RenderedObject``), each with
+    # at least ``step``, ``box`` (in the input's pixels) and ``presence``
     error: str | None = None
 
     def to_record(self) -> dict[str, Any]:
@@ -155,68 +131,13 @@ class Pipeline:
         if not canvases:
             return results
         x = torch.from_numpy(np.stack(canvases)).to(self.device)
-        if self.model.config.objects.kind == "render3d":
-            self._fill_rendered(x, results, slots, fits)
-            return results
         with torch.no_grad():
             inference = self.model(x, sample=False)
-            inks = ink_boxes(self.model, inference).cpu().numpy()
-            windows = z_where_to_box(inference.z_where, self.canvas_size).cpu().numpy()
-        z_pres = inference.z_pres.cpu().numpy()
-        presence = inference.z_pres_prob.cpu().numpy()
-        z_where = inference.z_where.cpu().numpy()
-        z_what = inference.z_what.cpu().numpy()
-        for row, (slot, fit) in enumerate(zip(slots, fits, strict=True)):
-            result = results[slot]
-            steps = [t for t in range(z_pres.shape[1]) if z_pres[row, t] > 0]
-            result.count = len(steps)
-            box_image = fit.to_image(inks[row])
-            window_image = fit.to_image(windows[row])
-            result.objects = [
-                DetectedObject(
-                    step=t,
-                    box=[round(float(v), 2) for v in box_image[t]],
-                    window=[round(float(v), 2) for v in window_image[t]],
-                    presence=round(float(presence[row, t]), 6),
-                    z_where=[round(float(v), 6) for v in z_where[row, t]],
-                    z_what=[round(float(v), 6) for v in z_what[row, t]],
-                )
-                for t in steps
-            ]
+            described = self.model.objects.describe(inference, [fit.to_image for fit in fits])
+        for slot, objects in zip(slots, described, strict=True):
+            results[slot].count = len(objects)
+            results[slot].objects = objects
         return results
-
-    @torch.no_grad()
-    def _fill_rendered(self, x: torch.Tensor, results: list[SceneResult], slots, fits) -> None:
-        """A 3D model's answer for canvases ``x``: count, and per object shape, position,
-        rotation, presence and box, into ``results[slot]``."""
-        from airscene.evaluate3d import drawn_boxes
-        from airscene.render3d import SHAPES
-
-        inference = self.model(x, sample=False)
-        boxes = drawn_boxes(self.model, inference).numpy()
-        found = {
-            "z_pres": inference.z_pres,
-            "presence": inference.z_pres_prob,
-            "shape": inference.objects["shape"].long(),
-            "position": inference.objects["position"],
-            "rotation": self.model.objects.rotation_deg(inference.objects),
-        }
-        found = {k: v.cpu().numpy() for k, v in found.items()}
-        for row, (slot, fit) in enumerate(zip(slots, fits, strict=True)):
-            steps = [t for t in range(found["z_pres"].shape[1]) if found["z_pres"][row, t] > 0]
-            box_image = fit.to_image(boxes[row])
-            results[slot].count = len(steps)
-            results[slot].objects = [
-                RenderedObject(
-                    step=t,
-                    shape=SHAPES[int(found["shape"][row, t])],
-                    position=[round(float(v), 5) for v in found["position"][row, t]],
-                    rotation_deg=round(float(found["rotation"][row, t]), 3),
-                    presence=round(float(found["presence"][row, t]), 6),
-                    box=[round(float(v), 2) for v in box_image[t]],
-                )
-                for t in steps
-            ]
 
 
 def load(name_or_path: str | Path = "default", device: str | torch.device = "cpu") -> Pipeline:
@@ -227,4 +148,4 @@ def load(name_or_path: str | Path = "default", device: str | torch.device = "cpu
     return Pipeline(model, checkpoint)
 
 
-__all__ = ["DetectedObject", "Pipeline", "RenderedObject", "SceneResult", "load"]
+__all__ = ["Pipeline", "SceneResult", "load"]

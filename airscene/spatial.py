@@ -11,7 +11,7 @@ Both use ``align_corners=False``, so [-1, 1] spans the outer pixel edges and ``s
 the ratio of window side to canvas side, whatever the two resolutions.
 
 The maps have no rotation, so their sampling grids are built directly as ``scale * centre +
-shift``, without ``affine_grid``'s batched matrix products; ``airscene.reference`` builds the
+shift``, without ``affine_grid``'s batched matrix products; ``tests/reference.py`` builds the
 same grids with ``affine_grid`` from the maps' 2x3 matrices, and the tests compare the two.
 """
 
@@ -83,3 +83,21 @@ def z_where_to_box(z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
     return torch.stack(
         [(x - s + 1) * half, (y - s + 1) * half, (x + s + 1) * half, (y + s + 1) * half], -1
     )
+
+
+def tight_boxes(ink: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tight pixel box x0, y0, x1, y1 (end exclusive) of the True pixels of each mask
+    ``ink`` (B, H, W), (B, 4) int64, and whether the mask has any, (B,)."""
+    rows, cols = ink.any(dim=2), ink.any(dim=1)  # (B, H), (B, W)
+    index_y = torch.arange(ink.shape[1], device=ink.device)
+    index_x = torch.arange(ink.shape[2], device=ink.device)
+    box = torch.stack(
+        [
+            torch.where(cols, index_x, ink.shape[2]).amin(1),
+            torch.where(rows, index_y, ink.shape[1]).amin(1),
+            torch.where(cols, index_x + 1, 0).amax(1),
+            torch.where(rows, index_y + 1, 0).amax(1),
+        ],
+        dim=1,
+    )
+    return box, rows.any(dim=1)

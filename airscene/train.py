@@ -30,15 +30,12 @@ from airscene.checkpoint import (
     read_checkpoint,
 )
 from airscene.config import RunConfig, TrainConfig, to_dict
-from airscene.data.scenes3d import Scenes3D
 from airscene.data.training import images_to_tensor, training_data
 from airscene.distributed import World
 from airscene.errors import AirsceneError
-from airscene.evaluate import evaluate
-from airscene.evaluate3d import evaluate_scenes3d
 from airscene.model import AIR, Inference, build_model
 from airscene.networks import BaselineNetwork
-from airscene.objective import Objective, SignalNormaliser, air_objective
+from airscene.objective import Objective, SignalNormaliser, air_objective, training_inference
 from airscene.provenance import git_revision
 from airscene.rows import decided_steps
 from airscene.runlog import METRICS_FILE, RunLog, read_metric_rows
@@ -261,12 +258,13 @@ class Trainer:
 
     def objective(self, x: torch.Tensor, rho: float) -> tuple[Inference, Objective]:
         """Inference on the minibatch ``x`` with the run's noise, and the objective of it."""
-        inference = self.step_model(
+        inference = training_inference(
+            self.model,
             x,
             generator=self.noise,
             z_pres_prior=rho,
             likelihood_blur=likelihood_blur_at(self.step, self.train_config),
-            enumerate_discrete=True,
+            forward=self.step_model,
         )
         baselines = self.step_baseline(
             x.flatten(1), inference.previous_latents().detach(), decided_steps(inference.z_pres)
@@ -334,19 +332,6 @@ class Trainer:
             state["shard_noise_rng"] = shard_noise
         return state
 
-    def _transpose_image_projection_moments(self) -> None:
-        """Checkpoints written before the image projections were held as (in, out) saved their
-        Adam moments as (out, in); turn them into the parameters' layout."""
-        for optimiser, network in (
-            (self.model_optimiser, self.model),
-            (self.baseline_optimiser, self.baseline),
-        ):
-            weight = network.core.image_to_gates.weight
-            moments = optimiser.state.get(weight, {})
-            for name, moment in moments.items():
-                if torch.is_tensor(moment) and moment.dim() == 2:
-                    moments[name] = moment.t().contiguous()
-
     def counters(self, shard_orders: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """JSON-ready scalars of the state (the numpy minibatch streams' states included)."""
         shard_orders = shard_orders or [order.bit_generator.state for order in self.batch_orders]
@@ -390,7 +375,7 @@ class Trainer:
             ):
                 optimiser.load_state_dict(state[key])
             if state.get("image_projection_layout") != IMAGE_PROJECTION_LAYOUT:
-                self._transpose_image_projection_moments()
+                raise ValueError("written before the image projections were held as (in, out)")
             noises = state.get("shard_noise_rng", [state["noise_rng"]])
             orders = counters.get("shard_batch_rng", [counters["batch_rng"]])
             for i, shard in enumerate(self.shards):
@@ -563,25 +548,11 @@ def _metrics_row(trainer: Trainer, last_log: tuple[float, int]) -> dict[str, Any
 
 
 def _evaluation(model: AIR, scenes, device: torch.device) -> dict[str, float]:
-    """Count accuracy, ELBO and box IoU on held-out ``scenes``; on 3D scenes count, shape,
-    position and rotation (medians)."""
+    """The headline metrics of the model's kind of object on held-out ``scenes`` (count
+    accuracy, ELBO, and box IoU, or shape, position and rotation)."""
     # A generator of its own keeps evaluation from touching any training stream.
     generator = torch.Generator(device).manual_seed(0)
-    if isinstance(scenes, Scenes3D):
-        found = evaluate_scenes3d(model, scenes, generator=generator)
-        return {
-            "eval_count_accuracy": found.count_accuracy,
-            "eval_elbo": found.elbo,
-            "eval_shape_accuracy": found.shape_accuracy,
-            "eval_position_error": found.position_error_median,
-            "eval_rotation_error_deg": found.rotation_error_median_deg,
-        }
-    result = evaluate(model, scenes, generator=generator)
-    return {
-        "eval_count_accuracy": result.count_accuracy,
-        "eval_elbo": result.elbo,
-        "eval_mean_iou": result.mean_iou,
-    }
+    return model.objects.evaluate(model, scenes, generator=generator).headline()
 
 
 @torch.no_grad()

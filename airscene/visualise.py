@@ -98,19 +98,12 @@ def inference_figure(
 
 def show_inference(model, images, path: str | Path, true_counts: np.ndarray | None = None) -> Path:
     """``inference_figure`` of ``model``'s deterministic inference on ``images`` (B, H, W), a
-    tensor: the boxes are the 2D windows, or over a renderer where each object is drawn."""
+    tensor, with the boxes its object model draws (``ObjectModel.figure_boxes``)."""
     import torch
-
-    from airscene.spatial import z_where_to_box
 
     with torch.no_grad():
         inference = model(images, sample=False)
-        if model.config.objects.kind == "render3d":
-            from airscene.evaluate3d import drawn_boxes
-
-            boxes = drawn_boxes(model, inference)
-        else:
-            boxes = z_where_to_box(inference.z_where, model.config.canvas_size)
+        boxes = model.objects.figure_boxes(inference.objects)
     return inference_figure(
         images.cpu().numpy(),
         inference.canvas.cpu().numpy(),

@@ -57,8 +57,10 @@ def single_objects(model, split: str, n: int):
     for start in range(0, n, 1000):
         x = images_to_tensor(scenes.images[start : start + 1000])
         inference = model(x, sample=False)
-        what.append(inference.z_what[:, 0])
-        glimpse.append(read_glimpse(x, inference.z_where[:, 0], model.config.objects.glimpse_size))
+        what.append(inference.objects["z_what"][:, 0])
+        glimpse.append(
+            read_glimpse(x, inference.objects["z_where"][:, 0], model.config.objects.glimpse_size)
+        )
     labels = torch.from_numpy(scenes.labels[:, 0].astype(np.int64))
     return torch.cat(what), torch.cat(glimpse), labels
 
@@ -69,18 +71,22 @@ def paired_objects(model, split: str, n: int, passes: int = 0):
     objects (two per scene, in pairs) from the scenes where AIR found exactly two; each object
     is matched to a true digit by the centres of its window and of the digit's ink box. With
     ``passes`` > 0, z_what is read again with the other object explained away
-    (``AIR.explain_away``)."""
+    (``GlimpseObjects.explain_away``)."""
     scenes = load_scenes(DataConfig(counts=(2,), seed=0), split, n=(n + 1) // 2 + n // 20 + 10)
     size = model.config.objects.glimpse_size
     what, glimpse, labels = [], [], []
     for start in range(0, len(scenes.images), 1000):
         x = images_to_tensor(scenes.images[start : start + 1000])
         inference = model(x, sample=False)
-        z_what = inference.z_what
+        z_what = inference.objects["z_what"]
         if passes > 0:
-            z_what = model.explain_away(x, inference, passes=passes)["z_what"]
+            z_what = model.objects.explain_away(
+                x, inference.objects, inference.z_pres, passes=passes
+            )["z_what"]
         two = inference.count == 2
-        z_where = inference.z_where[two][:, :2]  # (P, 2, 3): plain AIR's objects come first
+        z_where = inference.objects["z_where"][two][
+            :, :2
+        ]  # (P, 2, 3): plain AIR's objects come first
         box = z_where_to_box(z_where, model.config.canvas_size)
         found = (box[..., :2] + box[..., 2:]) / 2  # (P, 2, 2) window centres
         truth_box = torch.from_numpy(scenes.boxes[start : start + 1000][two.numpy()][:, :2])
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         metavar="PASSES",
         help="with --digits 2: read each object's z_what again with the other object removed, "
-        "this many passes (AIR.explain_away; 0: the z_what of inference)",
+        "this many passes (GlimpseObjects.explain_away; 0: the z_what of inference)",
     )
     parser.add_argument("--out", default=str(HERE / "results" / "downstream_ceiling.json"))
     args = parser.parse_args(argv)

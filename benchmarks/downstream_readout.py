@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         metavar="PASSES",
         help="the latent readout reads each object's z_what read again with the other objects "
-        "removed, this many passes (AIR.explain_away; 0: the z_what of inference)",
+        "removed, this many passes (GlimpseObjects.explain_away; 0: the z_what of inference)",
     )
     parser.add_argument(
         "--test-draws",

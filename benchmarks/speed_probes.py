@@ -4,7 +4,7 @@ timed against what the library does now, in one run (medians; absolute times are
     python benchmarks/speed_probes.py            # add --compile to also try torch.compile (~1 min)
 
 1. Adam: the fused kernel (what training uses) against the per-parameter loops.
-2. Sampling grids: affine_grid (airscene.reference) against building scale * pixel_centre +
+2. Sampling grids: affine_grid (tests/reference.py) against building scale * pixel_centre +
    shift directly (the fast path), for the read and write of 3 steps at batch 64, forward and
    backward.
 3. The two image projections (inference network and baseline, 2500 -> 1024 each) against one
@@ -22,13 +22,13 @@ import dataclasses
 import datetime
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from airscene import reference
 from airscene.config import RunConfig
 from airscene.data.scenes import load_scenes
 from airscene.networks import (
@@ -37,6 +37,9 @@ from airscene.networks import (
 )
 from airscene.spatial import read_grid, write_grid
 from airscene.train import Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import reference  # noqa: E402  (the tests' oracle)
 
 HERE = Path(__file__).resolve().parent
 

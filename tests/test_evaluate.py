@@ -5,7 +5,7 @@ import pytest
 import torch
 from tiny import model_config
 
-from airscene.evaluate import box_iou, confusion_matrix, ink_boxes, matched_iou
+from airscene.evaluate import box_iou, confusion_matrix, matched_iou
 from airscene.model import build_model
 
 
@@ -42,7 +42,7 @@ def test_confusion_matrix():
     assert np.trace(matrix) / matrix.sum() == pytest.approx(4 / 6)
 
 
-def test_ink_boxes_of_a_known_object():
+def test_drawn_boxes_of_a_known_object_are_its_ink():
     torch.manual_seed(0)
     model = build_model(
         model_config(
@@ -60,8 +60,6 @@ def test_ink_boxes_of_a_known_object():
 
     model.objects.decoder = Square()
     # window 28 px wide (s = 0.56) centred on the canvas: glimpse pixels map 1:1 to canvas pixels
-    inference = type("I", (), {})()
-    inference.z_where = torch.tensor([[[0.56, 0.0, 0.0]]])
-    inference.objects = {"z_where": inference.z_where, "z_what": torch.zeros(1, 1, 50)}
-    boxes = ink_boxes(model, inference, threshold=0.5)
+    objects = {"z_where": torch.tensor([[[0.56, 0.0, 0.0]]]), "z_what": torch.zeros(1, 1, 50)}
+    boxes = model.objects.drawn_boxes(objects, threshold=0.5)
     torch.testing.assert_close(boxes[0, 0], torch.tensor([20.0, 20.0, 30.0, 30.0]))

@@ -1,4 +1,4 @@
-"""The library's loop against the plain reference computation (``airscene.reference``): same
+"""The library's loop against the plain reference computation (``tests/reference.py``): same
 weights and noise, same numbers.
 
 The loop computes each step only for the images whose z_pres is still decided, builds sampling
@@ -10,15 +10,13 @@ the reference (every step for every image, affine_grid, dense products, every ob
 its step) to float rounding, for AIR and DAIR.
 """
 
-import copy
 import dataclasses
 
 import pytest
+import reference
 import torch
 from tiny import model_config
 
-from airscene import reference
-from airscene.checkpoint import read_checkpoint, save_checkpoint
 from airscene.config import RunConfig, TrainConfig
 from airscene.model import build_model
 from airscene.networks import (
@@ -146,7 +144,7 @@ def test_fast_path_when_every_image_stops_at_the_first_step(dair):
     assert torch.equal(fast_rng, ref_rng)
     torch.testing.assert_close(fast.elbo, ref.elbo)
     assert not fast.canvas.any()
-    assert not fast.z_where[:, 1:].any()  # never inferred
+    assert not fast.objects["z_where"][:, 1:].any()  # never inferred
 
 
 def test_trainers_on_both_paths_stay_together():
@@ -158,7 +156,7 @@ def test_trainers_on_both_paths_stay_together():
     )
     images = (blank_canvas_images(200, seed=2) * 255).to(torch.uint8)
     fast = Trainer(config, torch.device("cpu"))
-    ref = reference.ReferenceTrainer(config, torch.device("cpu"))
+    ref = ReferenceTrainer(config, torch.device("cpu"))
     for _ in range(5):
         assert fast.train_step(images, None) and ref.train_step(images, None)
     fast_loss, fast_elbo, _ = fast.take_means()
@@ -235,30 +233,8 @@ def test_image_projection_saves_and_loads_the_linear_layout():
     torch.testing.assert_close(ImageProjection(30, 8, bound=0.1).state_dict()["weight"], drawn)
 
 
-def test_resume_from_a_checkpoint_with_out_in_adam_moments(tmp_path):
-    # Checkpoints written before the (in, out) layout hold the image projections' Adam moments
-    # as (out, in) and no layout marker; resuming one continues exactly as the live trainer.
-    config = RunConfig(
-        model=CONFIG, train=TrainConfig(batch_size=8, seed=1, threads=None, eval_every=0)
-    )
-    images = (blank_canvas_images(40, seed=4) * 255).to(torch.uint8)
-    live = Trainer(config, torch.device("cpu"))
-    for _ in range(2):
-        live.train_step(images, None)
-    state = copy.deepcopy(live.trainer_state())  # it shares tensors with the live optimiser
-    del state["image_projection_layout"]
-    for key, network in (("model_optimiser", live.model), ("baseline_optimiser", live.baseline)):
-        index = [p is network.core.image_to_gates.weight for p in network.parameters()].index(True)
-        moments = state[key]["state"][index]
-        for name in ("exp_avg", "exp_avg_sq"):
-            moments[name] = moments[name].t().contiguous()
-    save_checkpoint(
-        tmp_path / "old", config, live.model, 2, baseline=live.baseline, trainer_state=state,
-        extra={"trainer": live.counters()},
-    )  # fmt: skip
-    resumed = Trainer(config, torch.device("cpu"))
-    resumed.restore(read_checkpoint(tmp_path / "old"))
-    live.train_step(images, None)
-    resumed.train_step(images, None)
-    for a, b in zip(live.model.parameters(), resumed.model.parameters(), strict=True):
-        assert torch.equal(a, b)
+class ReferenceTrainer(Trainer):
+    """A ``Trainer`` whose steps take the reference computation."""
+
+    def objective(self, x, rho):
+        return reference.objective(self.model, self.baseline, self.normaliser, x, self.noise, rho)

@@ -40,8 +40,8 @@ def test_shapes_and_counts(dair):
     b, n = 64, model.config.max_steps
     assert (
         out.z_pres.shape == (b, n)
-        and out.z_where.shape == (b, n, 3)
-        and out.z_what.shape == (b, n, 6)
+        and out.objects["z_where"].shape == (b, n, 3)
+        and out.objects["z_what"].shape == (b, n, 6)
     )
     assert (
         out.canvas.shape == (b, 50, 50)
@@ -99,13 +99,13 @@ def test_deterministic_mode_and_seeded_sampling():
     x = images(8)
     a = model(x, sample=False)
     b = model(x, sample=False)
-    torch.testing.assert_close(a.z_where, b.z_where)
+    torch.testing.assert_close(a.objects["z_where"], b.objects["z_where"])
     torch.testing.assert_close(a.z_pres, (a.z_pres_prob >= 0.5).float().cumprod(1))
     s1 = model(x, generator=torch.Generator().manual_seed(9))
     s2 = model(x, generator=torch.Generator().manual_seed(9))
     s3 = model(x, generator=torch.Generator().manual_seed(10))
     torch.testing.assert_close(s1.elbo, s2.elbo)
-    assert not torch.allclose(s1.z_what, s3.z_what)
+    assert not torch.allclose(s1.objects["z_what"], s3.objects["z_what"])
 
 
 def test_dair_reads_the_residual():
@@ -117,8 +117,8 @@ def test_dair_reads_the_residual():
     gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     a, d = air(x, generator=gen()), dair(x, generator=gen())
     # Same weights and noise: step 1 is identical, later steps differ only through the residual.
-    torch.testing.assert_close(a.z_where[:, 0], d.z_where[:, 0])
-    assert not torch.allclose(a.z_where[:, 1], d.z_where[:, 1])
+    torch.testing.assert_close(a.objects["z_where"][:, 0], d.objects["z_where"][:, 0])
+    assert not torch.allclose(a.objects["z_where"][:, 1], d.objects["z_where"][:, 1])
 
 
 def test_dair_presence_from_the_residual_ignores_the_recurrent_state():
@@ -153,13 +153,17 @@ def test_dair_without_memory_steps_see_the_residual_alone():
     found = first.z_pres[:, 0] > 0
     assert found.any()
     torch.testing.assert_close(first.z_pres_prob[found, 1], again.z_pres_prob[found, 0])
-    torch.testing.assert_close(first.z_where[found, 1], again.z_where[found, 0])
+    torch.testing.assert_close(
+        first.objects["z_where"][found, 1], again.objects["z_where"][found, 0]
+    )
     # With memory (the paper's DAIR) the same comparison fails: the state carries step 1.
     remembering = small_model(dair=True)
     first = remembering(x, sample=False)
     painted = remembering.objects.draw({k: v[:, 0] for k, v in first.objects.items()})
     again = remembering(x - painted, sample=False)
-    assert not torch.allclose(first.z_where[found, 1], again.z_where[found, 0])
+    assert not torch.allclose(
+        first.objects["z_where"][found, 1], again.objects["z_where"][found, 0]
+    )
     with pytest.raises(ValueError, match="needs DAIR"):
         model_config(dair=False, dair_memory=False)
 
@@ -279,8 +283,9 @@ def test_explain_away_reads_each_object_from_the_image_without_the_others():
 
     second_what = torch.randn(6, generator=generator)
     x, inference = scene(second_what)
-    read_again = model.explain_away(x, inference)["z_what"][0]
-    read_again_other = model.explain_away(*scene(-3 * second_what))["z_what"][0]
+    read_again = model.objects.explain_away(x, inference.objects, inference.z_pres)["z_what"][0]
+    other_x, other = scene(-3 * second_what)
+    read_again_other = model.objects.explain_away(other_x, other.objects, other.z_pres)["z_what"][0]
     size = model.objects.config.glimpse_size
     alone = model.objects.draw({"z_where": z_where[:1], "z_what": first_what[None]})
     with torch.no_grad():
@@ -293,7 +298,9 @@ def test_explain_away_reads_each_object_from_the_image_without_the_others():
     assert (read_in_x[0] - read_alone[0]).abs().max() > 1e-2
     assert torch.equal(read_again[2], torch.zeros(6))  # the absent step is left as it was
     # With a generator: a draw from q, not its mean.
-    drawn = model.explain_away(x, inference, generator=torch.Generator().manual_seed(0))
+    drawn = model.objects.explain_away(
+        x, inference.objects, inference.z_pres, generator=torch.Generator().manual_seed(0)
+    )
     assert not torch.allclose(drawn["z_what"][0, 0], read_again[0])
     with pytest.raises(ValueError, match="passes"):
-        model.explain_away(x, inference, passes=0)
+        model.objects.explain_away(x, inference.objects, inference.z_pres, passes=0)

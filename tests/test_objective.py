@@ -36,6 +36,7 @@ def toy_inference(
         log_q_discrete=zeros,
         log_likelihood=reward,
         canvas=torch.zeros(b, 2, 2),
+        scene=torch.zeros(b, 2, 2),
     )
 
 
@@ -81,6 +82,7 @@ def test_learning_signals_credit_only_later_steps():
         log_q_discrete=torch.zeros(b, n),
         log_likelihood=torch.tensor([100.0, 200.0]),
         canvas=torch.zeros(b, 2, 2),
+        scene=torch.zeros(b, 2, 2),
     )
     expected = torch.tensor([[107.0, 106.0, 104.0], [256.0, 248.0, 232.0]])
     torch.testing.assert_close(learning_signals(inference), expected)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny import TINY_MODEL, model_config
 
-from airscene.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from airscene.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from airscene.cli import build_parser, config_from_args, main
 from airscene.config import (
     OBJECT_CONFIGS,
@@ -21,13 +21,13 @@ from airscene.config import (
     RunConfig,
     TrainConfig,
     from_dict,
-    to_dict,
 )
 from airscene.densities import categorical_log_prob, normal_log_prob
 from airscene.errors import AirsceneError
 from airscene.model import Inference, build_model
 from airscene.objective import air_objective
-from airscene.objects import OBJECT_MODELS, ObjectModel, ObjectStep
+from airscene.objects import ObjectModel, ObjectStep
+from airscene.registry import OBJECT_MODELS
 from airscene.rows import ActiveRows, StepNoise
 from airscene.spatial import write_glimpse
 from airscene.train import Trainer
@@ -50,12 +50,18 @@ class BarObjects(ObjectModel):
     """A fixed renderer of two shapes: per object a categorical shape (discrete, no pathwise
     gradient) and a position (x, y), reparameterised through the spatial transformer."""
 
+    default_data = "multi-mnist"
+
     def __init__(self, canvas_size: int) -> None:
         super().__init__()
         self.canvas_size = canvas_size
         self.feedback_dim = 2 + 2  # one-hot shape, position
         self.register_buffer("templates", TEMPLATES.clone(), persistent=False)
         self.prior_scale = torch.tensor(0.1)  # positions near the centre
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config.canvas_size)
 
     def initial_params(self):  # shape logits, position loc, position scale before its bound
         return torch.tensor([0.0, 0.0, 0.0, 0.0, -2.0, -2.0])
@@ -90,7 +96,7 @@ class BarObjects(ObjectModel):
 @pytest.fixture
 def bar_objects(monkeypatch):
     monkeypatch.setitem(OBJECT_CONFIGS, "bars", BarsConfig)
-    monkeypatch.setitem(OBJECT_MODELS, "bars", lambda objects, model: BarObjects(model.canvas_size))
+    monkeypatch.setitem(OBJECT_MODELS, "bars", BarObjects)  # a class registers as itself
 
 
 def bar_scenes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,6 +181,7 @@ def test_discrete_latent_gradient_matches_analytic_gradient():
         log_q_discrete=log_q,
         log_likelihood=reward[s],
         canvas=torch.zeros(n, 2, 2),
+        scene=torch.zeros(n, 2, 2),
     )
     for baseline in (0.0, 3.7):  # any baseline leaves the mean unchanged
         objective = air_objective(inference, torch.full((n, 1), baseline))
@@ -208,31 +215,18 @@ def test_categorical_noise_draws_the_distribution():
     torch.testing.assert_close(frequency, torch.tensor([0.2, 0.5, 0.3]), atol=0.01, rtol=0)
 
 
-def test_flat_model_configs_of_older_checkpoints_upgrade(tmp_path):
-    # Checkpoints written before object models had their own settings hold every model field
-    # flat (the shipped model until 2026-12-02 among them); they read into today's layout,
-    # weights unchanged.
+def test_checkpoints_name_their_object_model(tmp_path):
+    # A checkpoint names its object model beside its config; one that does not, or whose name
+    # and config disagree, is refused in one line, as is an object model of no known kind.
     config = RunConfig(model=model_config(**TINY_MODEL))
-    model = build_model(config.model)
-    old = save_checkpoint(tmp_path / "old", config, model, step=1)
-    meta = json.loads((old / "checkpoint.json").read_text())
-    objects = meta["config"]["model"].pop("objects")
-    objects.pop("kind")
-    meta["config"]["model"].update(objects)  # the layout of those checkpoints
-    meta.pop("object_model")
-    (old / "checkpoint.json").write_text(json.dumps(meta))
-    read = read_checkpoint(old)
-    assert read.config == config
-    loaded, _ = load_model(old)
-    for name, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[name], value), name
-    flat = {"max_steps": 2, "glimpse_size": 20, "z_what_dim": 7, "z_where_max_scale": None}
-    upgraded = from_dict(ModelConfig, flat)
-    assert upgraded.max_steps == 2
-    assert upgraded.objects == GlimpseConfig(glimpse_size=20, z_what_dim=7, z_where_max_scale=None)
-    assert from_dict(ModelConfig, to_dict(upgraded)) == upgraded
     with pytest.raises(ConfigError, match="unknown kind 'renderer'"):
         from_dict(ModelConfig, {"objects": {"kind": "renderer"}})
+    old = save_checkpoint(tmp_path / "old", config, build_model(config.model), step=1)
+    meta = json.loads((old / "checkpoint.json").read_text())
+    meta.pop("object_model")
+    (old / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="object model None"):
+        read_checkpoint(old)
     # A checkpoint written now names its object model.
     path = save_checkpoint(tmp_path / "new", config, build_model(config.model), step=1)
     assert json.loads((path / "checkpoint.json").read_text())["object_model"] == "glimpse"

@@ -11,6 +11,7 @@ from airscene.config import DataConfig, ModelConfig, RenderedConfig, RunConfig, 
 from airscene.data.scenes3d import make_scenes3d
 from airscene.evaluate3d import Inferred3D, rotation_error_deg, score_scenes3d
 from airscene.model import build_model
+from airscene.objective import gaussian_blur
 from airscene.objects3d import RenderedObjects
 from airscene.render3d import SHAPES, Renderer
 from airscene.train import Trainer
@@ -189,7 +190,6 @@ def test_a_render3d_model_round_trips_through_a_checkpoint(tmp_path):
 
 
 def test_the_likelihood_blur_keeps_flat_images_and_shrinks_to_nothing():
-    from airscene.model import gaussian_blur
     from airscene.train import likelihood_blur_at
 
     flat = torch.full((2, 16, 16), 0.3)
@@ -218,9 +218,10 @@ def test_the_likelihood_blur_keeps_flat_images_and_shrinks_to_nothing():
     air = build_model(ModelConfig(canvas_size=64, objects=RenderedConfig()))
     target = model.draw(values([0], [[0.4, 0.0]], [0.0]))
 
-    def gain(blur):  # log p(x | z) with the sphere at x = -0.1 over x = -0.4
+    def gain(blur):  # log p(x | z) with the sphere at x = -0.1 over x = -0.4, images blurred
         near, far = (model.draw(values([0], [[x, 0.0]], [0.0])) for x in (-0.1, -0.4))
-        return float(air.log_likelihood(target, near, blur) - air.log_likelihood(target, far, blur))
+        seen, near, far = (gaussian_blur(i, blur) if blur else i for i in (target, near, far))
+        return float(air.log_likelihood(seen, near) - air.log_likelihood(seen, far))
 
     assert gain(6.0) > 4 * abs(gain(0.0)), (gain(0.0), gain(6.0))
 
@@ -260,8 +261,25 @@ def test_cli_trains_and_evaluates_a_3d_model(tmp_path, capsys):
         for found in record["objects"]:
             assert set(found) == {"step", "shape", "position", "rotation_deg", "presence", "box"}
             assert found["shape"] in SHAPES and 0 <= found["rotation_deg"] < 360
-    # The renderer's objects on a Multi-MNIST canvas: one line, exit 2.
-    assert main(["train", "--objects", "render3d", "--run-dir", str(tmp_path / "y")]) == 2
+    # The renderer's objects train on the 3D scenes unless told otherwise (their default data);
+    # on a Multi-MNIST canvas they are refused in one line, exit 2.
+    argv = ["train", "--objects", "render3d", "--run-dir", str(tmp_path / "z"), "--steps", "1",
+            "--batch-size", "4", "--n-train", "8", "--n-test", "4", "--lstm-size", "8",
+            "--predictor-hidden", "8", "--baseline-lstm-size", "8", "--encoder-hidden", "8",
+            "--eval-every", "0"]  # fmt: skip
+    assert main(argv) == 0
+    config = json.loads((tmp_path / "z" / "config.json").read_text())["config"]
+    assert config["data"]["kind"] == "scenes3d" and config["model"]["dair"]  # the 3D recipe
+    argv = [
+        "train",
+        "--objects",
+        "render3d",
+        "--kind",
+        "multi-mnist",
+        "--run-dir",
+        str(tmp_path / "y"),
+    ]
+    assert main(argv) == 2
     assert "canvas_size must be 64" in capsys.readouterr().err
     # A 2D setting does not go with the 3D renderer's objects.
     assert (
@@ -271,16 +289,10 @@ def test_cli_trains_and_evaluates_a_3d_model(tmp_path, capsys):
 
 
 def test_drawn_boxes_hold_each_inferred_object():
-    from airscene.evaluate3d import drawn_boxes
-
     model = build_model(ModelConfig(canvas_size=64, objects=RenderedConfig()))
     scene = values([1, 0], [[0.0, 0.0], [0.5, 0.5]], [0.3, 0.0])
-    inference = dataclasses.make_dataclass("Found", ["objects", "z_pres", "canvas"])(
-        objects={k: v.view(1, 2, *v.shape[1:]) for k, v in scene.items()},
-        z_pres=torch.ones(1, 2),
-        canvas=torch.zeros(1, 64, 64),
-    )
-    boxes = drawn_boxes(model, inference)[0]
+    objects = {k: v.view(1, 2, *v.shape[1:]) for k, v in scene.items()}
+    boxes = model.objects.drawn_boxes(objects)[0]
     alone = model.objects.draw(scene)
     for t in range(2):
         x0, y0, x1, y1 = (int(v) for v in boxes[t])
@@ -297,7 +309,8 @@ def test_shape_choices_score_each_shape_as_the_whole_re_rendered_scene_would():
     with torch.no_grad():
         model.predictor.net[-1].bias[0] = 6.0  # every step finds an object
     x = torch.from_numpy(make_scenes3d(4, "test", seed=2).images).float() / 255
-    inference = model(x, sample=False, enumerate_discrete=True)
+    inference = model(x, sample=False)
+    inference.choices = model.enumerate_choices(x, inference)
     assert inference.count.eq(3).all()
     choices = inference.choices
     values = inference.objects

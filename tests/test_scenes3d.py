@@ -88,7 +88,7 @@ def test_cli_data_make_scenes3d_png(tmp_path, monkeypatch, capsys):
     # Multi-MNIST-only flags and counts over 3 are one-line errors.
     capsys.readouterr()
     assert main(["data", "make", "--kind", "scenes3d", "--n", "2", "--overlap"]) == 2
-    assert "Multi-MNIST only" in capsys.readouterr().err
+    assert "--overlap: not a setting of --kind scenes3d" in capsys.readouterr().err
     assert main(["data", "make", "--kind", "scenes3d", "--n", "2", "--counts", "0,4"]) == 2
     assert main(["data", "make", "--kind", "scenes3d", "--n", "12", "--split", "train",
                  "--format", "png", "--out", str(out)]) == 2  # fmt: skip

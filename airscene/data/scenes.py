@@ -23,7 +23,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from airscene.config import OWN_DATA_FIELDS, DataConfig, to_dict
+from airscene.config import OWN_DATA_FIELDS, DataConfig, RunConfig, to_dict
+from airscene.data.family import SceneFamily
 from airscene.data.mnist import load_mnist
 from airscene.errors import AirsceneError
 
@@ -389,3 +390,31 @@ def write_png_scenes(
         writer.writerow(["file", "count"])
         writer.writerows((name, int(c)) for name, c in zip(names, counts, strict=True))
     return out
+
+
+class MultiMnist(SceneFamily):
+    """The paper's Multi-MNIST scenes: MNIST digits placed on a blank canvas."""
+
+    kind = "multi-mnist"
+    title = "Multi-MNIST: ink boxes and labels"
+
+    def preset(self) -> RunConfig:
+        return RunConfig()
+
+    def load(self, config: DataConfig, split: str, n: int | None = None) -> Scenes:
+        return load_scenes(config, split, n=n)
+
+    def export_png(self, scenes: Scenes, out_dir: Path, config: DataConfig) -> Path:
+        return export_png(scenes, out_dir, config)
+
+    def save_npz(self, scenes: Scenes, path: Path, config: DataConfig) -> None:
+        save_npz(scenes, path, config)
+
+    def captions(self, scenes: Scenes) -> list[str]:
+        return [
+            f"n={count}: " + " ".join(str(int(label)) for label in labels[:count])
+            for labels, count in zip(scenes.labels, scenes.counts, strict=True)
+        ]
+
+
+MULTI_MNIST = MultiMnist()

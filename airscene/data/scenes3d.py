@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from airscene.config import DataConfig, RunConfig, scenes3d_run
+from airscene.data.family import SceneFamily
 from airscene.data.scenes import cache_dir, cached, write_npz, write_png_scenes
 from airscene.errors import AirsceneError
 from airscene.render3d import (
@@ -205,3 +207,31 @@ def export_png3d(scenes: Scenes3D, out_dir: str | Path) -> Path:
             "images": ground_truth_records(scenes, names),
         },
     )
+
+
+class Scenes3DFamily(SceneFamily):
+    """The 3D experiment's scenes: 0-3 objects on a floor, drawn by the fixed renderer."""
+
+    kind = "scenes3d"
+    title = "3D scenes: visible boxes and shapes"
+    fields = ("kind", "counts", "seed", "n_train", "n_test")
+    writes_npz = False  # kept in the cache; exported as PNG files with their descriptions
+
+    def preset(self) -> RunConfig:
+        return scenes3d_run()
+
+    def load(self, config: DataConfig, split: str, n: int | None = None) -> Scenes3D:
+        size = n if n is not None else (config.n_train if split == "train" else config.n_test)
+        return load_scenes3d(size, split, config.seed, config.counts)
+
+    def export_png(self, scenes: Scenes3D, out_dir: Path, config: DataConfig) -> Path:
+        return export_png3d(scenes, out_dir)
+
+    def captions(self, scenes: Scenes3D) -> list[str]:
+        return [
+            f"n={count}: " + " ".join(SHAPES[int(s)] for s in shapes[:count])
+            for shapes, count in zip(scenes.shapes, scenes.counts, strict=True)
+        ]
+
+
+SCENES3D = Scenes3DFamily()

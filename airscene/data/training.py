@@ -7,32 +7,26 @@ import numpy as np
 import torch
 
 from airscene.config import RunConfig
+from airscene.data.family import GroundTruth
 from airscene.data.images import load_image_dataset
-from airscene.data.scenes import Scenes, load_scenes
-from airscene.data.scenes3d import Scenes3D, load_scenes3d
+from airscene.data.scenes import Scenes
 from airscene.errors import AirsceneError
+from airscene.registry import scene_family
 
 
-def training_data(config: RunConfig) -> tuple[np.ndarray, np.ndarray | None, Scenes | Scenes3D]:
+def training_data(config: RunConfig) -> tuple[np.ndarray, np.ndarray | None, GroundTruth]:
     """Training images (N, S, S) uint8, their counts if known, and the held-out scenes.
 
-    3D scenes: rendered train and test scenes (``airscene.data.scenes3d``).
-
-    Multi-MNIST: train scenes from MNIST train digits, held-out scenes from test digits. A data
-    path: the user's images, the last ``holdout_fraction`` of them held out (counts, if given,
-    turn on count accuracy; they never reach the model's objective).
+    Generated data (``data.kind``'s scene family, ``airscene.registry``): its train scenes and
+    its held-out test scenes (for Multi-MNIST, from MNIST's train and test digits). A data path:
+    the user's images, the last ``holdout_fraction`` of them held out (counts, if given, turn on
+    count accuracy; they never reach the model's objective).
     """
     data = config.data
-    if data.kind == "scenes3d":
-        train = load_scenes3d(data.n_train, "train", data.seed, data.counts)
-        return (
-            train.images,
-            train.counts,
-            load_scenes3d(data.n_test, "test", data.seed, data.counts),
-        )
     if data.data_path is None:
-        train_scenes = load_scenes(data, "train")
-        return train_scenes.images, train_scenes.counts, load_scenes(data, "test")
+        family = scene_family(data.kind)
+        train = family.load(data, "train")
+        return train.images, train.counts, family.load(data, "test")
     images, counts = load_image_dataset(
         data.data_path, config.model.canvas_size, data.data_array, data.data_counts
     )

@@ -121,7 +121,7 @@ def air_latents(
     (``ordered_object_latents``), flattened to (B, N * (1 + 3 + D)). Deterministic inference
     (every latent at its posterior mode or mean), or with ``generator`` one draw from q(z | x).
     With ``explain_away`` > 0, each object's z_what is read again that many passes with the
-    other objects removed from the image (``AIR.explain_away``; not with ``glimpses``, which
+    other objects removed from the image (``GlimpseObjects.explain_away``; not with ``glimpses``, which
     read pixels instead of z_what).
 
     With ``glimpses``, each object's attended glimpse of the image (G * G pixels, read at its
@@ -130,17 +130,19 @@ def air_latents(
     for start in range(0, len(images), batch):
         x = images_to_tensor(images[start : start + batch])
         inference = model(x, generator=generator, sample=generator is not None)
-        appearance = inference.z_what
+        appearance = inference.objects["z_what"]
         if glimpses:
             size = model.objects.config.glimpse_size
-            steps = inference.z_where.shape[1]
+            steps = inference.objects["z_where"].shape[1]
             seen = x.repeat_interleave(steps, 0)  # (B * N, H, W), each image once per step
-            read = read_glimpse(seen, inference.z_where.flatten(0, 1), size)
+            read = read_glimpse(seen, inference.objects["z_where"].flatten(0, 1), size)
             appearance = read.view(len(x), steps, size * size)
         elif explain_away > 0:
-            objects = model.explain_away(x, inference, generator, passes=explain_away)
+            objects = model.objects.explain_away(
+                x, inference.objects, inference.z_pres, generator, passes=explain_away
+            )
             appearance = objects["z_what"]
-        latents = ordered_object_latents(inference.z_pres, inference.z_where, appearance)
+        latents = ordered_object_latents(inference.z_pres, inference.objects["z_where"], appearance)
         chunks.append(latents.flatten(1))
     return torch.cat(chunks)
 

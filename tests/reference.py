@@ -8,7 +8,7 @@ starts from an explicit zero state. It shares the model's weights and small para
 (the predictor, the encoder and decoder, q(z_where)'s bound), not its loop: the library's loop
 (``AIR.forward``, ``BaselineNetwork.forward``) must give the same latents where a step was
 decided, the same losses and gradients up to float rounding, and the same random stream.
-Nothing in the library imports this module.
+It is a test oracle: the library never imports it; ``benchmarks/speed.py`` times against it.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import torch.nn.functional as F
 from airscene.densities import bernoulli_log_prob
 from airscene.model import AIR, Inference
 from airscene.networks import BaselineNetwork, RecurrentCore
-from airscene.objective import Objective, air_objective
+from airscene.objective import Objective, SignalNormaliser, air_objective
 from airscene.objects import GlimpseObjects, ObjectStep
-from airscene.rows import StepNoise, decided_steps
+from airscene.rows import Generators, StepNoise, decided_steps
 from airscene.spatial import safe_scale
-from airscene.train import Trainer
 
 
 def read_theta(z_where: torch.Tensor) -> torch.Tensor:
@@ -155,6 +154,7 @@ def infer(
         log_q_discrete=None,
         log_likelihood=model.log_likelihood(x, canvas),
         canvas=canvas,
+        scene=canvas,
     )
 
 
@@ -171,10 +171,16 @@ def baselines(
     return torch.stack(values, dim=1)
 
 
-class ReferenceTrainer(Trainer):
-    """A ``Trainer`` whose steps take the reference computation (benchmarks, tests)."""
-
-    def objective(self, x: torch.Tensor, rho: float) -> tuple[Inference, Objective]:
-        inference = infer(self.model, x, generator=self.noise, z_pres_prior=rho)
-        values = baselines(self.baseline, x.flatten(1), inference.previous_latents().detach())
-        return inference, air_objective(inference, values, self.normaliser)
+def objective(
+    model: AIR,
+    baseline: BaselineNetwork,
+    normaliser: SignalNormaliser | None,
+    x: torch.Tensor,
+    generator: Generators,
+    rho: float,
+) -> tuple[Inference, Objective]:
+    """A training step's inference and objective computed plainly (``Trainer.objective`` of the
+    library: a trainer whose ``objective`` returns this takes the reference path)."""
+    inference = infer(model, x, generator=generator, z_pres_prior=rho)
+    values = baselines(baseline, x.flatten(1), inference.previous_latents().detach())
+    return inference, air_objective(inference, values, normaliser)
