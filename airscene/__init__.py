@@ -1,34 +1,75 @@
 """airscene: Attend, Infer, Repeat (Eslami et al., NIPS 2016) in PyTorch.
 
 Find, count and describe the objects in an image without labels.
+
+The names below are imported when first used, so that ``airscene --help`` and the light
+modules (``airscene.config``, ``airscene.cli``) do not import PyTorch.
 """
 
-from airscene.checkpoint import load_model
-from airscene.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from airscene.data import Scenes, load_mnist, load_scenes
-from airscene.errors import AirsceneError
-from airscene.evaluate import Evaluation, evaluate
-from airscene.model import AIR, build_model
-from airscene.pipeline import Pipeline, load
-from airscene.provenance import __version__
-from airscene.train import train
+from __future__ import annotations
 
-__all__ = [
-    "AIR",
-    "AirsceneError",
-    "DataConfig",
-    "Evaluation",
-    "ModelConfig",
-    "Pipeline",
-    "RunConfig",
-    "Scenes",
-    "TrainConfig",
-    "__version__",
-    "build_model",
-    "evaluate",
-    "load",
-    "load_mnist",
-    "load_model",
-    "load_scenes",
-    "train",
-]
+import importlib
+import sys
+import types
+from typing import Any
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "AIR": "airscene.model",
+    "AirsceneError": "airscene.errors",
+    "DataConfig": "airscene.config",
+    "Evaluation": "airscene.evaluate",
+    "ModelConfig": "airscene.config",
+    "Pipeline": "airscene.pipeline",
+    "RunConfig": "airscene.config",
+    "Scenes": "airscene.data",
+    "TrainConfig": "airscene.config",
+    "__version__": "airscene.provenance",
+    "build_model": "airscene.model",
+    "evaluate": "airscene.evaluate",
+    "load": "airscene.pipeline",
+    "load_mnist": "airscene.data",
+    "load_model": "airscene.checkpoint",
+    "load_scenes": "airscene.data",
+    "train": "airscene.train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+class _Package(types.ModuleType):
+    """The package module. ``airscene.train`` and ``airscene.evaluate`` are functions (as the
+    names exported once were) although modules of the same names exist: importing those
+    modules, which sets the package's attribute of their name, leaves these two as they are
+    (the modules stay in ``sys.modules``)."""
+
+    @property
+    def train(self) -> Any:
+        return importlib.import_module("airscene.train").train
+
+    @train.setter
+    def train(self, module: Any) -> None:
+        pass
+
+    @property
+    def evaluate(self) -> Any:
+        return importlib.import_module("airscene.evaluate").evaluate
+
+    @evaluate.setter
+    def evaluate(self, module: Any) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'airscene' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # once imported, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from airscene.config import ConfigError, RunConfig, from_dict, to_dict
 from airscene.errors import AirsceneError
 from airscene.provenance import __version__
+from airscene.shipped import PRETRAINED, pretrained_dir, unknown_model
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -179,20 +180,6 @@ class RunCheckpoints:
 
 # Names of the models shipped in airscene/pretrained: the 2D default, conv + DAIR (the downstream
 # experiment's; its z_what reads digits better) and the 3D experiment's.
-PRETRAINED = {
-    "default": "air-multi-mnist",
-    "conv-dair": "air-multi-mnist-conv-dair",
-    "scenes3d": "air-scenes3d",
-}
-
-
-def pretrained_dir(name: str) -> Path:
-    """The directory of a model shipped inside the package."""
-    from importlib import resources
-
-    return Path(str(resources.files("airscene") / "pretrained" / PRETRAINED.get(name, name)))
-
-
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory from a checkpoint directory, its checkpoint.json, a run
     directory (its newest checkpoint), or the name of a shipped model ('default')."""
@@ -207,7 +194,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if candidates:
         return candidates[-1]
     if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint or run directory")
+        raise CheckpointError(unknown_model(str(path)))
     raise CheckpointError(f"{path}: not a checkpoint (no {META_FILE}) and holds no checkpoints")
 
 
@@ -229,6 +216,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     except (KeyError, TypeError, ConfigError) as error:
         raise CheckpointError(f"{meta_file}: invalid config in checkpoint ({error})") from None
     kind = meta.get("object_model")
+    if kind is None:
+        raise CheckpointError(f"{meta_file}: names no object model (written by an older airscene)")
     if kind != config.model.objects.kind:
         raise CheckpointError(
             f"{meta_file}: says object model {kind!r}, its config holds {config.model.objects.kind!r}"

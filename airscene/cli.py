@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -26,8 +27,16 @@ from airscene.config import (
     RunConfig,
     TrainConfig,
 )
-from airscene.errors import AirsceneError
-from airscene.flags import add_config_arguments, config_from_args, given_fields, value_parser
+from airscene.errors import AirsceneError, TrainingInterrupted
+from airscene.flags import (
+    ArgumentParser,
+    add_config_arguments,
+    config_from_args,
+    given_fields,
+    value_parser,
+    whole_number,
+)
+from airscene.shipped import NAMES
 
 EXIT_USAGE = 2
 
@@ -93,6 +102,8 @@ def _data_show(args: argparse.Namespace) -> int:
     from airscene.visualise import scene_grid
 
     family, config = _scene_config(args)
+    if args.input and not family.writes_npz:
+        raise AirsceneError(f"--input reads .npz files of data make; --kind {family.kind} has none")
     scenes = load_npz(args.input) if args.input else family.load(config, args.split, n=args.n)
     shown = scenes[: args.num]
     boxes = [
@@ -120,20 +131,20 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         given = [
             *given_fields(ModelConfig, args),
-            *given_fields(TrainConfig, args),
+            *[n for n in given_fields(TrainConfig, args) if n != "steps"],
             *given_fields(DataConfig, args, rename=_DATA_RENAME),
         ]
         if given or args.run_dir or args.force:
             extra = ", ".join(f"--{n.replace('_', '-')}" for n in given) or "--run-dir/--force"
-            raise AirsceneError(f"--resume continues a run with its own config; drop {extra}")
+            raise AirsceneError(
+                f"--resume continues a run with its own config (--steps may extend it); drop {extra}"
+            )
         say(f"resuming {args.resume}", file=sys.stderr)
-        result = train(None, args.resume, resume=True, command=command)
+        result = train(None, args.resume, resume=True, command=command, steps=args.steps)
     else:
         preset = _train_preset(args)
         model = config_from_args(ModelConfig, args, base=preset.model)
-        data = config_from_args(
-            DataConfig, args, base=preset.data, rename=_DATA_RENAME, canvas_size=model.canvas_size
-        )
+        data = config_from_args(DataConfig, args, base=preset.data, rename=_DATA_RENAME)
         train_config = config_from_args(TrainConfig, args, base=preset.train)
         config = RunConfig(data=data, model=model, train=train_config)
         if launched_by_torchrun() and not args.run_dir:
@@ -158,7 +169,7 @@ def _train_preset(args: argparse.Namespace) -> RunConfig:
     from airscene.registry import object_model_class, scene_family
 
     kind = args.kind
-    if kind is None and args.objects is not None:
+    if kind is None and args.objects is not None and args.data is None:
         kind = object_model_class(args.objects).default_data
     return scene_family(kind or DataConfig.kind).preset()
 
@@ -179,21 +190,22 @@ def _eval(args: argparse.Namespace) -> int:
         images, counts, _ = training_data(own)
         scenes = Scenes.unlabelled(images, counts)
     else:
-        scenes = scene_family(data.kind).load(data, "test", n=args.n or data.n_test)
-    generator = torch_generator(args.seed)
-    result = model.objects.evaluate(model, scenes, generator=generator, iw_samples=args.iw_samples)
-    return _print_report(args, checkpoint, result.to_dict())
-
-
-def _print_report(args: argparse.Namespace, checkpoint, metrics: dict) -> int:
-    """Print ``eval``'s JSON report (and write it to ``--out``)."""
-    import json
-
-    report = {"model": str(checkpoint.path), "step": checkpoint.step, **metrics}
+        scenes = scene_family(data.kind).load(data, "test", n=args.n)
+    result = model.objects.evaluate(
+        model,
+        scenes,
+        generator=torch_generator(args.seed),
+        iw_samples=args.iw_samples,
+        progress=not args.quiet,
+    )
+    report = {"model": str(checkpoint.path), "step": checkpoint.step, **result.to_dict()}
     text = json.dumps(report, indent=2)
     if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+        args.out.write_text(text + "\n")
+    if args.json:
+        print(text)
+    else:
+        print(f"{checkpoint.path} (step {checkpoint.step:,})\n{result.summary()}")
     return 0
 
 
@@ -219,7 +231,11 @@ def _sample(args: argparse.Namespace) -> int:
         )
     try:
         drawn = model.sample(
-            args.n, generator=torch_generator(args.seed), counts=counts, count_probs=probs
+            args.n,
+            generator=torch_generator(args.seed),
+            counts=counts,
+            count_probs=probs,
+            within_canvas=True,
         )
     except ValueError as error:
         raise AirsceneError(str(error)) from None
@@ -230,7 +246,7 @@ def _sample(args: argparse.Namespace) -> int:
         args.out,
         boxes=[[tuple(b) for b in boxes[i][present[i]]] for i in range(args.n)],
         captions=[f"n={int(c)}" for c in drawn.count],
-        title="scenes drawn from the prior",
+        title="scenes drawn from the prior (positions truncated to the canvas)",
     )
     drawn_counts = [int(c) for c in drawn.count]
     histogram = ", ".join(f"{c}: {drawn_counts.count(c)}" for c in sorted(set(counts)))
@@ -253,22 +269,23 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    import json
-
     from airscene.data.images import find_images, read_image
     from airscene.pipeline import load
     from airscene.visualise import draw_overlay
 
     paths = find_images(args.paths)
-    out_path = Path(args.out) if args.out else None
+    out_path = args.out
     if out_path is not None and out_path.exists() and not args.force:
         raise AirsceneError(f"{out_path}: already exists; pass --force to replace it")
     overlay = Path(args.overlay) if args.overlay else None
     if overlay is not None:
         if overlay.exists() and (not overlay.is_dir() or any(overlay.iterdir())) and not args.force:
             raise AirsceneError(f"{overlay}: exists and is not an empty directory; pass --force")
-        overlay.mkdir(parents=True, exist_ok=True)
-    pipeline = load(args.model, args.device)
+        if not overlay.parent.is_dir():
+            raise AirsceneError(f"{overlay}: no directory {str(overlay.parent)!r}")
+    pipeline = load(args.model, args.device)  # a bad model or device: nothing written yet
+    if overlay is not None:
+        overlay.mkdir(exist_ok=True)
     invert = {"auto": None, "yes": True, "no": False}[args.invert]
     width = max(5, len(str(len(paths))))
     failed = 0
@@ -375,6 +392,29 @@ def _experiment_out(args: argparse.Namespace) -> Path:
 # ---------------------------------------------------------------------------------------------
 # The parser, one builder per verb
 
+MODEL_HELP = f"a shipped model ({NAMES}; `airscene models` lists them), a checkpoint or a run"
+
+# A figure of more scenes than this is not read by anyone (and takes minutes to draw).
+MAX_TILES = 100
+
+
+def figure_path(text: str) -> Path:
+    """A figure's ``--out``: a .png file in a directory that exists (none is created)."""
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"{text!r}: figures are PNG files; end the name in .png")
+    return new_file_path(text)
+
+
+def new_file_path(text: str) -> Path:
+    """An output file: in a directory that exists, and not itself a directory."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; name a file")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: no directory {str(path.parent)!r}")
+    return path
+
 
 def _add_data_parser(verbs) -> None:
     data = verbs.add_parser(
@@ -391,7 +431,10 @@ def _add_data_parser(verbs) -> None:
     )
     make.add_argument("--split", choices=("train", "test", "both"), default="both")
     make.add_argument(
-        "--n", type=int, default=None, help="scenes per split (overrides --n-train/--n-test)"
+        "--n",
+        type=whole_number(1),
+        default=None,
+        help="scenes per split (overrides --n-train/--n-test)",
     )
     make.add_argument(
         "--format",
@@ -413,11 +456,19 @@ def _add_data_parser(verbs) -> None:
     )
     show.add_argument("--split", choices=("train", "test"), default="train")
     show.add_argument(
-        "--n", type=int, default=None, help="scenes in the split (as given to data make)"
+        "--n",
+        type=whole_number(1),
+        default=None,
+        help="scenes in the split (as given to data make)",
     )
-    show.add_argument("--num", type=int, default=36, help="how many scenes to draw")
+    show.add_argument(
+        "--num",
+        type=whole_number(1, MAX_TILES),
+        default=36,
+        help=f"how many scenes to draw (at most {MAX_TILES})",
+    )
     show.add_argument("--input", default=None, help="an .npz written by `data make --out`")
-    show.add_argument("--out", default="scenes.png", help="PNG file to write")
+    show.add_argument("--out", type=figure_path, default="scenes.png", help="PNG file to write")
     add_config_arguments(show, DataConfig, exclude=OWN_DATA_FIELDS)
     show.set_defaults(handler=_data_show)
 
@@ -438,7 +489,8 @@ def _add_train_parser(verbs) -> None:
         "--resume",
         default=None,
         metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its newest checkpoint, exactly as if never stopped",
+        help="continue the run in RUN_DIR from its newest checkpoint, exactly as if never stopped "
+        "(with --steps N: on to step N, the learning-rate schedule stretched to end there)",
     )
     add_config_arguments(train, TrainConfig)
     add_config_arguments(train, ModelConfig)
@@ -451,25 +503,65 @@ def _add_eval_parser(verbs) -> None:
         "eval",
         help="count accuracy, count confusion, box IoU, ELBO and log p(x) on held-out scenes "
         "(3D models: count, shape, position and rotation)",
-        description="Evaluate a trained model on test scenes (MNIST test digits, or a 3D model's "
-        "held-out rendered scenes). Data flags default to the model's training data.",
+        description="Evaluate a trained model on held-out scenes of its training data (MNIST "
+        "test digits; a 3D model's held-out renders) or on your own images (--data): the count "
+        "accuracy and its confusion matrix, and what the model's kind of object has (2D: box "
+        "IoU, ELBO, log p(x) on request; 3D: shape, position, rotation). Data flags default to "
+        "the model's training data. The report is printed in words, or as JSON with --json.",
     )
-    evaluate.add_argument("--model", required=True, help="checkpoint or run directory")
+    evaluate.add_argument("--model", required=True, help=MODEL_HELP)
     evaluate.add_argument(
-        "--n",
-        type=int,
-        default=None,
-        help="test scenes (default: the n-test of the model's training data)",
+        "--n", type=whole_number(1), default=1000, help="held-out scenes to evaluate on"
     )
     evaluate.add_argument(
-        "--iw-samples", type=int, default=100, help="samples for log p(x) (0: skip)"
+        "--iw-samples",
+        type=whole_number(0),
+        default=0,
+        help="also estimate log p(x) by importance sampling with this many samples per image "
+        "(100 is a good bound; it multiplies the cost; default: 0, not estimated)",
     )
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
-    evaluate.add_argument("--out", default=None, help="also write the report as JSON here")
+    evaluate.add_argument(
+        "--seed", type=whole_number(0), default=0, help="seed of the sampling noise"
+    )
+    evaluate.add_argument(
+        "--out", type=new_file_path, default=None, help="also write the report as JSON here"
+    )
+    evaluate.add_argument(
+        "--json", action="store_true", help="print the report as JSON instead of in words"
+    )
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_arguments(
         evaluate, DataConfig, exclude=("canvas_size", "n_train", "n_test"), rename=_DATA_RENAME
     )
     evaluate.set_defaults(handler=_eval)
+
+
+def _add_models_parser(verbs) -> None:
+    models = verbs.add_parser(
+        "models",
+        help="list the shipped models: what each was trained on and what it reaches",
+        description="The models inside the package, by the name --model takes: what each was "
+        "trained on (the counts and canvas it expects) and its figures on held-out scenes "
+        "(its eval.json).",
+    )
+    models.add_argument("--json", action="store_true", help="print them as JSON")
+    models.set_defaults(handler=_models)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from airscene.shipped import shipped_models
+
+    found = shipped_models()
+    if args.json:
+        rows = [{**vars(m), "folder": str(m.folder)} for m in found]
+        print(json.dumps(rows, indent=2))
+        return 0
+    for model in found:
+        figures = ", ".join(f"{k} {v:.3g}" for k, v in model.figures.items())
+        print(
+            f"{model.name}: {model.summary}\n  trained: {model.trained_on}\n  held-out: {figures}"
+        )
+    return 0
 
 
 def _add_render3d_parser(verbs) -> None:
@@ -482,14 +574,15 @@ def _add_render3d_parser(verbs) -> None:
         "object centres, image size and each shape's rotational symmetry.",
     )
     render.add_argument("scenes", nargs="?", help="JSON file of scene descriptions")
-    render.add_argument("--out", help="directory for the PNG files")
+    render.add_argument("--out", help="directory for the PNG files (new, or empty)")
     render.add_argument("--describe", action="store_true", help="print the scene space as JSON")
+    render.add_argument(
+        "--force", action="store_true", help="render into a non-empty --out, replacing its PNGs"
+    )
     render.set_defaults(handler=_render3d)
 
 
 def _render3d(args: argparse.Namespace) -> int:
-    import json
-
     import numpy as np
     from PIL import Image
 
@@ -511,8 +604,13 @@ def _render3d(args: argparse.Namespace) -> int:
         scenes = read_scenes(document, space)
     except SceneError as error:
         raise AirsceneError(f"{args.scenes}: {error}") from None
-    images = render_scenes(scenes)  # every scene checked and drawn before any file is written
     out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not (args.force and out.is_dir()):
+            raise AirsceneError(f"{out}: exists and is not an empty directory; pass --force")
+        for stale in out.glob("*.png"):  # a later `infer DIR` must not read earlier renders
+            stale.unlink()
+    images = render_scenes(scenes)  # every scene checked and drawn before any file is written
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images.numpy()):
         Image.fromarray(np.round(image * 255).astype(np.uint8)).save(out / f"{i:05d}.png")
@@ -529,10 +627,11 @@ def _add_sample_parser(verbs) -> None:
         "--counts, not from the model's count prior rho: rho is a counting penalty chosen for "
         "training (the default 1e-10 makes each object ten billion times less likely than none, "
         "so that a digit is not split over two windows), and scenes drawn with it are almost "
-        "always empty. The position prior is the model's too (for 2D objects N(0, 1) in "
-        "half-canvas units), so many objects drawn have their centre off the canvas.",
+        "always empty. Positions come from the model's prior truncated to the canvas (for 2D "
+        "objects N(0, 1) in half-canvas units, kept where the whole window lies on the canvas), "
+        "so every object drawn is seen whole.",
     )
-    sample.add_argument("--model", required=True, help="checkpoint or run directory")
+    sample.add_argument("--model", required=True, help=MODEL_HELP)
     sample.add_argument(
         "--counts",
         default=None,
@@ -547,9 +646,14 @@ def _add_sample_parser(verbs) -> None:
         metavar="P,P,...",
         help="probability of each entry of --counts (default: uniform)",
     )
-    sample.add_argument("--n", type=int, default=36, help="scenes to draw")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--out", default="samples.png", help="PNG file to write")
+    sample.add_argument(
+        "--n",
+        type=whole_number(1, MAX_TILES),
+        default=36,
+        help=f"scenes to draw (at most {MAX_TILES})",
+    )
+    sample.add_argument("--seed", type=whole_number(0), default=0, help="seed of the draws")
+    sample.add_argument("--out", type=figure_path, default="samples.png", help="PNG file to write")
     sample.set_defaults(handler=_sample)
 
 
@@ -561,9 +665,14 @@ def _add_show_parser(verbs) -> None:
         "flags) and draw each image above its reconstruction, with every inferred object's box "
         "coloured by the step that found it and the count found against the true one.",
     )
-    show.add_argument("--model", required=True, help="checkpoint or run directory")
-    show.add_argument("--n", type=int, default=10, help="images to show")
-    show.add_argument("--out", default="inference.png", help="PNG file to write")
+    show.add_argument("--model", required=True, help=MODEL_HELP)
+    show.add_argument(
+        "--n",
+        type=whole_number(1, MAX_TILES // 2),
+        default=10,
+        help=f"images to show (at most {MAX_TILES // 2}: each beside its reconstruction)",
+    )
+    show.add_argument("--out", type=figure_path, default="inference.png", help="PNG file to write")
     add_config_arguments(
         show,
         DataConfig,
@@ -579,16 +688,23 @@ def _add_infer_parser(verbs) -> None:
         help="find, count and describe the objects in your images (JSON Lines)",
         description="Run a trained model on image files, directories or globs (any Pillow "
         "format, any size). One JSON record per image: path, count, and per object its box in "
-        "the image's pixels, presence probability, z_where and z_what.",
+        "the image's pixels, presence probability and what the model's kind of object says of "
+        "it (2D: attention window, z_where, z_what; 3D: shape, position, rotation).",
     )
     infer.add_argument("paths", nargs="+", help="image files, directories or glob patterns")
     infer.add_argument(
         "--model",
         default="default",
-        help="'default' (the shipped 2D model), 'conv-dair' (the shipped 2D conv + DAIR model), "
-        "'scenes3d' (the shipped 3D model), a checkpoint or a run directory",
+        help=f"{MODEL_HELP} (default: 'default', AIR trained on 0-2 MNIST digits on a 50x50 "
+        "canvas: images of other objects, more of them or of another scale want a model "
+        "trained on them, e.g. 'scenes3d' for the 3D renders or your own with train --data)",
     )
-    infer.add_argument("--out", default=None, help="write JSON Lines here instead of stdout")
+    infer.add_argument(
+        "--out",
+        type=new_file_path,
+        default=None,
+        help="write JSON Lines here instead of stdout",
+    )
     infer.add_argument(
         "--overlay", default=None, help="directory for PNGs with the boxes drawn and numbered"
     )
@@ -598,7 +714,9 @@ def _add_infer_parser(verbs) -> None:
         default="auto",
         help="dark objects on a light background: auto detects them from the image border",
     )
-    infer.add_argument("--batch-size", type=int, default=256)
+    infer.add_argument(
+        "--batch-size", type=whole_number(1), default=256, help="images inferred at once"
+    )
     infer.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     infer.add_argument(
         "--force", action="store_true", help="replace an existing --out / non-empty --overlay"
@@ -696,7 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full ``airscene`` argument parser (verbs as sub-commands)."""
     from airscene.provenance import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="airscene",
         description="Attend, Infer, Repeat: find, count and describe the objects in an image.",
     )
@@ -710,6 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_sample_parser,
         _add_show_parser,
         _add_infer_parser,
+        _add_models_parser,
         _add_render3d_parser,
         _add_experiment_parser,
     ):
@@ -733,6 +852,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{error.filename}: " if error.filename else ""
         print(f"airscene: error: {where}{error.strerror or error}", file=sys.stderr)
         return EXIT_USAGE
+    except MemoryError:  # sizes far beyond this machine (numpy's allocation failures are these)
+        print("airscene: error: not enough memory for these sizes", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as error:  # torch's allocators raise plain RuntimeErrors
+        if "allocate" not in str(error):
+            raise
+        print("airscene: error: not enough memory for these sizes", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingInterrupted as stopped:
+        print(f"airscene: interrupted: {stopped}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("airscene: interrupted", file=sys.stderr)
         return 130

@@ -21,6 +21,10 @@ class ConfigError(AirsceneError, ValueError):
     """A config value out of range or of the wrong shape (reported as a one-line error)."""
 
 
+# The largest canvas a model reads whole: AIR's core projects every pixel into its LSTM's gates.
+MAX_CANVAS = 1024
+
+
 def param(default: Any, help: str, **metadata: Any) -> Any:
     """A config field with its help text; tuples and other immutables only as defaults."""
     return field(default=default, metadata={"help": help, **metadata})
@@ -81,7 +85,10 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
-        _check(self.canvas_size >= 8, f"canvas_size must be >= 8, got {self.canvas_size}")
+        _check(
+            8 <= self.canvas_size <= MAX_CANVAS,
+            f"canvas_size must lie in 8..{MAX_CANVAS} pixels, got {self.canvas_size}",
+        )
         _check(len(self.counts) > 0, "counts must name at least one digit count")
         _check(all(c >= 0 for c in self.counts), f"counts must be >= 0, got {self.counts}")
         _check(len(set(self.counts)) == len(self.counts), f"counts repeat a value: {self.counts}")
@@ -102,6 +109,7 @@ class DataConfig:
                 f"scale_range max {high} makes digits larger than the {self.canvas_size}px canvas",
             )
         _check(self.n_train >= 0 and self.n_test >= 0, "n_train and n_test must be >= 0")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(0 <= self.holdout_fraction < 1, "holdout_fraction must lie in [0, 1)")
         _check(self.kind in ("multi-mnist", "scenes3d"), f"unknown data kind {self.kind!r}")
         if self.kind == "scenes3d":
@@ -338,7 +346,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
-        _check(self.canvas_size >= 8, f"canvas_size must be >= 8, got {self.canvas_size}")
+        _check(
+            8 <= self.canvas_size <= MAX_CANVAS,
+            f"canvas_size must lie in 8..{MAX_CANVAS} pixels, got {self.canvas_size}",
+        )
         for name in ("lstm_size", "predictor_hidden", "baseline_lstm_size"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         _check(
@@ -431,7 +442,8 @@ class TrainConfig:
     threads: int | None = param(None, "CPU threads for PyTorch (default: PyTorch's choice)")
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
+        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(
             self.learning_rate > 0 and self.baseline_learning_rate > 0, "learning rates must be > 0"
@@ -470,6 +482,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        _check(
+            self.data.data_path is None or self.model.objects.kind != "render3d",
+            "the 3D renderer's objects train on rendered scenes with their descriptions, not on "
+            "a data path",
+        )
         _check(
             self.data.canvas_size == self.model.canvas_size,
             f"data canvas_size {self.data.canvas_size} != model canvas_size {self.model.canvas_size}",

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from airscene.data.scenes import Scenes
+from airscene.data.family import GroundTruth
 from airscene.data.training import images_to_tensor
 from airscene.model import AIR
 from airscene.objective import importance_weighted_log_px
@@ -33,6 +33,20 @@ class Evaluation:
     def to_dict(self) -> dict:
         return json_ready(self)
 
+    def summary(self) -> str:
+        """The report in words, for a person (``airscene eval``; ``--json`` gives ``to_dict``)."""
+        lines = count_summary(self.scenes, self.count_accuracy, self.accuracy_by_count)
+        lines += confusion_table(self.confusion)
+        if not math.isnan(self.mean_iou):
+            lines.append(
+                f"box IoU {self.mean_iou:.3f} (what each object draws), "
+                f"{self.mean_window_iou:.3f} (its attention window), over the true objects"
+            )
+        evidence = f"ELBO {self.elbo:.1f} nats per image"
+        if self.log_px is not None:
+            evidence += f"; log p(x) {self.log_px:.1f} ({self.iw_samples} importance samples)"
+        return "\n".join([*lines, evidence])
+
     def headline(self) -> dict[str, float]:
         """What training logs of it."""
         return {
@@ -48,6 +62,24 @@ def json_ready(metrics) -> dict:
         k: (None if isinstance(v, float) and math.isnan(v) else v)
         for k, v in asdict(metrics).items()
     }
+
+
+def count_summary(scenes: int, accuracy: float, by_count: dict[int, float]) -> list[str]:
+    """The count accuracy in words: overall and by true count."""
+    if math.isnan(accuracy):
+        return [f"{scenes:,} images without true counts: no count accuracy"]
+    parts = ", ".join(f"{k}: {100 * v:.1f}%" for k, v in sorted(by_count.items()))
+    return [f"count accuracy {100 * accuracy:.2f}% on {scenes:,} scenes (by true count: {parts})"]
+
+
+def confusion_table(confusion: list[list[int]]) -> list[str]:
+    """The confusion matrix as text, its rows and columns labelled by count."""
+    if not confusion:
+        return []
+    width = max(5, *(len(str(v)) + 1 for row in confusion for v in row))
+    header = "true \\ found" + "".join(f"{k:>{width}}" for k in range(len(confusion)))
+    rows = [f"{k:>12}" + "".join(f"{v:>{width}}" for v in row) for k, row in enumerate(confusion)]
+    return ["confusion (rows: true count, columns: count found)", header, *rows]
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -78,6 +110,17 @@ def matched_iou(true_boxes: list[np.ndarray], inferred_boxes: list[np.ndarray]) 
     return total / max(objects, 1)
 
 
+def batches(total: int, size: int, progress: bool = False):
+    """The start of every batch of ``size`` among ``total`` items, with a progress bar on
+    stderr if asked for."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, disable=not progress, desc="eval", unit="scene") as bar:
+        for start in range(0, total, size):
+            yield start
+            bar.update(min(size, total - start))
+
+
 def confusion_matrix(true_counts: np.ndarray, inferred_counts: np.ndarray, size: int) -> np.ndarray:
     """(size, size) matrix: [true count, inferred count] -> number of images."""
     matrix = np.zeros((size, size), dtype=np.int64)
@@ -88,10 +131,11 @@ def confusion_matrix(true_counts: np.ndarray, inferred_counts: np.ndarray, size:
 @torch.no_grad()
 def evaluate(
     model: AIR,
-    scenes: Scenes,
+    scenes: GroundTruth,
     batch_size: int = 1000,
     iw_samples: int = 0,
     generator: torch.Generator | None = None,
+    progress: bool = False,
 ) -> Evaluation:
     """Count accuracy, confusion, box IoU and ELBO of ``model`` on ``scenes``; with
     ``iw_samples`` > 0 also the importance-weighted log p(x) with that many samples."""
@@ -99,7 +143,7 @@ def evaluate(
     model.eval()
     device = next(model.parameters()).device
     counts, windows, inks, elbos, log_px = [], [], [], [], []
-    for start in range(0, len(scenes), batch_size):
+    for start in batches(len(scenes), batch_size, progress):
         x = images_to_tensor(scenes.images[start : start + batch_size], device)
         mode = model(x, sample=False)  # the deterministic answer: count and boxes
         counts.append(mode.count.cpu().numpy())

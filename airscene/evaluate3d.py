@@ -24,7 +24,13 @@ import torch
 from airscene.data.scenes3d import Scenes3D
 from airscene.data.training import images_to_tensor
 from airscene.errors import AirsceneError
-from airscene.evaluate import confusion_matrix, json_ready
+from airscene.evaluate import (
+    batches,
+    confusion_matrix,
+    confusion_table,
+    count_summary,
+    json_ready,
+)
 from airscene.model import AIR
 from airscene.render3d import SHAPES, SceneSpace
 
@@ -49,6 +55,27 @@ class Evaluation3D:
 
     def to_dict(self) -> dict:
         return json_ready(self)
+
+    def summary(self) -> str:
+        """The report in words, for a person (``airscene eval``; ``--json`` gives ``to_dict``)."""
+        lines = count_summary(self.scenes, self.count_accuracy, self.accuracy_by_count)
+        lines += confusion_table(self.confusion)
+        by_shape = ", ".join(f"{k} {100 * v:.1f}%" for k, v in self.shape_accuracy_by_shape.items())
+        lines.append(
+            f"shape accuracy {100 * self.shape_accuracy:.1f}% of true objects ({by_shape})"
+        )
+        lines.append(
+            f"position error: median {100 * self.position_error_median:.1f}%, mean "
+            f"{100 * self.position_error_mean:.1f}% of the floor's width "
+            f"({self.matched_objects:,} matched objects)"
+        )
+        lines.append(
+            f"rotation error: median {self.rotation_error_median_deg:.1f} deg, mean "
+            f"{self.rotation_error_mean_deg:.1f} deg (modulo symmetry; cubes and cylinders "
+            "whose shape is right)"
+        )
+        lines.append(f"ELBO {self.elbo:.1f} nats per image")
+        return "\n".join(lines)
 
     def headline(self) -> dict[str, float]:
         """What training logs of it (medians of the errors)."""
@@ -80,13 +107,14 @@ def infer_scenes3d(
     batch_size: int = 500,
     generator: torch.Generator | None = None,
     with_elbo: bool = True,
+    progress: bool = False,
 ) -> Inferred3D:
     """The model's deterministic answer (every step's mode) on ``images`` (n, 64, 64)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     parts: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(images), batch_size):
+    for start in batches(len(images), batch_size, progress):
         x = images_to_tensor(images[start : start + batch_size], device)
         mode = model(x, sample=False)
         found = {
@@ -196,11 +224,12 @@ def evaluate_scenes3d(
     scenes: Scenes3D,
     batch_size: int = 500,
     generator: torch.Generator | None = None,
+    progress: bool = False,
 ) -> Evaluation3D:
     """Count, shape, position and rotation metrics of ``model`` on ``scenes``."""
     if not all(hasattr(scenes, name) for name in ("shapes", "positions", "rotations_deg")):
         raise AirsceneError(
-            "3D evaluation needs 3D scenes with their descriptions (--kind scenes3d)"
+            "3D evaluation needs rendered scenes with their descriptions, not images alone"
         )
-    inferred = infer_scenes3d(model, scenes.images, batch_size, generator)
+    inferred = infer_scenes3d(model, scenes.images, batch_size, generator, progress=progress)
     return score_scenes3d(scenes, inferred, model.config.max_steps, model.objects.space)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -18,10 +19,48 @@ from typing import Any
 from airscene.errors import AirsceneError
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line on stderr (``airscene VERB: error:
+    ...``, exit 2), like every other error of the command; ``--help`` still shows the usage."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _scalar_parser(kind: type) -> Callable[[str], Any]:
     if kind is bool:
         return _parse_bool
+    if kind is float:
+        return finite_float
     return kind
+
+
+def finite_float(text: str) -> float:
+    """A float flag's value: any finite number (NaN and infinities say nothing a run can use)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def whole_number(minimum: int = 0, maximum: int | None = None) -> Callable[[str], int]:
+    """A parser of integer flags in [minimum, maximum]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"at least {minimum}" if maximum is None else f"{minimum} to {maximum}"
+            raise argparse.ArgumentTypeError(f"expected {bound}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its messages
+    return parse
 
 
 def _parse_bool(text: str) -> bool:
@@ -78,9 +117,7 @@ def add_config_arguments(
     that holds one of several config kinds (``ModelConfig.objects``) becomes ``--FIELD KIND``,
     and the fields of every kind get flags of their own."""
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(
-        f"{cls.__name__} ({(cls.__doc__ or '').strip().splitlines()[0]})"
-    )
+    group = parser.add_argument_group(cls.__name__, _first_paragraph(cls.__doc__ or ""))
     for field in dataclasses.fields(cls):
         if field.name in exclude:
             continue
@@ -187,3 +224,8 @@ def given_fields(
         elif getattr(args, (rename or {}).get(field.name, field.name), None) is not None:
             names.append((rename or {}).get(field.name, field.name))
     return names
+
+
+def _first_paragraph(text: str) -> str:
+    """A docstring's first paragraph as one line: an argument group's description, whole."""
+    return " ".join(text.strip().split("\n\n")[0].split())

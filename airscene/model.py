@@ -148,7 +148,7 @@ class StepTrace:
         """Record step ``t``'s values for the images it ran for (``rows`` as they are now)."""
         if not self.values:
             self.object_names = list(step.objects.values)
-            clash = set(self.object_names) & set(_CORE_VALUES)
+            clash = set(self.object_names) & {*_CORE_VALUES, "log_q_discrete"}
             if clash:
                 raise ValueError(f"object latents named like the core's values: {sorted(clash)}")
         self.rows.record(t)
@@ -238,6 +238,7 @@ class AIR(nn.Module):
         z_pres_prior: float | None = None,
         counts: tuple[int, ...] | None = None,
         count_probs: tuple[float, ...] | None = None,
+        within_canvas: bool = False,
     ) -> PriorSample:
         """Draw ``n`` scenes from the prior: count, object latents and the image.
 
@@ -245,7 +246,8 @@ class AIR(nn.Module):
         rho) or, given ``counts``, from the categorical over ``counts`` (``count_probs``, default
         uniform): rho is a counting penalty chosen for training (1e-10 makes a second object
         ten billion times less likely than none), so scenes drawn with it are almost always
-        empty. Every other latent is drawn from its prior either way."""
+        empty. Every other latent is drawn from its prior either way; ``within_canvas`` truncates
+        it to objects that lie wholly in the image (``ObjectModel.sample_prior``)."""
         like = next(self.parameters())
         if counts is None:
             rho = self.config.z_pres_prior if z_pres_prior is None else z_pres_prior
@@ -255,12 +257,13 @@ class AIR(nn.Module):
                 keep = torch.rand(n, generator=generator, device=like.device) < rho
                 present = present * keep.to(like.dtype)
                 z_pres.append(present)
-                values.append(self.objects.sample_prior(n, like, generator))
+                values.append(self.objects.sample_prior(n, like, generator, within_canvas))
             z_pres = torch.stack(z_pres, 1)  # (n, N)
         else:
             z_pres = self._z_pres_of_counts(n, counts, count_probs, like, generator)
             values = [
-                self.objects.sample_prior(n, like, generator) for _ in range(self.config.max_steps)
+                self.objects.sample_prior(n, like, generator, within_canvas)
+                for _ in range(self.config.max_steps)
             ]
         objects = {name: torch.stack([v[name] for v in values], 1) for name in values[0]}
         image, step = z_pres.nonzero(as_tuple=True)  # present objects, in image-then-step order

@@ -33,7 +33,7 @@ from airscene.networks import (
     GlimpseDecoder,
     GlimpseEncoder,
 )
-from airscene.rows import StepNoise, standard_normal
+from airscene.rows import StepNoise, standard_normal, truncated_normal
 from airscene.spatial import read_glimpse, tight_boxes, write_glimpse, z_where_to_box
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class ObjectModel(nn.Module):
 
     feedback_dim: int  # size of ``feedback``'s last dimension
     canvas_size: int
-    default_data: str  # the ``DataConfig.kind`` it trains on unless told otherwise
+    default_data = "multi-mnist"  # the ``DataConfig.kind`` it trains on unless told otherwise
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> ObjectModel:
@@ -99,9 +99,14 @@ class ObjectModel(nn.Module):
         raise NotImplementedError
 
     def sample_prior(
-        self, n: int, like: torch.Tensor, generator: torch.Generator | None
+        self,
+        n: int,
+        like: torch.Tensor,
+        generator: torch.Generator | None,
+        within_canvas: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """``n`` objects' latents drawn from the prior, the same names as ``ObjectStep.values``."""
+        """``n`` objects' latents drawn from the prior, the same names as ``ObjectStep.values``;
+        ``within_canvas``: from the prior truncated to objects that lie wholly in the image."""
         raise NotImplementedError
 
     def draw(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -168,9 +173,11 @@ class ObjectModel(nn.Module):
         scenes: GroundTruth,
         generator: torch.Generator | None = None,
         iw_samples: int = 0,
+        progress: bool = False,
     ) -> Any:
         """The metrics this kind of object has, of ``model`` on held-out ``scenes``: an object
-        with ``to_dict()`` (the report) and ``headline()`` (the scalars logged in training)."""
+        with ``to_dict()`` (the report), ``summary()`` (the report in words) and ``headline()``
+        (the scalars logged in training); a progress bar on stderr if asked for."""
         raise NotImplementedError
 
 
@@ -266,10 +273,13 @@ class GlimpseObjects(ObjectModel):
     def feedback(self, values):
         return torch.cat([values["z_where"], values["z_what"]], dim=-1)
 
-    def sample_prior(self, n, like, generator):
-        z_where = self.z_where_prior_loc + self.z_where_prior_scale * standard_normal(
-            (n, 3), like, generator
-        )
+    def sample_prior(self, n, like, generator, within_canvas=False):
+        loc, scale = self.z_where_prior_loc, self.z_where_prior_scale
+        z_where = loc + scale * standard_normal((n, 3), like, generator)
+        if within_canvas:  # the window's centre at most 1 - s from the middle, on each axis
+            reach = (1 - z_where[:, :1]).clamp_min(0.0).expand(n, 2)
+            low, high = (-reach - loc[1:]) / scale[1:], (reach - loc[1:]) / scale[1:]
+            z_where[:, 1:] = loc[1:] + scale[1:] * truncated_normal(low, high, generator)
         return {
             "z_where": z_where,
             "z_what": standard_normal((n, self.z_what_dim), like, generator),
@@ -327,11 +337,13 @@ class GlimpseObjects(ObjectModel):
             )
         return described
 
-    def evaluate(self, model, scenes, generator=None, iw_samples=0):
+    def evaluate(self, model, scenes, generator=None, iw_samples=0, progress=False):
         """Count accuracy and confusion, box IoU, ELBO and log p(x) (``airscene.evaluate``)."""
         from airscene.evaluate import evaluate  # it builds on the model, which builds on this
 
-        return evaluate(model, scenes, iw_samples=iw_samples, generator=generator)
+        return evaluate(
+            model, scenes, iw_samples=iw_samples, generator=generator, progress=progress
+        )
 
     @torch.no_grad()
     def explain_away(

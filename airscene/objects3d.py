@@ -44,7 +44,7 @@ from airscene.densities import categorical_log_prob, normal_log_prob
 from airscene.networks import mlp
 from airscene.objects import DiscreteChoices, ObjectModel, ObjectStep
 from airscene.render3d import SHAPES, WINDOW, Renderer, SceneSpace
-from airscene.rows import standard_normal, uniform
+from airscene.rows import standard_normal, truncated_normal, uniform
 from airscene.spatial import read_glimpse, tight_boxes
 
 
@@ -182,9 +182,12 @@ class RenderedObjects(ObjectModel):
         turn = values["turn"].unsqueeze(-1)
         return torch.cat([one_hot, values["position"], turn.cos(), turn.sin()], dim=-1)
 
-    def sample_prior(self, n, like, generator):
-        position = self.config.position_prior_scale * standard_normal((n, 2), like, generator)
-        extent = self.space.floor_extent
+    def sample_prior(self, n, like, generator, within_canvas=False):
+        scale, extent = self.config.position_prior_scale, self.space.floor_extent
+        position = scale * standard_normal((n, 2), like, generator)
+        if within_canvas:  # every object on the floor, which the camera sees whole
+            bound = like.new_full((n, 2), extent / scale)
+            position = scale * truncated_normal(-bound, bound, generator)
         return {
             "position": position.clamp(-extent, extent),  # the renderer's floor
             "shape": (uniform((n,), like, generator) * len(SHAPES)).floor().clamp_max(2),
@@ -321,6 +324,7 @@ class RenderedObjects(ObjectModel):
             "rotation": self.rotation_deg(inference.objects),
         }
         found = {k: v.cpu().numpy() for k, v in found.items()}
+        symmetry = [self.space.symmetry_deg[shape] for shape in SHAPES]
         described = []
         for row, mapping in enumerate(to_image):
             box = mapping(boxes[row])
@@ -330,7 +334,10 @@ class RenderedObjects(ObjectModel):
                         step=t,
                         shape=SHAPES[int(found["shape"][row, t])],
                         position=[round(float(v), 5) for v in found["position"][row, t]],
-                        rotation_deg=round(float(found["rotation"][row, t]), 3),
+                        rotation_deg=_modulo_symmetry(
+                            float(found["rotation"][row, t]),
+                            symmetry[int(found["shape"][row, t])],
+                        ),
                         presence=round(float(found["presence"][row, t]), 6),
                         box=[round(float(v), 2) for v in box[t]],
                     )
@@ -340,12 +347,12 @@ class RenderedObjects(ObjectModel):
             )
         return described
 
-    def evaluate(self, model, scenes, generator=None, iw_samples=0):
+    def evaluate(self, model, scenes, generator=None, iw_samples=0, progress=False):
         """Count, shape, position and rotation against the scenes' descriptions
         (``airscene.evaluate3d``; no log p(x): ``iw_samples`` is not used)."""
         from airscene.evaluate3d import evaluate_scenes3d  # it builds on the model
 
-        return evaluate_scenes3d(model, scenes, generator=generator)
+        return evaluate_scenes3d(model, scenes, generator=generator, progress=progress)
 
 
 @dataclass
@@ -356,6 +363,15 @@ class RenderedObject:
     step: int  # 0-based inference step that found it
     shape: str  # one of airscene.render3d.SHAPES
     position: list[float]  # x, y of its centre on the floor (world units)
-    rotation_deg: float  # about the vertical axis, in [0, 360) (defined modulo the symmetry)
+    rotation_deg: float | None  # about the vertical axis, modulo the shape's symmetry (cube
+    # [0, 90), cylinder [0, 180)); None for the sphere, which every rotation leaves alike
     presence: float  # q(z_pres = 1) at this step
     box: list[float]  # x0, y0, x1, y1 (end exclusive) of where it draws, in input pixels
+
+
+def _modulo_symmetry(rotation_deg: float, symmetry_deg: float) -> float | None:
+    """A rotation as the scene space defines it: modulo the shape's symmetry angle, rounded to
+    a thousandth of a degree; None where every rotation looks alike (symmetry 0)."""
+    if symmetry_deg == 0:
+        return None
+    return round(rotation_deg % symmetry_deg, 3) % symmetry_deg

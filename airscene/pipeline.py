@@ -18,6 +18,7 @@ import torch
 from airscene.checkpoint import Checkpoint, load_model
 from airscene.data.images import ImageError, fit_to_canvas, looks_dark_on_light, read_image, to_grey
 from airscene.model import AIR
+from airscene.train import resolve_device
 
 
 @dataclass
@@ -142,9 +143,7 @@ class Pipeline:
 
 def load(name_or_path: str | Path = "default", device: str | torch.device = "cpu") -> Pipeline:
     """A ``Pipeline`` for a shipped model ('default'), a checkpoint, or a run directory."""
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, checkpoint = load_model(name_or_path, device)
+    model, checkpoint = load_model(name_or_path, resolve_device(str(device)))
     return Pipeline(model, checkpoint)
 
 

@@ -101,6 +101,12 @@ class SceneSpace:
             "symmetry_note": "rotations about the vertical axis that leave the image unchanged; "
             "0 means every rotation does (the sphere)",
             "max_objects": MAX_OBJECTS,
+            "axes": "x on the floor to the image's right, y on the floor away from the camera "
+            "(up the image), z up; rotation_deg turns an object about z, counterclockwise seen "
+            "from above; at 0 the cube's faces and the cylinder's axis lie along x",
+            "rotation_deg_default": 0.0,
+            "rotation_note": "inferred rotations are given modulo the shape's symmetry (cube "
+            "[0, 90), cylinder [0, 180)) and as null for the sphere, which no turn changes",
         }
 
 

@@ -125,6 +125,14 @@ def standard_normal(
     return _draw(torch.randn, shape, like, generator)
 
 
+def truncated_normal(low: torch.Tensor, high: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """Standard-normal draws truncated to [``low``, ``high``] (elementwise, same shape), by the
+    inverse CDF at a uniform draw between the bounds' CDFs."""
+    lower, upper = torch.special.ndtr(low), torch.special.ndtr(high)
+    u = lower + (upper - lower) * uniform(low.shape, low, generator)
+    return torch.special.ndtri(u.clamp(1e-7, 1 - 1e-7)).clamp(low, high)
+
+
 def uniform(shape: torch.Size | tuple, like: torch.Tensor, generator: Generators) -> torch.Tensor:
     """U(0, 1) draws of ``shape`` on ``like``'s device and dtype."""
     return _draw(torch.rand, shape, like, generator)

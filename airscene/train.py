@@ -7,10 +7,13 @@ the objective (``airscene.objective``) turns them into losses.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +35,7 @@ from airscene.checkpoint import (
 from airscene.config import RunConfig, TrainConfig, to_dict
 from airscene.data.training import images_to_tensor, training_data
 from airscene.distributed import World
-from airscene.errors import AirsceneError
+from airscene.errors import AirsceneError, TrainingInterrupted
 from airscene.model import AIR, Inference, build_model
 from airscene.networks import BaselineNetwork
 from airscene.objective import Objective, SignalNormaliser, air_objective, training_inference
@@ -403,15 +406,18 @@ def train(
     command: list[str] | None = None,
     resume: bool = False,
     shards: tuple[int, ...] | None = None,
+    steps: int | None = None,
 ) -> TrainResult:
     """Train AIR (or DAIR) with ``config``, writing config, metrics, TensorBoard scalars and
     checkpoints into ``run_dir``. With ``resume`` the run in ``run_dir`` continues from its
-    newest checkpoint with its own config (``config`` may then be None). Returns the summary.
+    newest checkpoint with its own config (``config`` may then be None); ``steps`` then extends
+    it to that many steps in all, the cosine learning-rate schedule stretched to end there (from
+    the resumed step on, the rate is the longer schedule's). Returns the summary.
 
     Started by torchrun, every process runs this and trains its shard of each minibatch (see
     ``Trainer``); only rank 0 writes. ``shards`` lets one process hold several shards."""
     run_dir = Path(run_dir)
-    config, checkpoint = _run_config(config, run_dir, resume)
+    config, checkpoint = _run_config(config, run_dir, resume, steps)
     # Data first: a bad data path must not leave a half-made run directory behind.
     images, counts, eval_scenes = training_data(config)
     tc = config.train
@@ -425,8 +431,10 @@ def train(
             "command": command if command is not None else sys.argv,
             "git_revision": git_revision(),
         }
-        if not resume and world.is_main:
-            _prepare_run_dir(run_dir, overwrite)
+        extended = checkpoint is not None and config != checkpoint.config
+        if world.is_main and (not resume or extended):
+            if not resume:
+                _prepare_run_dir(run_dir, overwrite)
             (run_dir / "config.json").write_text(
                 json.dumps({"config": to_dict(config), **provenance}, indent=2)
             )
@@ -440,7 +448,7 @@ def train(
             run_dir, tc.keep_checkpoints, checkpoint.path if checkpoint is not None else None
         )
         log = RunLog(run_dir, tc.steps, history, progress, world.is_main, trainer.step)
-        with log:
+        with log, StopSignals() as stop:
             _loop(
                 trainer,
                 torch.from_numpy(images).to(device),  # uint8, (N, H, W)
@@ -449,6 +457,7 @@ def train(
                 log,
                 checkpoints,
                 provenance,
+                stop,
             )
         # Leave together, with no collective in flight and no DDP wrapper still holding the
         # group: a rank tearing gloo down while rank 0 still writes its last checkpoint was
@@ -467,9 +476,10 @@ def train(
 
 
 def _run_config(
-    config: RunConfig | None, run_dir: Path, resume: bool
+    config: RunConfig | None, run_dir: Path, resume: bool, steps: int | None = None
 ) -> tuple[RunConfig, Checkpoint | None]:
-    """The run's config, and the checkpoint it resumes from (None for a new run)."""
+    """The run's config, and the checkpoint it resumes from (None for a new run); a resumed
+    run extended to ``steps``."""
     if not resume:
         if config is None:
             raise AirsceneError("a config is needed to start a run")
@@ -479,7 +489,15 @@ def _run_config(
         raise AirsceneError(
             f"{run_dir}: the run's config differs from the one given; resume takes the run's own"
         )
-    return checkpoint.config, checkpoint
+    if steps is None or steps == checkpoint.config.train.steps:
+        return checkpoint.config, checkpoint
+    if steps <= checkpoint.step:
+        raise AirsceneError(
+            f"{run_dir}: its newest checkpoint is at step {checkpoint.step:,}; --steps must be "
+            "more to extend it"
+        )
+    train = dataclasses.replace(checkpoint.config.train, steps=steps)
+    return dataclasses.replace(checkpoint.config, train=train), checkpoint
 
 
 def _loop(
@@ -490,8 +508,10 @@ def _loop(
     log: RunLog,
     checkpoints: RunCheckpoints,
     provenance: dict[str, Any],
+    stop: StopSignals | None = None,
 ) -> None:
-    """Train to the configured number of steps: log, evaluate and checkpoint on schedule."""
+    """Train to the configured number of steps: log, evaluate and checkpoint on schedule. A stop
+    signal (Ctrl-C, SIGTERM) ends the loop after the step in progress, with a checkpoint."""
     tc = trainer.train_config
     last_log = (trainer.train_seconds, trainer.step)
     while trainer.step < tc.steps:
@@ -519,7 +539,9 @@ def _loop(
                         )
             log.write(row)
         log.advance()
-        if step % tc.checkpoint_every == 0 or last:
+        # Every process stops at the same step if any was signalled (under torchrun each is).
+        stopping = stop is not None and not trainer.world.agree(not stop.requested)
+        if step % tc.checkpoint_every == 0 or last or stopping:
             contents = trainer.checkpoint_contents()  # every process: it gathers their streams
             if trainer.world.is_main:
                 checkpoints.save(
@@ -527,6 +549,38 @@ def _loop(
                     baseline=trainer.baseline, trainer_state=contents["trainer_state"],
                     extra={**provenance, "trainer": contents["counters"]},
                 )  # fmt: skip
+        if stopping and not last:
+            raise TrainingInterrupted(
+                f"stopped at step {step:,} of {tc.steps:,}, checkpoint written; continue with "
+                f"airscene train --resume {checkpoints.run_dir}"
+            )
+
+
+class StopSignals:
+    """While active, Ctrl-C (SIGINT) and SIGTERM ask the training loop to stop after its step
+    (``requested``); a second Ctrl-C interrupts at once. Outside the main thread, where signal
+    handlers cannot be set, it does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, number: int, frame: Any) -> None:
+        if self.requested and number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for number in self.SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
 
 
 def _metrics_row(trainer: Trainer, last_log: tuple[float, int]) -> dict[str, Any]:

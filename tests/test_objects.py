@@ -83,7 +83,7 @@ class BarObjects(ObjectModel):
         one_hot = torch.nn.functional.one_hot(values["shape"].long(), 2)
         return torch.cat([one_hot.to(values["position"].dtype), values["position"]], dim=-1)
 
-    def sample_prior(self, n, like, generator):
+    def sample_prior(self, n, like, generator, within_canvas=False):
         shape = torch.randint(0, 2, (n,), generator=generator).to(like.dtype)
         return {"shape": shape, "position": torch.randn(n, 2, generator=generator) * 0.1}
 
@@ -225,7 +225,7 @@ def test_checkpoints_name_their_object_model(tmp_path):
     meta = json.loads((old / "checkpoint.json").read_text())
     meta.pop("object_model")
     (old / "checkpoint.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="object model None"):
+    with pytest.raises(CheckpointError, match="names no object model"):
         read_checkpoint(old)
     # A checkpoint written now names its object model.
     path = save_checkpoint(tmp_path / "new", config, build_model(config.model), step=1)

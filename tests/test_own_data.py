@@ -88,7 +88,7 @@ def test_train_and_eval_on_a_folder_of_pngs(png_folder, tmp_path, capsys):
     assert config["data"]["data_path"] == str(folder)
 
     capsys.readouterr()
-    assert main(["eval", "--model", str(run), "--data", str(folder), "--iw-samples", "0"]) == 0
+    assert main(["eval", "--model", str(run), "--data", str(folder), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["scenes"] == 30 and 0 <= report["count_accuracy"] <= 1
 

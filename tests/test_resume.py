@@ -77,26 +77,35 @@ def test_resume_from_an_earlier_checkpoint_is_exact(tmp_path):
     assert_same_run(whole.run_dir, cut)
 
 
-def test_resume_after_sigkill_is_bit_identical(tmp_path):
-    flags = [
-        "--steps", "400", "--batch-size", "8", "--checkpoint-every", "20", "--log-every", "10",
-        "--eval-every", "100", "--eval-scenes", "20", "--threads", "1", "--n-train", "100", "--n-test", "40",
-        *TINY_FLAGS,
+def run_flags(steps: int, checkpoint_every: int) -> list[str]:
+    return [
+        "--steps", str(steps), "--batch-size", "8", "--checkpoint-every", str(checkpoint_every),
+        "--log-every", "10", "--eval-every", "100", "--eval-scenes", "20", "--threads", "1",
+        "--n-train", "100", "--n-test", "40", *TINY_FLAGS,
     ]  # fmt: skip
-    killed = tmp_path / "killed"
+
+
+def start_training(run_dir: Path, flags: list[str], until) -> subprocess.Popen:
+    """``airscene train`` in a process of its own, once ``until()`` holds (or 120 s passed)."""
     env = {**os.environ, "PYTHONPATH": str(Path(airscene.__file__).parents[1])}
     process = subprocess.Popen(
-        [sys.executable, "-m", "airscene", "train", "--run-dir", str(killed), *flags],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "airscene", "train", "--run-dir", str(run_dir), *flags],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120
-    while (
-        not any((killed / "checkpoints").glob("step-*/checkpoint.json"))
-        and time.monotonic() < deadline
-    ):
+    while not until() and time.monotonic() < deadline:
         time.sleep(0.01)
+    return process
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    flags = run_flags(steps=400, checkpoint_every=20)
+    killed = tmp_path / "killed"
+    process = start_training(
+        killed, flags, lambda: any((killed / "checkpoints").glob("step-*/checkpoint.json"))
+    )
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.communicate()
     checkpoints = sorted((killed / "checkpoints").glob("step-*"))
     assert checkpoints and checkpoints[-1].name != "step-000000400", (
         "the run ended before it could be killed"
@@ -118,8 +127,44 @@ def test_resume_refuses_flags_and_bad_directories(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "none")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
     train(config(), tmp_path / "run", progress=False)
-    assert main(["train", "--resume", str(tmp_path / "run"), "--steps", "50"]) == 2
-    assert "drop --steps" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "run"), "--batch-size", "4"]) == 2
+    assert "drop --batch-size" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "run"), "--steps", "12"]) == 0  # finished
+    assert main(["train", "--resume", str(tmp_path / "run"), "--steps", "8"]) == 2
+    assert "--steps must be more" in capsys.readouterr().err
+
+
+def test_resume_extends_a_finished_run(tmp_path):
+    # --resume RUN --steps N takes a finished run on to step N; the schedule then ends at N, so
+    # the extended run is the same as one trained to N from a checkpoint of a run of N steps
+    # only where the two schedules agree: here a constant learning rate.
+    run = train(config(lr_schedule="constant"), tmp_path / "run", progress=False).run_dir
+    assert main(["train", "--resume", str(run), "--steps", "20"]) == 0
+    newest = sorted((run / "checkpoints").glob("step-*"))[-1]
+    assert newest.name == "step-000000020"
+    assert '"steps": 20' in (run / "config.json").read_text()
+    longer = train(config(lr_schedule="constant", steps=20), tmp_path / "longer", progress=False)
+    assert_same_run(longer.run_dir, run)
+
+
+def test_sigterm_writes_a_checkpoint_and_the_run_resumes_exactly(tmp_path):
+    flags = run_flags(steps=300, checkpoint_every=1000)
+    stopped = tmp_path / "stopped"
+    metrics = stopped / "metrics.csv"
+    process = start_training(
+        stopped, flags, lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3
+    )
+    process.send_signal(signal.SIGTERM)  # no scheduled checkpoint has been written yet
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    last = err.strip().splitlines()[-1]  # after the progress bar
+    assert last.startswith("airscene: interrupted:") and "checkpoint written" in last, err
+    checkpoints = sorted((stopped / "checkpoints").glob("step-*"))
+    assert len(checkpoints) == 1 and checkpoints[0].name != "step-000000300"
+    assert main(["train", "--resume", str(stopped)]) == 0
+    whole = tmp_path / "whole"
+    assert main(["train", "--run-dir", str(whole), *flags]) == 0
+    assert_same_run(whole, stopped)
 
 
 def nan_objective_on(steps: set[int]):

@@ -141,7 +141,20 @@ def test_cli_train_eval_show_sample(tmp_path, capsys):
 
     report = tmp_path / "eval.json"
     assert (
-        main(["eval", "--model", str(run), "--n", "40", "--iw-samples", "3", "--out", str(report)])
+        main(
+            [
+                "eval",
+                "--model",
+                str(run),
+                "--n",
+                "40",
+                "--iw-samples",
+                "3",
+                "--out",
+                str(report),
+                "--quiet",
+            ]
+        )  # fmt: skip
         == 0
     )
     result = json.loads(report.read_text())
