@@ -89,7 +89,7 @@ def interleaved_medians(
 def new_trainer(
     config: RunConfig, device: torch.device, trained: bool, kind: type[Trainer] = Trainer
 ) -> Trainer:
-    """A trainer of ``config`` (``kind``: ``Trainer`` or ``reference.ReferenceTrainer``), its
+    """A trainer of ``config`` (``kind``: ``Trainer`` or ``ReferenceTrainer``), its
     network starting from the shipped model's weights when ``trained`` (the regime of most of a
     run), else from a fresh initialisation."""
     trainer = kind(config, device)
