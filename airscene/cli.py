@@ -288,7 +288,7 @@ def _infer(args: argparse.Namespace) -> int:
         overlay.mkdir(exist_ok=True)
     invert = {"auto": None, "yes": True, "no": False}[args.invert]
     width = max(5, len(str(len(paths))))
-    failed = 0
+    failed = flagged = 0
     stream = open(out_path, "w") if out_path is not None else sys.stdout
     try:
         for index, result in enumerate(
@@ -297,6 +297,7 @@ def _infer(args: argparse.Namespace) -> int:
             )
         ):
             stream.write(json.dumps(result.to_record()) + "\n")
+            flagged += result.warning is not None
             if result.error is not None:
                 failed += 1
             elif overlay is not None:
@@ -310,12 +311,18 @@ def _infer(args: argparse.Namespace) -> int:
     finally:
         if stream is not sys.stdout:
             stream.close()
+    flags = f"{flagged} of {len(paths)} images flagged: their answer may be wrong (see their "
+    flags += "records' warning)"
     if failed:
+        also = f"; {flags}" if flagged else ""
         print(
-            f"airscene: error: {failed} of {len(paths)} images could not be read (see their records)",
+            f"airscene: error: {failed} of {len(paths)} images could not be read (see their "
+            f"records){also}",
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if flagged:
+        print(f"airscene: {flags}", file=sys.stderr)
     return 0
 
 

@@ -29,6 +29,7 @@ class Evaluation:
     elbo: float  # mean single-sample ELBO per image (nats)
     log_px: float | None  # mean importance-weighted log p(x) per image (nats), if computed
     iw_samples: int
+    residual_limit: float  # the RESIDUAL_QUANTILE of the images' residual (``residual``)
 
     def to_dict(self) -> dict:
         return json_ready(self)
@@ -53,6 +54,7 @@ class Evaluation:
             "eval_count_accuracy": self.count_accuracy,
             "eval_elbo": self.elbo,
             "eval_mean_iou": self.mean_iou,
+            "eval_residual_limit": self.residual_limit,
         }
 
 
@@ -62,6 +64,27 @@ def json_ready(metrics) -> dict:
         k: (None if isinstance(v, float) and math.isnan(v) else v)
         for k, v in asdict(metrics).items()
     }
+
+
+# How much of held-out data a model's warnings may flag: the limit of ``residual`` above which
+# ``airscene infer`` says an image is explained poorly is this quantile of held-out scenes'.
+RESIDUAL_QUANTILE = 0.995
+# Ten pixels' worth of full intensity: what ``residual`` divides a blank image's error by.
+BLANK_INTENSITY = 10.0
+
+
+def residual(x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """How much of each image (B, H, W) its reconstruction gets wrong, (B,): the summed absolute
+    difference of the two as a fraction of the image's summed intensity (0: all of it
+    explained; 1: as much wrong as there is). Relative, so that small objects left out count as
+    much as large ones; ``BLANK_INTENSITY`` more in the denominator keeps a blank image at 0."""
+    wrong = (x - reconstruction.clamp(0, 1)).abs().flatten(1).sum(1)
+    return wrong / (x.flatten(1).sum(1) + BLANK_INTENSITY)
+
+
+def residual_limit(residuals: np.ndarray) -> float:
+    """The ``RESIDUAL_QUANTILE`` of held-out images' residuals (NaN for none)."""
+    return float(np.quantile(residuals, RESIDUAL_QUANTILE)) if len(residuals) else math.nan
 
 
 def count_summary(scenes: int, accuracy: float, by_count: dict[int, float]) -> list[str]:
@@ -142,11 +165,12 @@ def evaluate(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    counts, windows, inks, elbos, log_px = [], [], [], [], []
+    counts, windows, inks, elbos, log_px, residuals = [], [], [], [], [], []
     for start in batches(len(scenes), batch_size, progress):
         x = images_to_tensor(scenes.images[start : start + batch_size], device)
         mode = model(x, sample=False)  # the deterministic answer: count and boxes
         counts.append(mode.count.cpu().numpy())
+        residuals.append(residual(x, mode.canvas).cpu().numpy())
         window = model.objects.windows(mode.objects).cpu().numpy()
         ink = model.objects.drawn_boxes(mode.objects).cpu().numpy()
         present = mode.z_pres.cpu().numpy() > 0
@@ -183,4 +207,5 @@ def evaluate(
         elbo=float(np.concatenate(elbos).mean()),
         log_px=float(np.concatenate(log_px).mean()) if log_px else None,
         iw_samples=iw_samples,
+        residual_limit=residual_limit(np.concatenate(residuals)),
     )

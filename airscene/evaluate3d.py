@@ -30,6 +30,8 @@ from airscene.evaluate import (
     confusion_table,
     count_summary,
     json_ready,
+    residual,
+    residual_limit,
 )
 from airscene.model import AIR
 from airscene.render3d import SHAPES, SceneSpace
@@ -52,6 +54,7 @@ class Evaluation3D:
     rotation_error_median_deg_by_shape: dict[str, float]
     matched_objects: int
     elbo: float
+    residual_limit: float  # the RESIDUAL_QUANTILE of the images' residual (``residual``)
 
     def to_dict(self) -> dict:
         return json_ready(self)
@@ -85,6 +88,7 @@ class Evaluation3D:
             "eval_shape_accuracy": self.shape_accuracy,
             "eval_position_error": self.position_error_median,
             "eval_rotation_error_deg": self.rotation_error_median_deg,
+            "eval_residual_limit": self.residual_limit,
         }
 
 
@@ -98,6 +102,8 @@ class Inferred3D:
     rotations_deg: np.ndarray  # (n, N) in [0, 360)
     presence: np.ndarray  # (n, N) q(z_pres = 1) of each decided step
     elbo: np.ndarray  # (n,) single-sample ELBO
+    residual: np.ndarray | None = None  # (n,) what the reconstruction leaves unexplained
+    # (``airscene.evaluate.residual``); None for an answer that draws no reconstruction
 
 
 @torch.no_grad()
@@ -123,6 +129,7 @@ def infer_scenes3d(
             "positions": mode.objects["position"],
             "rotations_deg": model.objects.rotation_deg(mode.objects),
             "presence": mode.z_pres_prob,
+            "residual": residual(x, mode.canvas),
             "elbo": model(x, generator=generator).elbo if with_elbo else x.new_zeros(len(x)),
         }
         for name, value in found.items():
@@ -208,6 +215,9 @@ def score_scenes3d(
         },
         matched_objects=len(position_errors),
         elbo=float(inferred.elbo.mean()) if len(inferred.elbo) else math.nan,
+        residual_limit=(
+            residual_limit(inferred.residual) if inferred.residual is not None else math.nan
+        ),
     )
 
 

@@ -167,6 +167,11 @@ class ObjectModel(nn.Module):
         ``to_image`` (canvas-pixel boxes (K, 4) -> the input's)."""
         raise NotImplementedError
 
+    def doubts(self, inference: Inference) -> list[str | None]:
+        """Per image of ``inference``, why its objects cannot be right as they are (an object
+        where none can be), or None; by default None for every image."""
+        return [None] * inference.z_pres.shape[0]
+
     def evaluate(
         self,
         model: AIR,

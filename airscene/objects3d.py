@@ -48,6 +48,12 @@ from airscene.rows import standard_normal, truncated_normal, uniform
 from airscene.spatial import read_glimpse, tight_boxes
 
 
+# World units by which an inferred position may overshoot the floor's edge before it counts as
+# off the floor: objects at the edge are placed a little beyond it, as every position carries
+# some error (how many clean scenes are flagged: benchmarks/calibrate_warnings.py).
+OFF_FLOOR_MARGIN = 0.15
+
+
 class _FiniteDifferencePose(torch.autograd.Function):
     """The renderer's per-object outputs with pose gradients by central finite differences
     (the paper's estimator): the backward pass renders each object again at +-step in x, y and
@@ -346,6 +352,19 @@ class RenderedObjects(ObjectModel):
                 ]
             )
         return described
+
+    def doubts(self, inference):
+        """An object off the floor, where no scene puts one (``render3d`` refuses it), by more
+        than ``OFF_FLOOR_MARGIN``."""
+        extent = self.space.floor_extent
+        beyond = inference.objects["position"].abs() > extent + OFF_FLOOR_MARGIN
+        off = beyond.any(-1) & (inference.z_pres > 0)
+        return [
+            f"{int(n)} object(s) placed off the floor ([-{extent:g}, {extent:g}] on each axis)"
+            if n
+            else None
+            for n in off.sum(1).tolist()
+        ]
 
     def evaluate(self, model, scenes, generator=None, iw_samples=0, progress=False):
         """Count, shape, position and rotation against the scenes' descriptions

@@ -7,6 +7,8 @@ batches, and maps every box back to the input's own pixels.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ import torch
 
 from airscene.checkpoint import Checkpoint, load_model
 from airscene.data.images import ImageError, fit_to_canvas, looks_dark_on_light, read_image, to_grey
+from airscene.evaluate import RESIDUAL_QUANTILE, residual
 from airscene.model import AIR
 from airscene.train import resolve_device
 
@@ -33,13 +36,18 @@ class SceneResult:
     objects: list[Any] = field(default_factory=list)  # the object model's records
     # (``airscene.objects.DetectedObject``, ``airscene.objects3d.RenderedObject``), each with
     # at least ``step``, ``box`` (in the input's pixels) and ``presence``
+    residual: float | None = None  # how much of the image the reconstruction gets wrong, as a
+    # fraction of its intensity (``airscene.evaluate.residual``, on the model's canvas)
+    warning: str | None = None  # why the answer may be wrong: the image is explained worse
+    # than the model's held-out scenes, or an object lies where none can
     error: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         """A JSON-ready dict (one JSON Lines record)."""
         record = asdict(self)
-        if self.error is None:
-            record.pop("error")
+        for name in ("warning", "error"):
+            if record[name] is None:
+                record.pop(name)
         return record
 
 
@@ -71,6 +79,10 @@ class Pipeline:
     def __init__(self, model: AIR, checkpoint: Checkpoint | None = None) -> None:
         self.model = model.eval()
         self.checkpoint = checkpoint
+        self.residual_limit = residual_limit_of(checkpoint)
+        # The most objects a scene held in training, where the data says (not for own images).
+        data = checkpoint.config.data if checkpoint is not None else None
+        self.most_trained = max(data.counts) if data and data.data_path is None else None
 
     @property
     def device(self) -> torch.device:
@@ -135,10 +147,44 @@ class Pipeline:
         with torch.no_grad():
             inference = self.model(x, sample=False)
             described = self.model.objects.describe(inference, [fit.to_image for fit in fits])
-        for slot, objects in zip(slots, described, strict=True):
-            results[slot].count = len(objects)
-            results[slot].objects = objects
+            doubts = self.model.objects.doubts(inference)
+            residuals = residual(x, inference.canvas).tolist()
+        for slot, objects, doubt, unexplained in zip(
+            slots, described, doubts, residuals, strict=True
+        ):
+            result = results[slot]
+            result.count, result.objects = len(objects), objects
+            result.residual = round(unexplained, 5)
+            reasons = [doubt] if doubt else []
+            if self.most_trained is not None and len(objects) > self.most_trained:
+                reasons.append(
+                    f"found {len(objects)} objects, more than the {self.most_trained} its training "
+                    "scenes held at most: there may be more, or they may be split"
+                )
+            if self.residual_limit is not None and unexplained > self.residual_limit:
+                reasons.insert(
+                    0,
+                    f"explained worse than {100 * RESIDUAL_QUANTILE:g}% of the model's held-out "
+                    f"scenes (residual {unexplained:.3f} > {self.residual_limit:.3f}): the image "
+                    "may be unlike what it was trained on",
+                )
+            result.warning = "; ".join(reasons) or None
         return results
+
+
+CALIBRATION_FILE = "calibration.json"  # a shipped model's residual limit, beside its checkpoint
+
+
+def residual_limit_of(checkpoint: Checkpoint | None) -> float | None:
+    """The residual above which an image is flagged: a shipped model's ``calibration.json``, or
+    what its training's last evaluation measured on held-out scenes; None if neither is known."""
+    if checkpoint is None:
+        return None
+    calibration = checkpoint.path / CALIBRATION_FILE
+    if calibration.is_file():
+        return float(json.loads(calibration.read_text())["residual_limit"])
+    limit = checkpoint.metrics.get("eval_residual_limit")
+    return float(limit) if isinstance(limit, int | float) and math.isfinite(limit) else None
 
 
 def load(name_or_path: str | Path = "default", device: str | torch.device = "cpu") -> Pipeline:

@@ -31,6 +31,7 @@ METRIC_FIELDS = (
     "eval_shape_accuracy",  # 3D scenes only: their shape, position and rotation metrics
     "eval_position_error",
     "eval_rotation_error_deg",
+    "eval_residual_limit",  # what `airscene infer` flags above (airscene.evaluate.residual)
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -154,3 +155,54 @@ def test_eval_says_what_it_measured(capsys):
     assert code == 0 and "shape accuracy" in said and "rotation error" in said
     code, said, _ = run(["eval", "--model", "default", "--n", "10", "--json", "--quiet"], capsys)
     assert json.loads(said)["scenes"] == 10
+
+
+def digits_scene() -> np.ndarray:
+    """A fresh 2-digit Multi-MNIST test scene, uint8 (50, 50)."""
+    from airscene.config import DataConfig
+    from airscene.data.scenes import load_scenes
+
+    scenes = load_scenes(DataConfig(counts=(2,), seed=7), "test", n=4)
+    return scenes.images[0]
+
+
+def test_transparent_and_float_images_are_read_as_they_look(tmp_path):
+
+    from airscene.pipeline import load
+
+    ink = digits_scene()
+    rgba = np.zeros((*ink.shape, 4), np.uint8)
+    rgba[..., 3] = ink  # black strokes, transparent elsewhere: over black they would vanish
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "strokes.png")
+    Image.fromarray(ink.astype(np.float32) / 255, "F").save(tmp_path / "scene.tiff")
+    Image.fromarray(np.zeros((50, 50, 4), np.uint8), "RGBA").save(tmp_path / "empty.png")
+    pipeline = load("default")
+    strokes, tiff, empty = pipeline.infer(
+        [tmp_path / "strokes.png", tmp_path / "scene.tiff", tmp_path / "empty.png"]
+    )
+    assert strokes.count == 2 and strokes.inverted and strokes.warning is None
+    assert tiff.count == 2 and tiff.warning is None
+    assert empty.error is not None and "transparent everywhere" in empty.error
+
+
+def test_confident_wrong_answers_are_flagged(tmp_path, capsys):
+
+    ink = digits_scene().astype(np.float32) / 255
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0.5, 1.0, 50, dtype=np.float32)[None, :, None]
+    colour = np.clip(ramp * [1.0, 0.7, 0.4] + rng.normal(0, 0.1, (50, 50, 3)), 0, 1)
+    colour = colour * (1 - ink[..., None])  # dark digits on a noisy colour gradient
+    Image.fromarray((colour * 255).astype(np.uint8), "RGB").save(tmp_path / "colour.png")
+    Image.fromarray(digits_scene()).save(tmp_path / "clean.png")
+    out = tmp_path / "found.jsonl"
+    argv = ["infer", str(tmp_path), "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    records = {json.loads(line)["path"].split("/")[-1]: json.loads(line) for line in out.open()}
+    assert "warning" in records["colour.png"] and "held-out" in records["colour.png"]["warning"]
+    assert "warning" not in records["clean.png"] and records["clean.png"]["residual"] < 0.5
+    assert "1 of 2 images flagged" in capsys.readouterr().err
+    # The 3D model on a Multi-MNIST scene is flagged too.
+    from airscene.pipeline import load
+
+    (found,) = load("scenes3d").infer([tmp_path / "clean.png"])
+    assert found.warning is not None

@@ -70,9 +70,14 @@ def test_read_image_formats_and_failures(image_dir, tmp_path):
         grey.shape == (50, 50) and grey.dtype == np.float32 and 0 <= grey.min() and grey.max() <= 1
     )
     assert read_image(image_dir / "colour.jpg").shape == (80, 120)
-    rgba = Image.new("RGBA", (10, 10), (255, 255, 255, 0))  # fully transparent: background
+    rgba = Image.new("RGBA", (10, 10), (255, 255, 255, 0))  # fully transparent: nothing to see
     rgba.save(tmp_path / "clear.png")
-    assert float(read_image(tmp_path / "clear.png").max()) == 0.0
+    with pytest.raises(ImageError, match="clear.png: the image is transparent everywhere"):
+        read_image(tmp_path / "clear.png")
+    rgba.putpixel((2, 3), (255, 255, 255, 255))  # one white opaque pixel: over black
+    rgba.save(tmp_path / "dot.png")
+    dot = read_image(tmp_path / "dot.png")
+    assert dot[3, 2] == 1.0 and float(dot.sum()) == 1.0
     with pytest.raises(ImageError, match="not a readable image"):
         read_image(image_dir / "notes.txt")
     truncated = tmp_path / "truncated.png"
@@ -166,7 +171,8 @@ def test_cli_infer_jsonl_overlay_and_bad_files(tiny_checkpoint, image_dir, tmp_p
     ]
     assert main([*args, "--overlay", str(overlay)]) == 2  # one unreadable file
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["airscene: error: 1 of 5 images could not be read (see their records)"]
+    assert len(err) == 1  # random pixels: the unreadable file, and the rest flagged
+    assert err[0].startswith("airscene: error: 1 of 5 images could not be read (see their records)")
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert (
         len(records) == 5 and "error" in records[-1] and all("error" not in r for r in records[:4])

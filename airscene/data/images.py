@@ -74,6 +74,8 @@ def read_image(path: str | Path) -> np.ndarray:
             return to_grey(image)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
+    except ImageError as error:
+        raise ImageError(f"{path}: {error}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise ImageError(f"{path}: not a readable image ({error})") from None
 
@@ -82,7 +84,8 @@ def to_grey(image) -> np.ndarray:
     """A PIL image, numpy array or tensor as grey float32 (H, W) in [0, 1].
 
     Arrays may be (H, W), (H, W, 1|3|4) or (1|3|4, H, W); integer arrays are read as 0..255,
-    float arrays as 0..1.
+    float arrays (and floating-point image files) as 0..1. Transparent images are composited
+    over a background chosen from their opaque pixels (``_composite``), never silently black.
     """
     from PIL import Image
 
@@ -90,15 +93,17 @@ def to_grey(image) -> np.ndarray:
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             array = np.asarray(image, dtype=np.float32)
             return np.clip(array / max(float(array.max()), 1.0), 0, 1)
+        if image.mode == "F":  # floating point: [0, 1] as it is, [0, 255] as 8-bit values
+            array = np.asarray(image, dtype=np.float32)
+            return to_grey(array / (255.0 if float(np.nanmax(array, initial=0)) > 1 else 1.0))
         if image.mode in ("RGBA", "LA", "PA") or (
             image.mode == "P" and "transparency" in image.info
         ):
-            # transparent pixels count as background: composite onto black
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-            image = Image.alpha_composite(background, rgba)
-        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+            array = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+        else:
+            return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    else:
+        array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
     if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
         array = array.astype(np.float32) / (1.0 if array.dtype == np.bool_ else 255.0)
     if array.ndim == 3:
@@ -107,9 +112,10 @@ def to_grey(image) -> np.ndarray:
         if array.shape[-1] == 1:
             array = array[..., 0]
         elif array.shape[-1] in (3, 4):
-            array = array[..., :3].astype(np.float32) @ np.array(
+            grey = array[..., :3].astype(np.float32) @ np.array(
                 [0.299, 0.587, 0.114], dtype=np.float32
             )
+            array = grey if array.shape[-1] == 3 else _composite(grey, array[..., 3])
     if array.ndim != 2 or min(array.shape) == 0:
         raise ImageError(
             f"expected a 2-D grey or colour image, got an array of shape {np.shape(image)}"
@@ -118,6 +124,18 @@ def to_grey(image) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise ImageError("image holds NaN or infinite values")
     return np.clip(array, 0.0, 1.0)
+
+
+def _composite(grey: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """A grey image with transparency ``alpha`` in [0, 1], over a background chosen from its
+    opaque pixels: white behind dark strokes, black behind light ones (black would hide dark
+    strokes). An image with nothing opaque is an error: there is nothing to see."""
+    alpha = np.clip(np.asarray(alpha, dtype=np.float32), 0.0, 1.0)
+    opaque = alpha > 0.5
+    if not opaque.any():
+        raise ImageError("the image is transparent everywhere (its alpha is 0): nothing to see")
+    background = 1.0 if float(np.median(grey[opaque])) < 0.5 else 0.0
+    return alpha * grey + (1 - alpha) * background
 
 
 def looks_dark_on_light(image: np.ndarray) -> bool:
