@@ -47,7 +47,6 @@ from airscene.render3d import SHAPES, WINDOW, Renderer, SceneSpace
 from airscene.rows import standard_normal, truncated_normal, uniform
 from airscene.spatial import read_glimpse, tight_boxes
 
-
 # World units by which an inferred position may overshoot the floor's edge before it counts as
 # off the floor: objects at the edge are placed a little beyond it, as every position carries
 # some error (how many clean scenes are flagged: benchmarks/calibrate_warnings.py).
