@@ -45,10 +45,12 @@ class DataConfig:
     """Multi-MNIST scenes as in the paper: MNIST digits placed on a blank canvas (or, with
     kind scenes3d, the 3D experiment's rendered scenes)."""
 
-    kind: Literal["multi-mnist", "scenes3d"] = param(
+    kind: Literal["multi-mnist", "scenes3d", "scattered-digits"] = param(
         "multi-mnist",
-        "multi-mnist: the paper's 2D scenes; scenes3d: 0-3 objects on a floor rendered in 3D "
-        "(64x64; of the other data settings only counts, seed, n-train and n-test apply)",
+        "multi-mnist: the paper's 2D scenes; scattered-digits: many small MNIST digits that may "
+        "touch and overlap a little (48x48, 14 px digits, 1-9 of them, unless the flags say "
+        "otherwise); scenes3d: 0-3 objects on a floor rendered in 3D (64x64; of the other data "
+        "settings only counts, seed, n-train and n-test apply)",
     )
     canvas_size: int = param(50, "side of the square canvas in pixels (the paper: 50)")
     counts: tuple[int, ...] = param((0, 1, 2), "digit counts a scene may hold, e.g. 0,1,2 or 0,1,3")
@@ -58,6 +60,22 @@ class DataConfig:
     overlap: bool = param(
         False,
         "allow digits to overlap (pixels summed, clipped to [0, 1]); default: ink boxes disjoint",
+    )
+    max_overlap: float = param(
+        0.0,
+        "how much of a digit's ink box another digit's may cover, as a fraction of the smaller "
+        "box (0: ink boxes disjoint; --overlap: any)",
+    )
+    placement: Literal["scene", "digit"] = param(
+        "scene",
+        "how digits whose boxes clash are placed again: scene (the whole scene redrawn: uniform "
+        "over the layouts that fit) or digit (each clashing digit redrawn alone: many digits "
+        "fit in few rounds)",
+    )
+    digit_size: int | None = param(
+        None,
+        "shrink every digit's 28 px MNIST frame to this many pixels (default: 28, or "
+        "--scale-range)",
     )
     scale_range: tuple[float, float] | None = param(
         None,
@@ -108,10 +126,23 @@ class DataConfig:
                 round(28 * high) <= self.canvas_size,
                 f"scale_range max {high} makes digits larger than the {self.canvas_size}px canvas",
             )
+        _check(
+            0 <= self.max_overlap <= 1, f"max_overlap must lie in [0, 1], got {self.max_overlap}"
+        )
+        _check(self.placement in ("scene", "digit"), f"unknown placement {self.placement!r}")
+        if self.digit_size is not None:
+            _check(self.scale_range is None, "give --digit-size or --scale-range, not both")
+            _check(
+                4 <= self.digit_size <= self.canvas_size,
+                f"digit_size must lie in 4..{self.canvas_size} (the canvas), got {self.digit_size}",
+            )
         _check(self.n_train >= 0 and self.n_test >= 0, "n_train and n_test must be >= 0")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(0 <= self.holdout_fraction < 1, "holdout_fraction must lie in [0, 1)")
-        _check(self.kind in ("multi-mnist", "scenes3d"), f"unknown data kind {self.kind!r}")
+        _check(
+            self.kind in ("multi-mnist", "scenes3d", "scattered-digits"),
+            f"unknown data kind {self.kind!r}",
+        )
         if self.kind == "scenes3d":
             _check(self.canvas_size == 64, "3D scenes are 64x64: canvas_size must be 64")
             _check(self.max_count <= 3, f"3D scenes hold at most 3 objects, got {self.counts}")

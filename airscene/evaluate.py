@@ -26,6 +26,7 @@ class Evaluation:
         float  # over true objects: IoU of the ink box with the matched inferred ink box (0 if none)
     )
     mean_window_iou: float  # the same with the inferred glimpse windows instead of their ink
+    average_precision: float  # AP at IoU 0.5 of the drawn boxes ranked by q(z_pres = 1)
     elbo: float  # mean single-sample ELBO per image (nats)
     log_px: float | None  # mean importance-weighted log p(x) per image (nats), if computed
     iw_samples: int
@@ -41,7 +42,8 @@ class Evaluation:
         if not math.isnan(self.mean_iou):
             lines.append(
                 f"box IoU {self.mean_iou:.3f} (what each object draws), "
-                f"{self.mean_window_iou:.3f} (its attention window), over the true objects"
+                f"{self.mean_window_iou:.3f} (its attention window), over the true objects; "
+                f"AP@0.5 {self.average_precision:.3f}"
             )
         evidence = f"ELBO {self.elbo:.1f} nats per image"
         if self.log_px is not None:
@@ -144,6 +146,41 @@ def batches(total: int, size: int, progress: bool = False):
             bar.update(min(size, total - start))
 
 
+def average_precision(
+    true_boxes: list[np.ndarray],
+    found_boxes: list[np.ndarray],
+    scores: list[np.ndarray],
+    threshold: float = 0.5,
+) -> float:
+    """Average precision of detections at IoU ``threshold`` (PASCAL VOC, every point): the
+    detections of all images ranked by ``scores``, each a hit if it overlaps a true object of
+    its image not already taken by a higher-ranked detection by at least ``threshold``; the
+    area under the precision-recall curve with precision made non-increasing."""
+    total = sum(len(t) for t in true_boxes)
+    ranked = []  # (score, image, detection)
+    for image, score in enumerate(scores):
+        ranked += [(float(s), image, k) for k, s in enumerate(score)]
+    ranked.sort(key=lambda item: -item[0])
+    taken = [np.zeros(len(t), dtype=bool) for t in true_boxes]
+    hits = np.zeros(len(ranked))
+    for rank, (_, image, k) in enumerate(ranked):
+        truth = true_boxes[image]
+        if len(truth) == 0:
+            continue
+        iou = box_iou(found_boxes[image][k : k + 1].astype(np.float64), truth.astype(np.float64))[0]
+        iou[taken[image]] = -1.0
+        best = int(iou.argmax())
+        if iou[best] >= threshold:
+            taken[image][best] = True
+            hits[rank] = 1.0
+    if total == 0:
+        return math.nan
+    recall = np.concatenate([[0.0], np.cumsum(hits) / total])
+    precision = np.concatenate([[1.0], np.cumsum(hits) / np.arange(1, len(hits) + 1)])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    return float(np.sum(np.diff(recall) * precision[1:]))
+
+
 def confusion_matrix(true_counts: np.ndarray, inferred_counts: np.ndarray, size: int) -> np.ndarray:
     """(size, size) matrix: [true count, inferred count] -> number of images."""
     matrix = np.zeros((size, size), dtype=np.int64)
@@ -166,6 +203,7 @@ def evaluate(
     model.eval()
     device = next(model.parameters()).device
     counts, windows, inks, elbos, log_px, residuals = [], [], [], [], [], []
+    presence = []
     for start in batches(len(scenes), batch_size, progress):
         x = images_to_tensor(scenes.images[start : start + batch_size], device)
         mode = model(x, sample=False)  # the deterministic answer: count and boxes
@@ -176,6 +214,8 @@ def evaluate(
         present = mode.z_pres.cpu().numpy() > 0
         windows.extend(window[i][present[i]] for i in range(len(x)))
         inks.extend(ink[i][present[i]] for i in range(len(x)))
+        probs = mode.z_pres_prob.cpu().numpy()
+        presence.extend(probs[i][present[i]] for i in range(len(x)))
         elbos.append(model(x, generator=generator).elbo.cpu().numpy())
         if iw_samples > 0:
             log_px.append(importance_weighted_log_px(model, x, iw_samples, generator).cpu().numpy())
@@ -204,6 +244,9 @@ def evaluate(
         accuracy_by_count=by_count,
         mean_iou=matched_iou(true_boxes, inks) if has_boxes else math.nan,
         mean_window_iou=matched_iou(true_boxes, windows) if has_boxes else math.nan,
+        average_precision=(
+            average_precision(true_boxes, inks, presence) if has_boxes else math.nan
+        ),
         elbo=float(np.concatenate(elbos).mean()),
         log_px=float(np.concatenate(log_px).mean()) if log_px else None,
         iw_samples=iw_samples,

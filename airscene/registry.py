@@ -31,6 +31,7 @@ OBJECT_MODELS: dict[str, Any] = {
 SCENE_FAMILIES: dict[str, Any] = {
     "multi-mnist": "airscene.data.scenes:MULTI_MNIST",
     "scenes3d": "airscene.data.scenes3d:SCENES3D",
+    "scattered-digits": "airscene.data.scattered:SCATTERED_DIGITS",
 }
 
 

@@ -218,7 +218,7 @@ def test_out_that_is_a_file_is_a_one_line_error(
         (["--scale-range", "0.5,2"], r"makes digits larger than the 50px canvas"),
         (["--canvas-size", "4"], r"canvas_size must lie in 8\.\.1024"),
         (["--canvas-size", "20"], r"20px canvas cannot hold a 28x28 MNIST digit"),
-        (["--counts", "6"], r"could not place 6 non-overlapping digits"),
+        (["--counts", "6"], r"could not place 6 digits overlapping at most 0 "),
     ],
 )
 def test_bad_config_values_are_one_line_errors(

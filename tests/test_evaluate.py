@@ -63,3 +63,23 @@ def test_drawn_boxes_of_a_known_object_are_its_ink():
     objects = {"z_where": torch.tensor([[[0.56, 0.0, 0.0]]]), "z_what": torch.zeros(1, 1, 50)}
     boxes = model.objects.drawn_boxes(objects, threshold=0.5)
     torch.testing.assert_close(boxes[0, 0], torch.tensor([20.0, 20.0, 30.0, 30.0]))
+
+
+def test_average_precision_ranks_detections_by_their_presence():
+    from airscene.evaluate import average_precision
+
+    truth = [np.array([[0, 0, 10, 10], [20, 20, 30, 30]]), np.array([[5, 5, 15, 15]])]
+    exact = [t.copy() for t in truth]
+    scores = [np.array([0.9, 0.8]), np.array([0.7])]
+    assert average_precision(truth, exact, scores) == pytest.approx(1.0)
+    # A false detection ranked above every true one: precision 1/2, 2/3, 3/4 at recall 1/3..1,
+    # made non-increasing (each point takes the best precision at its recall or beyond): 3/4.
+    wrong = [np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 48, 48]]), truth[1]]
+    ranked_first = [np.array([0.9, 0.8, 0.99]), np.array([0.7])]
+    assert average_precision(truth, wrong, ranked_first) == pytest.approx(3 / 4)
+    # Ranked last it costs nothing; a true object never found caps the recall.
+    ranked_last = [np.array([0.9, 0.8, 0.1]), np.array([0.7])]
+    assert average_precision(truth, wrong, ranked_last) == pytest.approx(1.0)
+    assert average_precision(truth, [exact[0], exact[1][:0]], [scores[0], scores[1][:0]]) == (
+        pytest.approx(2 / 3)
+    )

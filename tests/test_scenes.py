@@ -248,7 +248,9 @@ def test_scale_range_gives_varied_sizes_within_range() -> None:
 
 def test_impossible_config_raises_clear_error() -> None:
     config = DataConfig(counts=(6,), canvas_size=50, overlap=False)
-    with pytest.raises(AirsceneError, match=r"could not place 6 non-overlapping digits.*--overlap"):
+    with pytest.raises(
+        AirsceneError, match=r"could not place 6 digits overlapping at most 0 .*--overlap"
+    ):
         make(config, "test", 3)
     # The same counts are fine once overlap is allowed.
     assert (make(DataConfig(counts=(6,), overlap=True), "test", 3).counts == 6).all()

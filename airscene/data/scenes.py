@@ -36,6 +36,9 @@ _SPLIT_STREAM = {"train": 0, "test": 1}
 # over 2,000 rounds; a stall of 5,000 rounds has odds ~e^-25 unless the config is impossible.
 _STALL_ROUNDS = 5_000
 _REDRAW_DIGITS_EVERY = 10
+# Placement "digit" redraws every clashing digit each round: digits that have not found room
+# in this many rounds (new digits every hundred) do not fit the canvas.
+_DIGIT_ROUNDS = 1_000
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,8 @@ def _patches(
     for size in np.unique(slot_sizes):
         group = slots[slot_sizes == size]
         patches = images[digit_index.ravel()[group]]
-        yield int(size), group, (patches if size == 28 else _resize(patches, int(size)))
+        same = size == images.shape[-1]
+        yield int(size), group, (patches if same else _resize(patches, int(size)))
 
 
 def _boxes_intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -134,22 +138,46 @@ def _boxes_intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     )
 
 
+def _boxes_clash(a: np.ndarray, b: np.ndarray, max_overlap: float) -> np.ndarray:
+    """Whether boxes (..., 4) overlap by more than ``max_overlap`` of the smaller one's area
+    (0: any intersection of positive area clashes; touching edges do not)."""
+    if max_overlap == 0:
+        return _boxes_intersect(a, b)
+    width = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+    height = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+    shared = np.clip(width, 0, None) * np.clip(height, 0, None)
+    area = lambda box: (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])  # noqa: E731
+    return shared > max_overlap * np.minimum(area(a), area(b))
+
+
+def _crowded(config: DataConfig, scenes: int) -> str:
+    return (
+        f"could not place {config.max_count} digits overlapping at most {config.max_overlap:g} "
+        f"on a {config.canvas_size}px canvas for {scenes} scenes; allow more overlap "
+        "(--max-overlap, --overlap), fewer digits or a larger canvas"
+    )
+
+
 def generate_scenes(config: DataConfig, split: str, n: int, rng: np.random.Generator) -> Scenes:
     """Draw ``n`` scenes for ``split`` ('train' digits or 'test' digits) with generator ``rng``."""
     mnist = load_mnist(split, config.mnist_dir)
+    digits = mnist.images  # (M, 28, 28); shrunk once here where every digit has one size
     canvas = config.canvas_size
     k_max = config.max_count
-    if config.scale_range is None and k_max > 0 and canvas < 28:
-        # Placement assumes the whole 28px patch fits; otherwise indices run off the canvas.
+    fixed_size = config.digit_size or 28
+    if config.scale_range is None and k_max > 0 and canvas < fixed_size:
+        # Placement assumes the whole patch fits; otherwise indices run off the canvas.
         raise AirsceneError(
-            f"a {canvas}px canvas cannot hold a 28x28 MNIST digit; use --canvas-size >= 28 "
-            "or shrink the digits with --scale-range"
+            f"a {canvas}px canvas cannot hold a {fixed_size}x{fixed_size} MNIST digit; use "
+            "--canvas-size >= that or shrink the digits with --digit-size or --scale-range"
         )
 
     counts = rng.choice(np.asarray(config.counts), size=n, p=np.asarray(config.probabilities))
     present = np.arange(k_max)[None, :] < counts[:, None]  # (B, K)
     digit_index = np.zeros((n, k_max), dtype=np.int64)
-    sizes = np.full((n, k_max), 28, dtype=np.int64)
+    sizes = np.full((n, k_max), fixed_size, dtype=np.int64)
+    if config.digit_size is not None and config.digit_size != 28:
+        digits = _resize(digits, config.digit_size)
     local_boxes = np.zeros((n, k_max, 4), dtype=np.int64)  # ink box inside the digit's patch
     corners = np.zeros((n, k_max, 2), dtype=np.int64)  # (x, y) of each patch's top-left pixel
 
@@ -158,7 +186,7 @@ def generate_scenes(config: DataConfig, split: str, n: int, rng: np.random.Gener
         if config.scale_range is not None:
             factors = rng.uniform(*config.scale_range, size=(len(rows), k_max))
             sizes[rows] = np.clip(np.round(28 * factors).astype(np.int64), 1, canvas)
-        for _size, slots, patches in _patches(mnist.images, digit_index, sizes, rows):
+        for _size, slots, patches in _patches(digits, digit_index, sizes, rows):
             local_boxes.reshape(-1, 4)[slots] = _ink_boxes(patches)
 
     def draw_corners(rows: np.ndarray) -> None:
@@ -166,37 +194,62 @@ def generate_scenes(config: DataConfig, split: str, n: int, rng: np.random.Gener
         room = canvas - sizes[rows] + 1  # (R, K)
         corners[rows] = (rng.random((len(rows), k_max, 2)) * room[..., None]).astype(np.int64)
 
-    # With overlap disallowed, a scene whose ink boxes intersect is redrawn whole (uniform over
-    # the valid placements of its digits); a scene still stuck after a while also redraws its
-    # digits, since some triples of wide digits cannot share a 50x50 canvas at all.
+    def clashing(pending: np.ndarray) -> np.ndarray:
+        """(P, K): the digits of scenes ``pending`` whose box clashes with an earlier digit's."""
+        boxes = local_boxes[pending] + np.tile(corners[pending], 2)
+        moved = np.zeros((len(pending), k_max), dtype=bool)
+        for i, j in pairs:
+            both = present[pending, i] & present[pending, j]
+            moved[:, j] |= both & _boxes_clash(boxes[:, i], boxes[:, j], config.max_overlap)
+        return moved
+
+    # Placement "scene": a scene whose ink boxes clash is redrawn whole (uniform over the valid
+    # placements of its digits); a scene still stuck after a while also redraws its digits,
+    # since some triples of wide digits cannot share a 50x50 canvas at all.
     pending = np.arange(n)
     pairs = [(i, j) for i in range(k_max) for j in range(i + 1, k_max)]
     stalled = 0
+    if config.placement == "digit" and not config.overlap:
+        # Placement "digit": each digit that clashes with an earlier one is redrawn alone.
+        draw_digits(pending)
+        draw_corners(pending)
+        for round_ in itertools.count(1):
+            moved = clashing(pending)
+            keep = moved.any(1)
+            pending, moved = pending[keep], moved[keep]
+            if len(pending) == 0:
+                break
+            if round_ >= _DIGIT_ROUNDS:
+                raise AirsceneError(_crowded(config, len(pending)))
+            if round_ % (10 * _REDRAW_DIGITS_EVERY) == 0:  # stuck: other digits, other places
+                draw_digits(pending)
+                draw_corners(pending)
+                continue
+            scene, slot = np.nonzero(moved)
+            room = canvas - sizes[pending[scene], slot] + 1
+            fresh = (rng.random((len(scene), 2)) * room[:, None]).astype(np.int64)
+            corners[pending[scene], slot] = fresh
+        pending = pending[:0]  # every scene placed: the loop below draws no more
     for round_ in itertools.count():
+        if len(pending) == 0:
+            break
         if round_ % _REDRAW_DIGITS_EVERY == 0:
             draw_digits(pending)
         draw_corners(pending)
         if config.overlap or not pairs:
             break
-        boxes = local_boxes[pending] + np.tile(corners[pending], 2)
-        clash = np.zeros(len(pending), dtype=bool)
-        for i, j in pairs:
-            both = present[pending, i] & present[pending, j]
-            clash |= both & _boxes_intersect(boxes[:, i], boxes[:, j])
+        clash = clashing(pending).any(1)
         stalled = stalled + 1 if clash.all() else 0
         pending = pending[clash]
         if len(pending) == 0:
             break
         if stalled >= _STALL_ROUNDS:
-            raise AirsceneError(
-                f"could not place {config.max_count} non-overlapping digits on a {canvas}px "
-                f"canvas for {len(pending)} scenes; allow overlap (--overlap) or use a larger canvas"
-            )
+            raise AirsceneError(_crowded(config, len(pending)))
 
     boxes = np.where(present[..., None], local_boxes + np.tile(corners, 2), -1)
     accumulated = np.zeros((n, canvas, canvas), dtype=np.uint16)
     flat_corners = corners.reshape(-1, 2)
-    for size, slots, patches in _patches(mnist.images, digit_index, sizes, present_rows=present):
+    for size, slots, patches in _patches(digits, digit_index, sizes, present_rows=present):
         scene, slot_k = slots // k_max, slots % k_max
         offsets = np.arange(size)
         rows = (flat_corners[slots, 1, None] + offsets)[:, :, None]  # (M, S, 1)
@@ -236,7 +289,10 @@ def cache_key(config: DataConfig, split: str) -> str:
     """Digest of everything that determines the scenes of ``split``."""
     fields = to_dict(config)
     fields.pop("mnist_dir")  # the files' content counts, not where they lie
-    fields.pop("kind")  # always multi-mnist here: the key of scenes made before it existed
+    fields.pop("kind")  # the generator reads the other fields only: a kind is their defaults
+    for later, default in (("max_overlap", 0.0), ("digit_size", None), ("placement", "scene")):
+        if fields[later] == default:  # fields added later keep the key of scenes made before
+            fields.pop(later)
     fields.pop("n_train" if split == "test" else "n_test")
     for own_data_field in OWN_DATA_FIELDS:
         fields.pop(own_data_field)
