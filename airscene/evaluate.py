@@ -14,8 +14,26 @@ from airscene.model import AIR
 from airscene.objective import importance_weighted_log_px
 
 
+class CountReport:
+    """What every kind's evaluation has: the count accuracy, by true count and as a confusion
+    matrix, and the report as JSON-ready data."""
+
+    scenes: int
+    count_accuracy: float
+    confusion: list[list[int]]
+    accuracy_by_count: dict[int, float]
+
+    def to_dict(self) -> dict:
+        return json_ready(self)
+
+    def count_lines(self) -> list[str]:
+        """The count accuracy and the confusion matrix in words."""
+        lines = count_summary(self.scenes, self.count_accuracy, self.accuracy_by_count)
+        return lines + confusion_table(self.confusion)
+
+
 @dataclass
-class Evaluation:
+class Evaluation(CountReport):
     """Metrics of a model on a set of scenes."""
 
     scenes: int
@@ -32,13 +50,9 @@ class Evaluation:
     iw_samples: int
     residual_limit: float  # the RESIDUAL_QUANTILE of the images' residual (``residual``)
 
-    def to_dict(self) -> dict:
-        return json_ready(self)
-
     def summary(self) -> str:
         """The report in words, for a person (``airscene eval``; ``--json`` gives ``to_dict``)."""
-        lines = count_summary(self.scenes, self.count_accuracy, self.accuracy_by_count)
-        lines += confusion_table(self.confusion)
+        lines = self.count_lines()
         if not math.isnan(self.mean_iou):
             lines.append(
                 f"box IoU {self.mean_iou:.3f} (what each object draws), "

@@ -25,11 +25,9 @@ from airscene.data.scenes3d import Scenes3D
 from airscene.data.training import images_to_tensor
 from airscene.errors import AirsceneError
 from airscene.evaluate import (
+    CountReport,
     batches,
     confusion_matrix,
-    confusion_table,
-    count_summary,
-    json_ready,
     residual,
     residual_limit,
 )
@@ -38,7 +36,7 @@ from airscene.render3d import SHAPES, SceneSpace
 
 
 @dataclass
-class Evaluation3D:
+class Evaluation3D(CountReport):
     """Metrics of a model on 3D scenes (see the module)."""
 
     scenes: int
@@ -56,13 +54,9 @@ class Evaluation3D:
     elbo: float
     residual_limit: float  # the RESIDUAL_QUANTILE of the images' residual (``residual``)
 
-    def to_dict(self) -> dict:
-        return json_ready(self)
-
     def summary(self) -> str:
         """The report in words, for a person (``airscene eval``; ``--json`` gives ``to_dict``)."""
-        lines = count_summary(self.scenes, self.count_accuracy, self.accuracy_by_count)
-        lines += confusion_table(self.confusion)
+        lines = self.count_lines()
         by_shape = ", ".join(f"{k} {100 * v:.1f}%" for k, v in self.shape_accuracy_by_shape.items())
         lines.append(
             f"shape accuracy {100 * self.shape_accuracy:.1f}% of true objects ({by_shape})"
