@@ -34,11 +34,21 @@ HERE = Path(__file__).resolve().parent
 COUNTS = (1, 3, 5, 7, 9)
 
 
-def run_config(dair: bool, steps: int, seed: int):
+# The models compared: the preset's model changed by these fields.
+VARIANTS = {
+    "AIR": {},
+    "DAIR": {"dair": True},
+    # Each step starts afresh from the residual and decides z_pres from it alone: whether ink is
+    # left to explain, whatever number of objects came before.
+    "DAIR-residual": {"dair": True, "dair_memory": False, "presence_from": "residual"},
+}
+
+
+def run_config(name: str, steps: int, seed: int):
     preset = SCATTERED_DIGITS.preset()
     return dataclasses.replace(
         preset,
-        model=dataclasses.replace(preset.model, dair=dair),
+        model=dataclasses.replace(preset.model, **VARIANTS[name]),
         train=dataclasses.replace(preset.train, steps=steps, seed=seed, eval_every=1000),
     )
 
@@ -90,13 +100,14 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=1000, help="held-out scenes per count")
     parser.add_argument("--timed-steps", type=int, default=10)
     parser.add_argument("--runs", type=Path, default=Path("runs/many-objects"))
-    parser.add_argument("--models", default="AIR,DAIR")
+    parser.add_argument("--models", default="AIR,DAIR", help=f"of {', '.join(VARIANTS)}")
     args = parser.parse_args()
     report = {"date": time.strftime("%Y-%m-%d"), "git_revision": git_revision(),
               "hardware": hardware(), "steps": args.steps, "seed": args.seed, "models": {}}  # fmt: skip
-    out = HERE / "results" / f"many_objects_sequential-{args.steps}.json"
+    tag = "" if args.models == "AIR,DAIR" else "-" + args.models.replace(",", "-").lower()
+    out = HERE / "results" / f"many_objects_sequential-{args.steps}{tag}.json"
     for name in args.models.split(","):
-        config = run_config(name == "DAIR", args.steps, args.seed)
+        config = run_config(name, args.steps, args.seed)
         run_dir = args.runs / f"{name.lower()}-{args.steps}-seed{args.seed}"
         started = time.perf_counter()
         if not (run_dir / "checkpoints").is_dir():
