@@ -37,27 +37,29 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
+class _Function:
+    """A package attribute that is always the function of its name in ``module``, although a
+    module of the same name exists: importing that module, which sets the package's attribute of
+    its name, leaves this one as it is (the module stays in ``sys.modules``)."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, package: Any, owner: type | None = None) -> Any:
+        return getattr(importlib.import_module(self.module), self.name)
+
+    def __set__(self, package: Any, module: Any) -> None:
+        pass
+
+
 class _Package(types.ModuleType):
-    """The package module. ``airscene.train`` and ``airscene.evaluate`` are functions (as the
-    names exported once were) although modules of the same names exist: importing those
-    modules, which sets the package's attribute of their name, leaves these two as they are
-    (the modules stay in ``sys.modules``)."""
+    """The package module: ``airscene.train`` and ``airscene.evaluate`` are functions."""
 
-    @property
-    def train(self) -> Any:
-        return importlib.import_module("airscene.train").train
-
-    @train.setter
-    def train(self, module: Any) -> None:
-        pass
-
-    @property
-    def evaluate(self) -> Any:
-        return importlib.import_module("airscene.evaluate").evaluate
-
-    @evaluate.setter
-    def evaluate(self, module: Any) -> None:
-        pass
+    train = _Function("airscene.train")
+    evaluate = _Function("airscene.evaluate")
 
 
 sys.modules[__name__].__class__ = _Package

@@ -161,6 +161,22 @@ class ObjectModel(nn.Module):
         by default ``drawn_boxes``."""
         return self.drawn_boxes(objects)
 
+    @torch.no_grad()
+    def tight_boxes_of_drawings(
+        self,
+        objects: dict[str, torch.Tensor],
+        marks: Callable[[torch.Tensor], torch.Tensor],
+        otherwise: torch.Tensor,
+    ) -> torch.Tensor:
+        """Each object of ``objects`` (B, N, ...) drawn alone, the tight box of the pixels
+        ``marks`` picks from its drawing (M, H, W) -> bool; ``otherwise`` (B, N, 4) where it
+        picks none. The shared core of ``drawn_boxes``."""
+        boxes = otherwise.clone()
+        for t in range(boxes.shape[1]):
+            tight, found = tight_boxes(marks(self.draw({k: v[:, t] for k, v in objects.items()})))
+            boxes[:, t] = torch.where(found[:, None], tight.to(boxes.dtype), boxes[:, t])
+        return boxes
+
     def describe(self, inference: Inference, to_image: Sequence[ToImage]) -> list[list[Any]]:
         """Per image of ``inference``, its present objects as records (dataclasses; JSON Lines
         in ``airscene infer``) with every box mapped to the input's pixels by that image's
@@ -300,16 +316,12 @@ class GlimpseObjects(ObjectModel):
         """The attention window of each object as a pixel box, (B, N, 4)."""
         return z_where_to_box(objects["z_where"], self.canvas_size)
 
-    @torch.no_grad()
     def drawn_boxes(self, objects, threshold: float = 0.1):
         """The tight box of the pixels above ``threshold`` that each object draws (its ink); an
         object that draws nothing above it gets its window."""
-        boxes = self.windows(objects).clone()
-        for t in range(boxes.shape[1]):
-            drawn = self.draw({k: v[:, t] for k, v in objects.items()}) > threshold
-            tight, has_ink = tight_boxes(drawn)
-            boxes[:, t] = torch.where(has_ink[:, None], tight.to(boxes.dtype), boxes[:, t])
-        return boxes
+        return self.tight_boxes_of_drawings(
+            objects, lambda drawn: drawn > threshold, self.windows(objects)
+        )
 
     def figure_boxes(self, objects):
         """The attention windows: where each step looked."""

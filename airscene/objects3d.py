@@ -45,7 +45,7 @@ from airscene.networks import mlp
 from airscene.objects import DiscreteChoices, ObjectModel, ObjectStep
 from airscene.render3d import SHAPES, WINDOW, Renderer, SceneSpace
 from airscene.rows import standard_normal, truncated_normal, uniform
-from airscene.spatial import read_glimpse, tight_boxes
+from airscene.spatial import read_glimpse
 
 # World units by which an inferred position may overshoot the floor's edge before it counts as
 # off the floor: objects at the edge are placed a little beyond it, as every position carries
@@ -305,18 +305,16 @@ class RenderedObjects(ObjectModel):
 
     # -- what the verbs, figures and evaluations read ------------------------------------------
 
-    @torch.no_grad()
     def drawn_boxes(self, objects, threshold: float = 0.05):
         """Where each object, drawn alone, differs from the bare floor by more than
         ``threshold``; an object that changes no pixel gets [0, 0, 0, 0]."""
         first = next(iter(objects.values()))
         floor = self.renderer(first.device).floor_shade
-        boxes = torch.zeros(*first.shape[:2], 4)
-        for t in range(boxes.shape[1]):
-            drawn = self.draw({k: v[:, t] for k, v in objects.items()}).cpu()
-            box, found = tight_boxes((drawn - floor).abs() > threshold)
-            boxes[:, t] = torch.where(found[:, None], box.float(), 0.0)
-        return boxes
+        return self.tight_boxes_of_drawings(
+            objects,
+            lambda drawn: (drawn.cpu() - floor).abs() > threshold,
+            torch.zeros(*first.shape[:2], 4),
+        )
 
     @torch.no_grad()
     def describe(self, inference, to_image):

@@ -41,8 +41,7 @@ from airscene.shipped import PRETRAINED, pretrained_dir
 HERE = Path(__file__).resolve().parent
 
 
-def calibrate(name: str, scenes: int, write: bool) -> float:
-    model, checkpoint = load_model(name)
+def calibrate(name: str, model, checkpoint, scenes: int, write: bool) -> float:
     data = checkpoint.config.data
     held_out = scene_family(data.kind).load(data, "test", n=scenes)
     limit = model.objects.evaluate(model, held_out).residual_limit
@@ -149,8 +148,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         for name in PRETRAINED:
-            limit = calibrate(name, args.calibration_scenes, args.write)
             model, checkpoint = load_model(name)
+            limit = calibrate(name, model, checkpoint, args.calibration_scenes, args.write)
             pipeline = Pipeline(model, checkpoint)
             pipeline.residual_limit = limit
             data = checkpoint.config.data

@@ -146,8 +146,9 @@ def _boxes_clash(a: np.ndarray, b: np.ndarray, max_overlap: float) -> np.ndarray
     width = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
     height = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
     shared = np.clip(width, 0, None) * np.clip(height, 0, None)
-    area = lambda box: (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])  # noqa: E731
-    return shared > max_overlap * np.minimum(area(a), area(b))
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return shared > max_overlap * np.minimum(area_a, area_b)
 
 
 def _crowded(config: DataConfig, scenes: int) -> str:
@@ -203,14 +204,27 @@ def generate_scenes(config: DataConfig, split: str, n: int, rng: np.random.Gener
             moved[:, j] |= both & _boxes_clash(boxes[:, i], boxes[:, j], config.max_overlap)
         return moved
 
-    # Placement "scene": a scene whose ink boxes clash is redrawn whole (uniform over the valid
-    # placements of its digits); a scene still stuck after a while also redraws its digits,
-    # since some triples of wide digits cannot share a 50x50 canvas at all.
-    pending = np.arange(n)
-    pairs = [(i, j) for i in range(k_max) for j in range(i + 1, k_max)]
-    stalled = 0
-    if config.placement == "digit" and not config.overlap:
-        # Placement "digit": each digit that clashes with an earlier one is redrawn alone.
+    def place_whole_scenes(pending: np.ndarray) -> None:
+        """Placement "scene": a scene whose ink boxes clash is redrawn whole (uniform over the
+        valid placements of its digits); a scene still stuck after a while also redraws its
+        digits, since some triples of wide digits cannot share a 50x50 canvas at all."""
+        stalled = 0
+        for round_ in itertools.count():
+            if round_ % _REDRAW_DIGITS_EVERY == 0:
+                draw_digits(pending)
+            draw_corners(pending)
+            if config.overlap or not pairs:
+                break
+            clash = clashing(pending).any(1)
+            stalled = stalled + 1 if clash.all() else 0
+            pending = pending[clash]
+            if len(pending) == 0:
+                break
+            if stalled >= _STALL_ROUNDS:
+                raise AirsceneError(_crowded(config, len(pending)))
+
+    def place_each_digit(pending: np.ndarray) -> None:
+        """Placement "digit": each digit that clashes with an earlier one is redrawn alone."""
         draw_digits(pending)
         draw_corners(pending)
         for round_ in itertools.count(1):
@@ -229,22 +243,12 @@ def generate_scenes(config: DataConfig, split: str, n: int, rng: np.random.Gener
             room = canvas - sizes[pending[scene], slot] + 1
             fresh = (rng.random((len(scene), 2)) * room[:, None]).astype(np.int64)
             corners[pending[scene], slot] = fresh
-        pending = pending[:0]  # every scene placed: the loop below draws no more
-    for round_ in itertools.count():
-        if len(pending) == 0:
-            break
-        if round_ % _REDRAW_DIGITS_EVERY == 0:
-            draw_digits(pending)
-        draw_corners(pending)
-        if config.overlap or not pairs:
-            break
-        clash = clashing(pending).any(1)
-        stalled = stalled + 1 if clash.all() else 0
-        pending = pending[clash]
-        if len(pending) == 0:
-            break
-        if stalled >= _STALL_ROUNDS:
-            raise AirsceneError(_crowded(config, len(pending)))
+
+    pairs = [(i, j) for i in range(k_max) for j in range(i + 1, k_max)]
+    if config.placement == "digit" and not config.overlap:
+        place_each_digit(np.arange(n))
+    else:
+        place_whole_scenes(np.arange(n))
 
     boxes = np.where(present[..., None], local_boxes + np.tile(corners, 2), -1)
     accumulated = np.zeros((n, canvas, canvas), dtype=np.uint16)
