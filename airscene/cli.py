@@ -153,7 +153,7 @@ def _train(args: argparse.Namespace) -> int:
             )
         run_dir = Path(args.run_dir or time.strftime("runs/air-%Y%m%d-%H%M%S"))
         say(
-            f"training {'DAIR' if model.dair else 'AIR'} for {config.train.steps} steps -> {run_dir}",
+            f"training {_scheme_name(model)} for {config.train.steps} steps -> {run_dir}",
             file=sys.stderr,
         )
         result = train(config, run_dir, overwrite=args.force, command=command)
@@ -162,16 +162,27 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scheme_name(model: ModelConfig) -> str:
+    """What a run trains, in the words of the papers: AIR, DAIR, or the grid scheme."""
+    if model.inference == "grid":
+        return "AIR with grid inference"
+    return "DAIR" if model.dair else "AIR"
+
+
 def _train_preset(args: argparse.Namespace) -> RunConfig:
     """The run ``train`` starts from: the defaults of the scene family ``--kind`` names, else of
     the one ``--objects``' object model trains on (``train --kind scenes3d``: the 3D
-    experiment's recipe); any flag still overrides."""
-    from airscene.registry import object_model_class, scene_family
+    experiment's recipe), adapted to the ``--inference`` scheme's recipe if one is named; any
+    flag still overrides."""
+    from airscene.registry import inference_scheme, object_model_class, scene_family
 
     kind = args.kind
     if kind is None and args.objects is not None and args.data is None:
         kind = object_model_class(args.objects).default_data
-    return scene_family(kind or DataConfig.kind).preset()
+    preset = scene_family(kind or DataConfig.kind).preset()
+    if args.inference is None:
+        return preset
+    return inference_scheme(args.inference).recipe(preset)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -224,10 +235,10 @@ def _sample(args: argparse.Namespace) -> int:
         counts, probs = checkpoint.config.data.counts, checkpoint.config.data.probabilities
     else:
         counts, probs = args.counts, args.count_probs
-    if counts and max(counts) > model.config.max_steps:
+    if counts and max(counts) > model.most_objects:
         raise AirsceneError(
             f"--counts {','.join(map(str, counts))}: this model draws at most "
-            f"{model.config.max_steps} objects (its N)"
+            f"{model.most_objects} objects on its canvas"
         )
     try:
         drawn = model.sample(
@@ -388,6 +399,26 @@ def _experiment_scenes3d(args: argparse.Namespace) -> int:
     summary = run_scenes3d(out, quick=args.quick, seed=args.seed)
     for name, result in summary["results"].items():
         print(result_line(name, result["held_out"]))
+    print(f"wrote {out / 'report.md'}")
+    return 0
+
+
+def _experiment_many_objects(args: argparse.Namespace) -> int:
+    from airscene.experiments.many_objects import SCHEMES, run_many_objects
+
+    out = _experiment_out(args)
+    reuse = {}
+    for item in args.reuse or []:
+        scheme, _, run = item.partition("=")
+        if scheme not in SCHEMES or not run:
+            raise AirsceneError(f"--reuse {item}: expected SCHEME=RUN with SCHEME one of {SCHEMES}")
+        reuse[scheme] = run
+    summary = run_many_objects(out, quick=args.quick, seed=args.seed, reuse=reuse)
+    for scheme, result in summary["schemes"].items():
+        rows = result["by_count"]
+        print(f"{scheme}: count " + ", ".join(
+            f"n={n} {100 * row['count_accuracy']:.1f}%" for n, row in rows.items()
+        ))  # fmt: skip
     print(f"wrote {out / 'report.md'}")
     return 0
 
@@ -755,6 +786,12 @@ def _add_experiment_parser(verbs) -> None:
         "count": names.add_parser(
             "count", help="count accuracy against steps and wall time for AIR and DAIR"
         ),
+        "many-objects": names.add_parser(
+            "many-objects",
+            help="sequential AIR and DAIR against the spatially parallel grid on 48x48 scenes of "
+            "1-9 small digits (count, AP, step time against n), and the grid model on 84x84 "
+            "and 160x160 canvases of 10-40 digits",
+        ),
         "scenes3d": names.add_parser(
             "scenes3d",
             help="AIR over the fixed 3D renderer (pose gradients by autograd and by finite "
@@ -765,6 +802,7 @@ def _add_experiment_parser(verbs) -> None:
         "generalisation": "2,000 steps and 1,000 test scenes per model",
         "downstream": "up to 1,000 labels",
         "count": "1,500 steps",
+        "many-objects": "grid 1,500 steps, AIR and DAIR 600, 200 scenes per count",
         "scenes3d": "AIR 1,000 steps, its finite-difference twin 300, the CNN 1,000",
     }
     for name, parser in parsers.items():
@@ -815,6 +853,14 @@ def _add_experiment_parser(verbs) -> None:
     )
     parsers["count"].set_defaults(handler=_experiment_count)
     parsers["scenes3d"].set_defaults(handler=_experiment_scenes3d)
+    parsers["many-objects"].add_argument(
+        "--reuse",
+        action="append",
+        metavar="SCHEME=MODEL",
+        help="measure this run, checkpoint or shipped model instead of training one, e.g. "
+        "grid=many-digits or AIR=runs/air (repeatable; SCHEME: grid, AIR or DAIR)",
+    )
+    parsers["many-objects"].set_defaults(handler=_experiment_many_objects)
 
 
 def build_parser() -> argparse.ArgumentParser:

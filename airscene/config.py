@@ -232,6 +232,12 @@ class GlimpseConfig:
         (0.04, 1.0, 1.0),
         "prior standard deviation of z_where (a tight scale: one object per window)",
     )
+    composite: Literal["sum", "capped"] = param(
+        "sum",
+        "how overlapping objects make the image: sum (the paper: intensities add up) or capped "
+        "(the sum capped at 1, as digits that touch are composed in the scattered-digits data, so "
+        "two overlapping digits drawn whole are not penalised for ink brighter than white)",
+    )
     z_where_max_scale: float | None = param(
         0.1,
         "upper bound on q(z_where)'s standard deviation (None: unbounded softplus). A bound keeps "
@@ -250,6 +256,10 @@ class GlimpseConfig:
         _check(
             self.glimpse_networks != "conv" or self.glimpse_size % 4 == 0,
             f"conv glimpse networks need a glimpse_size that is a multiple of 4, got {self.glimpse_size}",
+        )
+        _check(
+            self.composite in ("sum", "capped"),
+            f"unknown composite {self.composite!r} (sum or capped)",
         )
         _check(self.z_where_prior_loc[0] > 0, "the prior mean of the z_where scale must be > 0")
         _check(all(s > 0 for s in self.z_where_prior_scale), "z_where_prior_scale must be > 0")
@@ -374,9 +384,43 @@ class ModelConfig:
         default_factory=GlimpseConfig,
         metadata={"help": "the object model", "kinds": OBJECT_CONFIGS},
     )
+    inference: Literal["sequential", "grid"] = param(
+        "sequential",
+        "how q finds the objects: sequential (the paper: one object per step, at most "
+        "max_steps) or grid (spatially parallel: every cell of a grid over the image proposes "
+        "at most one object at once; reads images of any size; 2D glimpse objects only)",
+    )
+    cell_size: int = param(
+        8, "grid: side of a cell in pixels (at most one object is centred in each)"
+    )
+    cell_reach: float = param(
+        0.5,
+        "grid: how far an object's centre may lie from its cell's centre, in cells (0.5: inside the cell, so one cell owns each centre)",
+    )
+    grid_channels: int = param(64, "grid: channels of the convolutional network over the image")
+    grid_refine_passes: int = param(
+        0,
+        "grid: passes of coordinate ascent on the scene's ELBO that refine q's mode at inference "
+        "(each switches the cells whose z_pres would gain most in their neighbourhood; 0: q's "
+        "mode as it is)",
+    )
+    grid_presence_bias: float = param(
+        -2.0, "grid: q(z_pres)'s initial logit in every cell (-2: about one cell in eight on)"
+    )
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        _check(
+            self.inference in ("sequential", "grid"),
+            f"unknown inference {self.inference!r} (sequential or grid)",
+        )
+        _check(2 <= self.cell_size <= 64, f"cell_size must lie in 2..64, got {self.cell_size}")
+        _check(0 < self.cell_reach <= 2, f"cell_reach must lie in (0, 2], got {self.cell_reach}")
+        _check(self.grid_channels >= 1, f"grid_channels must be >= 1, got {self.grid_channels}")
+        _check(
+            self.grid_refine_passes >= 0,
+            f"grid_refine_passes must be >= 0, got {self.grid_refine_passes}",
+        )
         _check(
             8 <= self.canvas_size <= MAX_CANVAS,
             f"canvas_size must lie in 8..{MAX_CANVAS} pixels, got {self.canvas_size}",
@@ -405,6 +449,17 @@ class ModelConfig:
             isinstance(self.objects, tuple(OBJECT_CONFIGS.values())),
             f"objects must be the config of one of {', '.join(OBJECT_CONFIGS)}, got {self.objects!r}",
         )
+        if self.inference == "grid":
+            _check(
+                self.objects.kind == "glimpse",
+                f"inference grid needs the 2D glimpse objects; objects {self.objects.kind!r} are "
+                "inferred by the sequential loop only",
+            )
+            _check(
+                not self.dair,
+                "--dair is a way of the sequential loop (each step reads what the ones before "
+                "left); grid inference reads every cell at once",
+            )
         if self.objects.kind == "render3d":
             _check(
                 self.canvas_size == 64,
@@ -451,6 +506,11 @@ class TrainConfig:
         "gradients reach only objects that overlap their image; blurred, farther ones; 0: none)",
     )
     likelihood_blur_steps: int = param(0, "steps over which the likelihood's blur shrinks to 0")
+    kl_warmup_steps: int = param(
+        0,
+        "grid inference: the objects' KL term rises linearly from 0 to its full weight over "
+        "this many steps, so glimpses learn to draw before an object must pay its cost (0: none)",
+    )
     normalise_signal: bool = param(
         True, "NVIL: centre and scale the learning signal by running moments"
     )

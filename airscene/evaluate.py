@@ -223,9 +223,11 @@ def evaluate(
         mode = model(x, sample=False)  # the deterministic answer: count and boxes
         counts.append(mode.count.cpu().numpy())
         residuals.append(residual(x, mode.canvas).cpu().numpy())
-        window = model.objects.windows(mode.objects).cpu().numpy()
-        ink = model.objects.drawn_boxes(mode.objects).cpu().numpy()
-        present = mode.z_pres.cpu().numpy() > 0
+        window = model.objects.at_canvas(x.shape[-1]).windows(mode.objects).cpu().numpy()
+        present = mode.z_pres > 0
+        ink = model.objects.at_canvas(x.shape[-1]).drawn_boxes(mode.objects, present)
+        ink = ink.cpu().numpy()
+        present = present.cpu().numpy()
         windows.extend(window[i][present[i]] for i in range(len(x)))
         inks.extend(ink[i][present[i]] for i in range(len(x)))
         probs = mode.z_pres_prob.cpu().numpy()

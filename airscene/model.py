@@ -29,6 +29,7 @@ of the pieces the model offers (``log_likelihood``, ``enumerate_choices``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -36,7 +37,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from airscene.config import ModelConfig
+from airscene.config import ModelConfig, RunConfig
 from airscene.densities import bernoulli_log_prob, normal_log_prob
 from airscene.networks import PresenceHead, RecurrentCore, StepPredictor
 from airscene.objects import ObjectModel, ObjectStep
@@ -199,6 +200,9 @@ class AIR(nn.Module):
     names (``airscene.registry``); a model can also be given one directly.
     """
 
+    estimator = "nvil"  # how training gets z_pres's gradient (``airscene.train.Trainer``)
+    reads_any_size = False  # its core reads exactly canvas_size**2 pixels
+
     def __init__(self, config: ModelConfig, objects: ObjectModel | None = None) -> None:
         super().__init__()
         self.config = config
@@ -212,15 +216,23 @@ class AIR(nn.Module):
         if config.presence_from == "residual":
             self.presence = PresenceHead(4 * config.lstm_size, config.predictor_hidden)
 
+    @property
+    def most_objects(self) -> int:
+        """The most objects a scene of its canvas can hold: N, its steps."""
+        return self.config.max_steps
+
+    @staticmethod
+    def recipe(run: RunConfig) -> RunConfig:
+        """A scene family's run (``SceneFamily.preset``) as this scheme trains it: as it is."""
+        return dataclasses.replace(
+            run, model=dataclasses.replace(run.model, inference="sequential")
+        )
+
     # -- generative model -------------------------------------------------------------------
 
     def log_likelihood(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         """log p(x | z) summed over pixels, (B,), for the canvas's mean image ``mean``."""
-        if self.config.likelihood == "normal":
-            sigma = torch.as_tensor(self.config.likelihood_sigma, dtype=x.dtype, device=x.device)
-            return normal_log_prob(x, mean, sigma).flatten(1).sum(1)
-        mean = mean.clamp(1e-4, 1 - 1e-4)
-        return (x * mean.log() + (1 - x) * (1 - mean).log()).flatten(1).sum(1)
+        return pixel_log_likelihood(self.config, x, mean).flatten(1).sum(1)
 
     @staticmethod
     def log_prior_z_pres(
@@ -286,17 +298,10 @@ class AIR(nn.Module):
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         """(n, N) z_pres of scenes whose counts are drawn from ``counts`` with ``count_probs``."""
-        if not counts or min(counts) < 0 or max(counts) > self.config.max_steps:
-            raise ValueError(
-                f"counts must lie in 0..{self.config.max_steps} (the model's N), got {counts}"
-            )
-        probs = torch.tensor(
-            count_probs if count_probs is not None else [1.0] * len(counts), dtype=torch.float64
+        count = draw_counts(
+            n, counts, count_probs, self.config.max_steps, "the model's N", generator
         )
-        if len(probs) != len(counts) or (probs < 0).any() or probs.sum() <= 0:
-            raise ValueError(f"count_probs {count_probs} do not fit counts {counts}")
-        which = torch.multinomial(probs / probs.sum(), n, replacement=True, generator=generator)
-        count = torch.tensor(counts)[which].to(like.device)
+        count = count.to(like.device)
         steps = torch.arange(self.config.max_steps, device=like.device)
         return (steps < count.unsqueeze(1)).to(like.dtype)
 
@@ -467,7 +472,42 @@ class AIR(nn.Module):
         )
 
 
-def build_model(config: ModelConfig) -> AIR:
-    """AIR with the object model ``config.objects`` names: the one constructor that training,
+def draw_counts(
+    n: int,
+    counts: tuple[int, ...],
+    count_probs: tuple[float, ...] | None,
+    most: int,
+    what_most_is: str,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """``n`` counts drawn from ``counts`` with probabilities ``count_probs`` (default uniform),
+    (n,) int64; each count must lie in 0..``most`` (``what_most_is`` says why, for the error)."""
+    if not counts or min(counts) < 0 or max(counts) > most:
+        raise ValueError(f"counts must lie in 0..{most} ({what_most_is}), got {counts}")
+    probs = torch.tensor(
+        count_probs if count_probs is not None else [1.0] * len(counts), dtype=torch.float64
+    )
+    if len(probs) != len(counts) or (probs < 0).any() or probs.sum() <= 0:
+        raise ValueError(f"count_probs {count_probs} do not fit counts {counts}")
+    which = torch.multinomial(probs / probs.sum(), n, replacement=True, generator=generator)
+    return torch.tensor(counts)[which]
+
+
+def pixel_log_likelihood(config: ModelConfig, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """log p(x | z) of every pixel of ``x`` given the canvas's mean image ``mean`` (same shape):
+    the model's ``likelihood`` (normal with ``likelihood_sigma``, or Bernoulli)."""
+    if config.likelihood == "normal":
+        sigma = torch.as_tensor(config.likelihood_sigma, dtype=x.dtype, device=x.device)
+        return normal_log_prob(x, mean, sigma)
+    mean = mean.clamp(1e-4, 1 - 1e-4)
+    return x * mean.log() + (1 - x) * (1 - mean).log()
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The model ``config`` describes: the object model ``config.objects`` names, inferred by
+    the scheme ``config.inference`` names (``airscene.registry.INFERENCE_SCHEMES``: AIR's
+    sequential loop, or the spatially parallel grid). The one constructor that training,
     loading, evaluation and the experiments use."""
-    return AIR(config, build_objects(config))
+    from airscene.registry import inference_scheme
+
+    return inference_scheme(config.inference)(config, build_objects(config))

@@ -16,6 +16,7 @@ learned 2D object; a fixed renderer is another ``ObjectModel`` with its own conf
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,9 @@ from airscene.spatial import read_glimpse, tight_boxes, write_glimpse, z_where_t
 if TYPE_CHECKING:
     from airscene.data.family import GroundTruth
     from airscene.model import AIR, Inference
+
+# The most pixels drawn at once when boxes are read from objects drawn alone.
+_PIXELS_PER_DRAW = 1 << 24
 
 # Maps one image's boxes (K, 4) in canvas pixels to the input image's pixels.
 ToImage = Callable[[np.ndarray], np.ndarray]
@@ -149,11 +153,23 @@ class ObjectModel(nn.Module):
         gradient); None where the model has no enumerable discrete latent (the default)."""
         return None
 
+    def at_canvas(self, side: int) -> ObjectModel:
+        """This object model drawing on a canvas of ``side`` pixels, its networks shared: what
+        describes and boxes the objects of an image read whole at that size by a model that
+        reads any size. Objects tied to their canvas (a renderer's camera) have only their own."""
+        if side != self.canvas_size:
+            raise ValueError(f"{type(self).__name__} draws {self.canvas_size} px canvases only")
+        return self
+
     # -- what the verbs, figures and evaluations need of an object ---------------------------
 
-    def drawn_boxes(self, objects: dict[str, torch.Tensor]) -> torch.Tensor:
+    def drawn_boxes(
+        self, objects: dict[str, torch.Tensor], present: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Per image and step, the pixel box x0, y0, x1, y1 (end exclusive) of what the object
-        ``objects`` (B, N, ...) draws, (B, N, 4): comparable with the data's ground-truth boxes."""
+        ``objects`` (B, N, ...) draws, (B, N, 4): comparable with the data's ground-truth boxes.
+        Given ``present`` (B, N) bool, only those objects are drawn (the others' boxes are the
+        fallback): a grid of hundreds of cells holds a few dozen objects."""
         raise NotImplementedError
 
     def figure_boxes(self, objects: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -167,11 +183,22 @@ class ObjectModel(nn.Module):
         objects: dict[str, torch.Tensor],
         marks: Callable[[torch.Tensor], torch.Tensor],
         otherwise: torch.Tensor,
+        present: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Each object of ``objects`` (B, N, ...) drawn alone, the tight box of the pixels
         ``marks`` picks from its drawing (M, H, W) -> bool; ``otherwise`` (B, N, 4) where it
-        picks none. The shared core of ``drawn_boxes``."""
+        picks none or (given ``present``) where no object is. The shared core of
+        ``drawn_boxes``."""
         boxes = otherwise.clone()
+        if present is not None:  # only the present objects, a canvas-sized chunk at a time
+            image, step = present.nonzero(as_tuple=True)
+            chunk = max(1, _PIXELS_PER_DRAW // self.canvas_size**2)
+            for start in range(0, len(image), chunk):
+                i, t = image[start : start + chunk], step[start : start + chunk]
+                drawn = self.draw({k: v[i, t] for k, v in objects.items()})
+                tight, found = tight_boxes(marks(drawn))
+                boxes[i, t] = torch.where(found[:, None], tight.to(boxes.dtype), boxes[i, t])
+            return boxes
         for t in range(boxes.shape[1]):
             tight, found = tight_boxes(marks(self.draw({k: v[:, t] for k, v in objects.items()})))
             boxes[:, t] = torch.where(found[:, None], tight.to(boxes.dtype), boxes[:, t])
@@ -306,9 +333,20 @@ class GlimpseObjects(ObjectModel):
             "z_what": standard_normal((n, self.z_what_dim), like, generator),
         }
 
+    def canvas_image(self, canvas):
+        """The objects' summed intensities, capped at 1 if ``composite`` is capped."""
+        return canvas.clamp(max=1.0) if self.config.composite == "capped" else canvas
+
     def draw(self, values):
         glimpse = self.decoder(values["z_what"])  # (M, G, G)
         return write_glimpse(glimpse, values["z_where"], self.canvas_size)
+
+    def at_canvas(self, side):
+        if side == self.canvas_size:
+            return self
+        view = copy.copy(self)  # shares the encoder and decoder; only the canvas differs
+        view.canvas_size = side
+        return view
 
     # -- what the verbs, figures and evaluations read ------------------------------------------
 
@@ -316,11 +354,11 @@ class GlimpseObjects(ObjectModel):
         """The attention window of each object as a pixel box, (B, N, 4)."""
         return z_where_to_box(objects["z_where"], self.canvas_size)
 
-    def drawn_boxes(self, objects, threshold: float = 0.1):
+    def drawn_boxes(self, objects, present=None, threshold: float = 0.1):
         """The tight box of the pixels above ``threshold`` that each object draws (its ink); an
         object that draws nothing above it gets its window."""
         return self.tight_boxes_of_drawings(
-            objects, lambda drawn: drawn > threshold, self.windows(objects)
+            objects, lambda drawn: drawn > threshold, self.windows(objects), present
         )
 
     def figure_boxes(self, objects):
@@ -329,7 +367,7 @@ class GlimpseObjects(ObjectModel):
 
     @torch.no_grad()
     def describe(self, inference, to_image):
-        inks = self.drawn_boxes(inference.objects).cpu().numpy()
+        inks = self.drawn_boxes(inference.objects, inference.z_pres > 0).cpu().numpy()
         windows = self.windows(inference.objects).cpu().numpy()
         z_pres = inference.z_pres.cpu().numpy()
         presence = inference.z_pres_prob.cpu().numpy()

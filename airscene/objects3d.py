@@ -305,7 +305,7 @@ class RenderedObjects(ObjectModel):
 
     # -- what the verbs, figures and evaluations read ------------------------------------------
 
-    def drawn_boxes(self, objects, threshold: float = 0.05):
+    def drawn_boxes(self, objects, present=None, threshold: float = 0.05):
         """Where each object, drawn alone, differs from the bare floor by more than
         ``threshold``; an object that changes no pixel gets [0, 0, 0, 0]."""
         first = next(iter(objects.values()))
@@ -314,11 +314,12 @@ class RenderedObjects(ObjectModel):
             objects,
             lambda drawn: (drawn.cpu() - floor).abs() > threshold,
             torch.zeros(*first.shape[:2], 4),
+            present,
         )
 
     @torch.no_grad()
     def describe(self, inference, to_image):
-        boxes = self.drawn_boxes(inference.objects).numpy()
+        boxes = self.drawn_boxes(inference.objects, inference.z_pres > 0).numpy()
         found = {
             "z_pres": inference.z_pres,
             "presence": inference.z_pres_prob,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from airscene.checkpoint import Checkpoint, load_model
+from airscene.config import MAX_CANVAS
 from airscene.data.images import ImageError, fit_to_canvas, looks_dark_on_light, read_image, to_grey
 from airscene.evaluate import RESIDUAL_QUANTILE, residual
 from airscene.model import AIR
@@ -134,21 +135,53 @@ class Pipeline:
                 results.append(SceneResult(path=path, error=str(error)))
                 continue
             inverted = looks_dark_on_light(grey) if invert is None else invert
-            canvas, fit = fit_to_canvas(1.0 - grey if inverted else grey, self.canvas_size)
+            canvas, fit = fit_to_canvas(1.0 - grey if inverted else grey, self.reading_side(grey))
             results.append(
                 SceneResult(path=path, width=fit.width, height=fit.height, inverted=inverted)
             )
             canvases.append(canvas)
             fits.append(fit)
             slots.append(len(results) - 1)
-        if not canvases:
-            return results
-        x = torch.from_numpy(np.stack(canvases)).to(self.device)
-        with torch.no_grad():
-            inference = self.model(x, sample=False)
-            described = self.model.objects.describe(inference, [fit.to_image for fit in fits])
-            doubts = self.model.objects.doubts(inference)
-            residuals = residual(x, inference.canvas).tolist()
+        by_side: dict[int, list[int]] = {}  # images read at the same size share a batch
+        for i, canvas in enumerate(canvases):
+            by_side.setdefault(canvas.shape[-1], []).append(i)
+        batches = [
+            (side, members[start : start + per_batch])
+            for side, members in by_side.items()
+            for per_batch in [max(1, PIXELS_PER_BATCH // side**2)]
+            for start in range(0, len(members), per_batch)
+        ]
+        for side, members in batches:
+            x = torch.from_numpy(np.stack([canvases[i] for i in members])).to(self.device)
+            with torch.no_grad():
+                inference = self.model(x, sample=False)
+                objects = self.model.objects.at_canvas(side)
+                described = objects.describe(inference, [fits[i].to_image for i in members])
+                doubts = objects.doubts(inference)
+                residuals = residual(x, inference.canvas).tolist()
+            most = self.most_expected(side)
+            self._report([slots[i] for i in members], results, described, doubts, residuals, most)
+        return results
+
+    def reading_side(self, image: np.ndarray) -> int:
+        """The side of the square canvas an image (H, W) is read on: the model's canvas (a
+        larger image shrunk to it), or, for a model that reads any size
+        (``reads_any_size``: the grid scheme), the image's own larger side, up to MAX_CANVAS."""
+        if not self.model.reads_any_size:
+            return self.canvas_size
+        return min(MAX_CANVAS, max(self.canvas_size, *image.shape[:2]))
+
+    def most_expected(self, side: int) -> int | None:
+        """The most objects an image read at ``side`` px should hold: the most a training scene
+        held, in proportion to the area for a model that reads any size (the same density of
+        objects on a larger canvas); None where the training data does not say."""
+        if self.most_trained is None:
+            return None
+        return math.ceil(self.most_trained * max(1.0, (side / self.canvas_size) ** 2))
+
+    def _report(self, slots, results, described, doubts, residuals, most) -> None:
+        """Fill the results ``slots`` with their images' objects, residual and warnings
+        (``most``: the count above which an image is flagged, or None)."""
         for slot, objects, doubt, unexplained in zip(
             slots, described, doubts, residuals, strict=True
         ):
@@ -156,10 +189,15 @@ class Pipeline:
             result.count, result.objects = len(objects), objects
             result.residual = round(unexplained, 5)
             reasons = [doubt] if doubt else []
-            if self.most_trained is not None and len(objects) > self.most_trained:
+            if most is not None and len(objects) > most:
+                held = (
+                    f"the {most} its training scenes held at most"
+                    if most == self.most_trained
+                    else f"{most}, the densest of its training scenes at this size"
+                )
                 reasons.append(
-                    f"found {len(objects)} objects, more than the {self.most_trained} its training "
-                    "scenes held at most: there may be more, or they may be split"
+                    f"found {len(objects)} objects, more than {held}: there may be more, or "
+                    "they may be split"
                 )
             if self.residual_limit is not None and unexplained > self.residual_limit:
                 reasons.insert(
@@ -169,8 +207,10 @@ class Pipeline:
                     "may be unlike what it was trained on",
                 )
             result.warning = "; ".join(reasons) or None
-        return results
 
+
+# Images read at their own size (a grid model) go through the model this many pixels at a time.
+PIXELS_PER_BATCH = 256 * 64 * 64
 
 CALIBRATION_FILE = "calibration.json"  # a shipped model's residual limit, beside its checkpoint
 

@@ -27,6 +27,13 @@ OBJECT_MODELS: dict[str, Any] = {
     "render3d": "airscene.objects3d:RenderedObjects",
 }
 
+# Inference schemes by ``ModelConfig.inference``: each class is built as ``Scheme(config, objects)``
+# and returns ``airscene.model.Inference`` from ``model(x)``.
+INFERENCE_SCHEMES: dict[str, Any] = {
+    "sequential": "airscene.model:AIR",
+    "grid": "airscene.grid:GridAIR",
+}
+
 # Scene families by ``DataConfig.kind``.
 SCENE_FAMILIES: dict[str, Any] = {
     "multi-mnist": "airscene.data.scenes:MULTI_MNIST",
@@ -53,6 +60,11 @@ def object_model_class(kind: str) -> type[ObjectModel]:
 def build_objects(config: ModelConfig) -> ObjectModel:
     """The object model ``config.objects`` describes, for a model of ``config``."""
     return object_model_class(config.objects.kind).from_config(config)
+
+
+def inference_scheme(name: str) -> Any:
+    """The model class of inference scheme ``name``."""
+    return _entry(INFERENCE_SCHEMES, name, "inference scheme")
 
 
 def scene_family(kind: str) -> SceneFamily:

@@ -15,6 +15,7 @@ PRETRAINED = {
     "default": "air-multi-mnist",
     "conv-dair": "air-multi-mnist-conv-dair",
     "scenes3d": "air-scenes3d",
+    "many-digits": "air-many-digits",
 }
 NAMES = ", ".join(f"'{name}'" for name in PRETRAINED)
 
@@ -44,6 +45,8 @@ def shipped_models() -> list[ShippedModel]:
         data, model = meta["config"]["data"], meta["config"]["model"]
         counts = ", ".join(map(str, data["counts"]))
         kind = "DAIR" if model["dair"] else "AIR"
+        if model.get("inference") == "grid":
+            kind = "AIR with grid inference"
         trained_on = (
             f"{kind}, {model['objects']['kind']} objects, on {data['kind']} scenes of "
             f"{counts} objects, {data['canvas_size']}x{data['canvas_size']}"

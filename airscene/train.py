@@ -38,7 +38,13 @@ from airscene.distributed import World
 from airscene.errors import AirsceneError, TrainingInterrupted
 from airscene.model import AIR, Inference, build_model
 from airscene.networks import BaselineNetwork
-from airscene.objective import Objective, SignalNormaliser, air_objective, training_inference
+from airscene.objective import (
+    Objective,
+    SignalNormaliser,
+    air_objective,
+    cellwise_objective,
+    training_inference,
+)
 from airscene.provenance import git_revision
 from airscene.rows import decided_steps
 from airscene.runlog import METRICS_FILE, RunLog, read_metric_rows
@@ -92,6 +98,14 @@ def likelihood_blur_at(step: int, config: TrainConfig) -> float:
     if config.likelihood_blur_steps == 0:
         return 0.0
     return config.likelihood_blur_start * max(0.0, 1 - step / config.likelihood_blur_steps)
+
+
+def kl_weight_at(step: int, config: TrainConfig) -> float:
+    """The weight of the objects' log p/q in the grid scheme's objective at ``step``: rising
+    linearly from 0 to 1 over ``kl_warmup_steps`` (1 throughout without a warm-up)."""
+    if config.kl_warmup_steps <= 0:
+        return 1.0
+    return min(1.0, step / config.kl_warmup_steps)
 
 
 def learning_rate_at(step: int, config: TrainConfig) -> float:
@@ -177,12 +191,24 @@ class Trainer:
         keep_freed_memory_for_reuse()
         torch.manual_seed(tc.seed)  # parameter initialisation
         self.model = build_model(config.model).to(device)
-        self.baseline = BaselineNetwork(
-            config.model.canvas_size**2, self.model.latent_dim, config.model.baseline_lstm_size
-        ).to(device)
+        # NVIL's learned baseline and signal moments, for a scheme whose z_pres is sampled in a
+        # chain; the grid scheme sums each cell's z_pres out exactly and needs neither.
+        nvil = self.model.estimator == "nvil"
+        if not nvil and self.shard_count > 1:
+            raise AirsceneError(
+                "grid inference trains in one process on one shard; data-parallel training "
+                "(torchrun) is for the sequential scheme"
+            )
+        self.baseline = (
+            BaselineNetwork(
+                config.model.canvas_size**2, self.model.latent_dim, config.model.baseline_lstm_size
+            ).to(device)
+            if nvil
+            else None
+        )
         self.normaliser = (
             SignalNormaliser(reduce_sum=world.sum if world.distributed else None).to(device)
-            if tc.normalise_signal
+            if tc.normalise_signal and nvil
             else None
         )
         # What the step calls: under DDP the wrappers, which average the gradients.
@@ -190,13 +216,16 @@ class Trainer:
         if world.distributed:
             ids = [device.index] if device.type == "cuda" else None
             self.step_model = DistributedDataParallel(self.model, device_ids=ids)
-            self.step_baseline = DistributedDataParallel(self.baseline, device_ids=ids)
+            if self.baseline is not None:
+                self.step_baseline = DistributedDataParallel(self.baseline, device_ids=ids)
         # The fused Adam kernel updates all parameters in one pass.
         self.model_optimiser = torch.optim.Adam(
             self.model.parameters(), lr=tc.learning_rate, fused=True
         )
-        self.baseline_optimiser = torch.optim.Adam(
-            self.baseline.parameters(), lr=tc.baseline_learning_rate, fused=True
+        self.baseline_optimiser = (
+            torch.optim.Adam(self.baseline.parameters(), lr=tc.baseline_learning_rate, fused=True)
+            if self.baseline is not None
+            else None
         )
         self.noises, self.batch_orders = [], []
         for shard in self.shards:
@@ -231,13 +260,14 @@ class Trainer:
         x = images[index].float().div_(255.0)
 
         inference, objective = self.objective(x, rho)
-        self.model_optimiser.zero_grad(set_to_none=True)
-        self.baseline_optimiser.zero_grad(set_to_none=True)
-        objective.loss.backward()
-        objective.baseline_loss.backward()
+        optimisers = [o for o in (self.model_optimiser, self.baseline_optimiser) if o is not None]
+        losses = [loss for loss in (objective.loss, objective.baseline_loss) if loss is not None]
+        for optimiser in optimisers:
+            optimiser.zero_grad(set_to_none=True)
+        for loss in losses:
+            loss.backward()
         finite = bool(
-            torch.isfinite(objective.loss)
-            & torch.isfinite(objective.baseline_loss)
+            torch.stack([torch.isfinite(loss) for loss in losses]).all()
             & torch.isfinite(self.clip_and_check_gradients())
         )
         if not self.world.agree(finite):  # every process skips, or none does
@@ -245,8 +275,8 @@ class Trainer:
             self.nonfinite_total += 1
             return False
         self.nonfinite_in_a_row = 0
-        self.model_optimiser.step()
-        self.baseline_optimiser.step()
+        for optimiser in optimisers:
+            optimiser.step()
         with torch.no_grad():
             hits = (
                 (inference.count == counts[index]).float().mean()
@@ -261,6 +291,14 @@ class Trainer:
 
     def objective(self, x: torch.Tensor, rho: float) -> tuple[Inference, Objective]:
         """Inference on the minibatch ``x`` with the run's noise, and the objective of it."""
+        if self.baseline is None:  # the grid scheme: each cell's z_pres summed out
+            return cellwise_objective(
+                self.model,
+                x,
+                self.noise,
+                z_pres_prior=rho,
+                kl_weight=kl_weight_at(self.step, self.train_config),
+            )
         inference = training_inference(
             self.model,
             x,
@@ -325,7 +363,9 @@ class Trainer:
         shard_noise = shard_noise or [noise.get_state() for noise in self.noises]
         state = {
             "model_optimiser": self.model_optimiser.state_dict(),
-            "baseline_optimiser": self.baseline_optimiser.state_dict(),
+            "baseline_optimiser": (
+                self.baseline_optimiser.state_dict() if self.baseline_optimiser is not None else {}
+            ),
             "noise_rng": shard_noise[0],
             "normaliser": self.normaliser.state_dict() if self.normaliser is not None else {},
             "sums": self.sums.detach().cpu(),
@@ -353,11 +393,12 @@ class Trainer:
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from ``checkpoint`` exactly where it was written."""
         load_state(self.model, checkpoint.model_state, checkpoint.path / MODEL_FILE)
-        if checkpoint.baseline_state is None:
-            raise CheckpointError(
-                f"{checkpoint.path}: holds no baseline weights, so it cannot be resumed"
-            )
-        load_state(self.baseline, checkpoint.baseline_state, checkpoint.path / BASELINE_FILE)
+        if self.baseline is not None:
+            if checkpoint.baseline_state is None:
+                raise CheckpointError(
+                    f"{checkpoint.path}: holds no baseline weights, so it cannot be resumed"
+                )
+            load_state(self.baseline, checkpoint.baseline_state, checkpoint.path / BASELINE_FILE)
         state = checkpoint.trainer_state()
         counters = checkpoint.meta.get("trainer")
         if state is None or counters is None:
@@ -376,7 +417,8 @@ class Trainer:
                 (self.model_optimiser, "model_optimiser"),
                 (self.baseline_optimiser, "baseline_optimiser"),
             ):
-                optimiser.load_state_dict(state[key])
+                if optimiser is not None:
+                    optimiser.load_state_dict(state[key])
             if state.get("image_projection_layout") != IMAGE_PROJECTION_LAYOUT:
                 raise ValueError("written before the image projections were held as (in, out)")
             noises = state.get("shard_noise_rng", [state["noise_rng"]])

@@ -103,7 +103,7 @@ def show_inference(model, images, path: str | Path, true_counts: np.ndarray | No
 
     with torch.no_grad():
         inference = model(images, sample=False)
-        boxes = model.objects.figure_boxes(inference.objects)
+        boxes = model.objects.at_canvas(images.shape[-1]).figure_boxes(inference.objects)
     return inference_figure(
         images.cpu().numpy(),
         inference.canvas.cpu().numpy(),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -27,8 +26,9 @@ import torch
 
 from airscene.checkpoint import load_model
 from airscene.data.scattered import SCATTERED_DIGITS
+from airscene.experiments.many_objects import count_row, step_seconds
 from airscene.provenance import git_revision, hardware
-from airscene.train import Trainer, train
+from airscene.train import train
 
 HERE = Path(__file__).resolve().parent
 COUNTS = (1, 3, 5, 7, 9)
@@ -53,41 +53,17 @@ def run_config(name: str, steps: int, seed: int):
     )
 
 
-def step_seconds(config, model_state, images: torch.Tensor, steps: int) -> float:
-    trainer = Trainer(config, torch.device("cpu"))
-    trainer.model.load_state_dict(model_state)
-    times = []
-    for i in range(steps + 2):
-        started = time.perf_counter()
-        trainer.train_step(images, None)
-        if i >= 2:
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def measure(run_dir: Path, config, scenes: int, timed_steps: int) -> dict:
     model, _ = load_model(run_dir)
     rows = {}
     for n in COUNTS:
         data = dataclasses.replace(config.data, counts=(n,))
-        held_out = SCATTERED_DIGITS.load(data, "test", n=scenes)
-        result = model.objects.evaluate(model, held_out, generator=torch.Generator().manual_seed(0))
-        train_scenes = SCATTERED_DIGITS.load(data, "train", n=512)
-        images = torch.from_numpy(train_scenes.images)
-        seconds = step_seconds(config, model.state_dict(), images, timed_steps)
-        rows[n] = {
-            "count_accuracy": result.count_accuracy,
-            "average_precision": result.average_precision,
-            "mean_iou": result.mean_iou,
-            "step_seconds": seconds,
-            "found_mean": float(
-                sum(k * c for k, c in enumerate(map(sum, zip(*result.confusion, strict=True))))
-                / scenes
-            ),
-        }
+        rows[n] = count_row(model, SCATTERED_DIGITS.load(data, "test", n=scenes))
+        images = torch.from_numpy(SCATTERED_DIGITS.load(data, "train", n=512).images)
+        rows[n]["step_seconds"] = seconds = step_seconds(config, model, images, timed_steps)
         print(
-            f"  n={n}: count {100 * result.count_accuracy:.1f}%, AP@0.5 "
-            f"{result.average_precision:.3f}, step {1000 * seconds:.0f} ms",
+            f"  n={n}: count {100 * rows[n]['count_accuracy']:.1f}%, AP@0.5 "
+            f"{rows[n]['average_precision']:.3f}, step {1000 * seconds:.0f} ms",
             flush=True,
         )
     return rows

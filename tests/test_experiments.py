@@ -666,3 +666,55 @@ def test_scenes3d_quick_mode_under_ten_minutes(tmp_path):
         "supervised CNN (raw angle)",
     }
     assert (tmp_path / "report.md").is_file() and (tmp_path / "scenes3d.png").is_file()
+
+
+def test_many_objects_experiment_wiring(tmp_path, monkeypatch, capsys):
+    # Tiny runs: the plumbing (three schemes trained and measured per n, the transfer to 84 and
+    # 160 px, the speeds, report, figures, JSON), not the accuracies.
+    import dataclasses
+    import json
+
+    from airscene.cli import main
+    from airscene.experiments import many_objects
+
+    real_config = many_objects.scheme_config
+
+    def tiny_config(scheme, steps, seed):
+        run = real_config(scheme, steps, seed)
+        objects = dataclasses.replace(run.model.objects, encoder_hidden=8, decoder_hidden=8)
+        model = dataclasses.replace(run.model, objects=objects, lstm_size=8, predictor_hidden=8,
+                                    baseline_lstm_size=8, grid_channels=8)  # fmt: skip
+        data = dataclasses.replace(run.data, n_train=32, n_test=8)
+        train = dataclasses.replace(run.train, batch_size=4, eval_scenes=8, eval_every=steps)
+        return dataclasses.replace(run, model=model, data=data, train=train)
+
+    monkeypatch.setattr(many_objects, "scheme_config", tiny_config)
+    monkeypatch.setattr(
+        many_objects, "QUICK", many_objects.Sizes(2, 1, scenes=4, transfer_scenes=2, timed_steps=1)
+    )
+    out = tmp_path / "report"
+    assert main(["experiment", "many-objects", "--quick", "--out", str(out)]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert list(summary["schemes"]) == ["grid", "AIR", "DAIR"]
+    for result in summary["schemes"].values():
+        assert list(result["by_count"]) == ["1", "3", "5", "7", "9"]
+        assert all(row["scenes"] == 4 and row["step_seconds"] > 0
+                   for row in result["by_count"].values())  # fmt: skip
+    assert list(summary["transfer"]) == ["84px n=10", "84px n=15", "84px n=20", "160px n=30-40"]
+    assert summary["transfer"]["160px n=30-40"]["scenes"] == 2
+    assert set(summary["images_per_second"]) == {"48", "84", "256"}
+    report = (out / "report.md").read_text()
+    assert "| grid | 2 steps" in report and "84px n=20" in report
+    for figure in ("count.png", "step_time.png", "boxes.png"):
+        assert (out / figure).read_bytes()[:4] == b"\x89PNG"
+    assert "grid: count n=1" in capsys.readouterr().out
+    # Runs given with --reuse are measured, not trained again.
+    monkeypatch.setattr(many_objects, "train", None)
+    runs = out / "runs"
+    reuse = [f"--reuse={s}={runs / (s.lower() + '-seed0')}" for s in ("grid", "AIR", "DAIR")]
+    again = tmp_path / "again"
+    assert main(["experiment", "many-objects", "--quick", "--out", str(again), *reuse]) == 0
+    rerun = json.loads((again / "results.json").read_text())
+    assert rerun["schemes"]["AIR"]["run"] == str(runs / "air-seed0")
+    assert rerun["schemes"]["grid"]["train_seconds"] is not None
+    assert main(["experiment", "many-objects", "--reuse", "CNN=x"]) == 2

@@ -1,0 +1,473 @@
+"""Spatially parallel inference: every cell of a grid proposes at most one object at once.
+
+AIR's recurrent core attends to one object per step, so a scene of n objects costs n steps and
+the network must learn to count. The systems after it (SPAIR, Crawford & Pineau 2019; SPACE,
+Lin et al. 2020) cut the image into a grid of cells and let a convolutional network propose, for
+every cell at once, whether an object is centred there and where and what it is. This module is
+that scheme over AIR's own generative model:
+
+  * the object model is AIR's (``GlimpseObjects``): z_what decoded to a glimpse that the spatial
+    transformer writes into the window z_where, the objects summed, p(x | z) the same pixel
+    likelihood;
+  * the prior gives every cell its own z_pres ~ Bernoulli(rho) and the object's latents:
+    z_where as a cell-local u ~ N(0, I) (the window's centre within ``cell_reach`` cells of the
+    cell's centre, its side the object model's prior size times exp(sigma * u)), z_what ~ N(0, I);
+  * q is one convolutional pass (``CellNetwork``) giving, per cell, q(z_pres) and q(u); the
+    glimpse read at the drawn window is encoded to q(z_what) by the object model's encoder.
+
+Cells are independent given the image, in q as in p, so nothing is sequential: a step costs the
+same for 1 object or 30, and a model reads an image of any size at the scale it was trained on
+(the grid grows with the image). What keeps two cells from claiming one digit is the
+likelihood: the training objective (``airscene.objective.cellwise_objective``) scores each
+cell's z_pres exactly, both values, against the other cells as drawn, so a cell whose object
+the others already explain pays for drawing it twice.
+
+An object is drawn into a patch around its cell (it cannot reach farther), so drawing every
+cell's object and scoring it costs a patch per cell, not a canvas per cell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from airscene.config import ConfigError, GlimpseConfig, ModelConfig, RunConfig
+from airscene.densities import bernoulli_log_prob, normal_log_prob, standard_normal_log_prob
+from airscene.errors import AirsceneError
+from airscene.model import Inference, PriorSample, draw_counts, pixel_log_likelihood
+from airscene.objects import GlimpseObjects
+from airscene.registry import build_objects
+from airscene.rows import standard_normal
+from airscene.spatial import read_grid, write_glimpse
+
+# The window's side may grow to exp(2 sigma) of the prior's before a patch clips it.
+_PATCH_SIGMAS = 2.0
+
+
+class CellNetwork(nn.Module):
+    """Image (B, 1, H, W), H and W multiples of ``cell_size`` -> per cell (B, 7, H/c, W/c): the
+    z_pres logit, q(u)'s loc (3) and q(u)'s scale before its bound (3).
+
+    Strided convolutions bring the image to one feature vector per cell (a cell of 8 px: three
+    halvings; of 6 px: a halving and a third), then two 3x3 convolutions let each cell see its
+    neighbours' features: a digit between two cells is visible to both, and each can tell
+    whether the other is better placed."""
+
+    def __init__(self, cell_size: int, channels: int) -> None:
+        super().__init__()
+        strides = _strides(cell_size)
+        layers: list[nn.Module] = []
+        width = [1, *[min(channels, 16 * 2**i) for i in range(len(strides))]]
+        width[-1] = channels
+        for i, stride in enumerate(strides):
+            kernel, padding = (4, 1) if stride == 2 else (stride, 0)
+            layers += [nn.Conv2d(width[i], width[i + 1], kernel, stride, padding), nn.CELU()]
+        for _ in range(2):
+            layers += [nn.Conv2d(channels, channels, 3, 1, 1), nn.CELU()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Conv2d(channels, 7, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(image))
+
+
+def _strides(cell_size: int) -> list[int]:
+    """The strides whose product is ``cell_size``: halvings, then one odd factor if any."""
+    strides, rest = [], cell_size
+    while rest % 2 == 0 and rest > 1:
+        strides.append(2)
+        rest //= 2
+    if rest > 1:
+        strides.append(rest)
+    return strides
+
+
+@dataclass
+class CellProposals:
+    """Every cell's object, as q proposes it, before z_pres is drawn; K = cells per image."""
+
+    logits: torch.Tensor  # (B, K) q's z_pres logits
+    u: torch.Tensor  # (B, K, 3) the cell-local z_where: log side, x, y offsets
+    z_where: torch.Tensor  # (B, K, 3) the window (scale, x, y) on the padded canvas
+    z_what: torch.Tensor  # (B, K, D)
+    log_q: torch.Tensor  # (B, K) log q(u, z_what)
+    log_p: torch.Tensor  # (B, K) log p(u, z_what)
+    patches: torch.Tensor  # (B, K, P * P) each object drawn alone in its cell's patch
+    padded: int  # side of the padded canvas the cells tile
+
+
+class GridAIR(nn.Module):
+    """AIR's generative model with spatially parallel inference: ``model(x)`` on images ``x``
+    (B, H, H) of any side returns the same ``Inference`` as the sequential model, with one
+    'step' per cell (row-major)."""
+
+    estimator = "cellwise"  # each cell's z_pres summed out (``objective.cellwise_objective``)
+    reads_any_size = True  # convolutional: the grid grows with the image
+
+    def __init__(self, config: ModelConfig, objects: GlimpseObjects | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.objects = build_objects(config) if objects is None else objects
+        if not isinstance(self.objects, GlimpseObjects):
+            raise AirsceneError(
+                f"inference 'grid' needs the 2D glimpse objects; objects "
+                f"{config.objects.kind!r} infer with the sequential loop only"
+            )
+        objects_config = self.objects.config
+        self.cell_size, self.reach = config.cell_size, config.cell_reach
+        # The window's side in pixels at the prior's mean, and the spread of its log.
+        self.side = objects_config.z_where_prior_loc[0] * config.canvas_size
+        self.log_side_sd = (
+            objects_config.z_where_prior_scale[0] / objects_config.z_where_prior_loc[0]
+        )
+        half = self.reach * self.cell_size + 0.5 * self.side * math.exp(
+            _PATCH_SIGMAS * self.log_side_sd
+        )
+        self.margin = max(0, math.ceil(half - self.cell_size / 2))
+        self.patch = self.cell_size + 2 * self.margin
+        self.network = CellNetwork(self.cell_size, config.grid_channels)
+        with torch.no_grad():  # start near the prior: few cells on, windows at the cell centres
+            self.network.head.weight.mul_(0.1)
+            self.network.head.bias.zero_()
+            self.network.head.bias[0] = config.grid_presence_bias
+            self.network.head.bias[4:] = -2.0
+
+    @staticmethod
+    def recipe(run: RunConfig) -> RunConfig:
+        """A scene family's run (``SceneFamily.preset``) as the grid trains it.
+
+        The window keeps the family's prior size (a digit's ink, as the sequential presets
+        fit it) with a tight spread (10% of its side), so that one window cannot hold two
+        touching digits, and the decoder draws it in a glimpse of 14 px; cells of 6 px keep two
+        digit centres out of one cell at the scattered-digits overlap; rho = 0.01 per cell.
+        Early in training, rho is annealed from 1/2 and the objects' KL warmed up, so glimpses
+        learn to draw digits before an object must pay for itself (without both, every cell
+        switches off in the first hundred steps). What each choice measured:
+        results/many-objects/findings.md."""
+        objects = run.model.objects
+        if not isinstance(objects, GlimpseConfig):
+            raise ConfigError(
+                f"inference grid needs the 2D glimpse objects; objects {objects.kind!r} are "
+                "inferred by the sequential loop only"
+            )
+        scale = objects.z_where_prior_loc[0]
+        objects = dataclasses.replace(
+            objects,
+            glimpse_size=14,
+            z_what_dim=16,
+            decoder_output_bias=-4.0,
+            z_where_prior_loc=(scale, 0.0, 0.0),
+            z_where_prior_scale=(0.1 * scale, 1.0, 1.0),
+        )
+        model = dataclasses.replace(
+            run.model, inference="grid", cell_size=6, z_pres_prior=0.01, objects=objects
+        )
+        train = dataclasses.replace(
+            run.train,
+            steps=15_000,
+            batch_size=32,
+            z_pres_prior_start=0.5,
+            z_pres_prior_anneal_steps=1_000,
+            kl_warmup_steps=1_000,
+            eval_every=2_500,
+        )
+        return dataclasses.replace(run, model=model, train=train)
+
+    def cells_inside(self, side: int) -> int:
+        """Cells per row (and column) whose centre lies inside an image of ``side`` px."""
+        return math.ceil(side / self.cell_size - 0.5)
+
+    @property
+    def most_objects(self) -> int:
+        """The most objects a scene of its canvas can hold: one per cell centred in it."""
+        return self.cells_inside(self.config.canvas_size) ** 2
+
+    # -- generative model -------------------------------------------------------------------
+
+    def log_likelihood(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) summed over pixels, (B,)."""
+        return pixel_log_likelihood(self.config, x, mean).flatten(1).sum(1)
+
+    def log_likelihood_beyond(self, x: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+        """log p(x | z), (B,), of images ``x`` (B, H, H) seen as windows onto a black plane,
+        given ``whole`` (B, H', H'), the mean image with the ring of ``margin`` px (and the
+        padding) that objects can reach beyond the image: the image's pixels as usual, plus,
+        for the pixels beyond it, log p(black | whole) - log p(black | nothing), which is 0
+        where nothing is drawn there and penalises ink drawn beyond the edge. So the ELBO
+        equals the sequential model's convention wherever objects stay inside, and the
+        per-cell patches of the training objective score exactly its differences."""
+        side, margin = x.shape[-1], self.margin
+        beyond = whole.shape[-1] - side - margin
+        seen = F.pad(x, (margin, beyond, margin, beyond))
+        inside = torch.zeros_like(whole)
+        inside[:, margin : margin + side, margin : margin + side] = 1.0
+        log_p = pixel_log_likelihood(self.config, seen, whole)
+        empty = pixel_log_likelihood(self.config, seen, torch.zeros_like(whole))
+        return (log_p - (1 - inside) * empty).flatten(1).sum(1)
+
+    def log_likelihood_patches(self, seen: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) of the pixels of each cell's patch, (B, K), from the image's patches
+        ``seen`` and the canvas's ``mean`` patches (B, K, P * P) (the image padded with black:
+        differences of these are differences of ``log_likelihood_beyond``)."""
+        return pixel_log_likelihood(self.config, seen, self.objects.canvas_image(mean)).sum(-1)
+
+    def enumerate_choices(self, x, inference, log_likelihood=None):
+        """The glimpse objects have no discrete latent to enumerate."""
+        return None
+
+    def at_canvas(self, side: int) -> GlimpseObjects:
+        """The object model drawing on a canvas of ``side`` pixels (its networks shared): what
+        describes and boxes the objects of an image read at that size."""
+        return self.objects.at_canvas(side)
+
+    # -- inference --------------------------------------------------------------------------
+
+    def padded_side(self, side: int) -> int:
+        """The side of the canvas the cells tile for an image of ``side`` pixels."""
+        return -(-side // self.cell_size) * self.cell_size
+
+    def propose(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+    ) -> CellProposals:
+        """Every cell's q for images ``x`` (B, H, H): z_pres logits, and an object drawn from q
+        with ``generator``'s noise (q's mode without ``sample``)."""
+        batch, side = x.shape[0], x.shape[-1]
+        if x.shape[-2] != side:
+            raise ValueError(f"grid inference reads square images, got {tuple(x.shape[-2:])}")
+        padded = self.padded_side(side)
+        canvas = F.pad(x, (0, padded - side, 0, padded - side))
+        out = self.network(canvas.unsqueeze(1))  # (B, 7, h, w)
+        rows, cols = out.shape[-2:]
+        out = out.permute(0, 2, 3, 1).reshape(batch, rows * cols, 7)
+        logits, u_loc = out[..., 0], out[..., 1:4]
+        u_scale = 0.5 * torch.sigmoid(out[..., 4:7]) + 1e-3
+        u = u_loc + u_scale * standard_normal(u_loc.shape, u_loc, generator) if sample else u_loc
+        cells = rows * cols
+        # The window: side and centre in pixels; its offset from the cell's centre.
+        side_px = self.side * torch.exp(self.log_side_sd * u[..., 0])
+        offset = self.reach * self.cell_size * torch.tanh(u[..., 1:])  # (B, K, 2) x, y
+        index = torch.arange(cells, device=x.device)
+        centre = torch.stack([index % cols, index // cols], -1).to(x.dtype)
+        centre = (centre + 0.5) * self.cell_size + offset
+        z_where = torch.cat([(side_px / padded).unsqueeze(-1), centre / padded * 2 - 1], -1)
+        glimpse_size = self.objects.config.glimpse_size
+        # Every cell's glimpse of an image in one sampling grid (B, K*G, G): no copy of the
+        # image per cell.
+        where = read_grid(z_where.flatten(0, 1), glimpse_size).view(
+            batch, cells * glimpse_size, glimpse_size, 2
+        )
+        glimpse = F.grid_sample(canvas.unsqueeze(1), where, align_corners=False)
+        glimpse = glimpse.view(batch * cells, glimpse_size, glimpse_size)
+        what_loc, what_scale = self.objects.encoder(glimpse.flatten(1))
+        z_what = what_loc
+        if sample:
+            z_what = what_loc + what_scale * standard_normal(what_loc.shape, what_loc, generator)
+        in_patch = torch.cat([(side_px / self.patch).unsqueeze(-1), offset / (self.patch / 2)], -1)
+        patches = write_glimpse(self.objects.decoder(z_what), in_patch.flatten(0, 1), self.patch)
+        log_q = normal_log_prob(u, u_loc, u_scale).sum(-1) + normal_log_prob(
+            z_what, what_loc, what_scale
+        ).sum(-1).view(batch, cells)
+        log_p = standard_normal_log_prob(u).sum(-1) + standard_normal_log_prob(z_what).sum(-1).view(
+            batch, cells
+        )
+        return CellProposals(
+            logits=logits,
+            u=u,
+            z_where=z_where,
+            z_what=z_what.view(batch, cells, -1),
+            log_q=log_q,
+            log_p=log_p,
+            patches=patches.view(batch, cells, -1),
+            padded=padded,
+        )
+
+    def paint(
+        self, patches: torch.Tensor, z_pres: torch.Tensor, padded: int, ring: bool = False
+    ) -> torch.Tensor:
+        """The canvas (B, padded, padded): every present cell's patch added in place; with
+        ``ring``, with the ``margin`` px around it that patches reach (B, padded + 2m, ...)."""
+        side = padded + 2 * self.margin
+        canvas = F.fold(
+            (z_pres.unsqueeze(-1) * patches).transpose(1, 2),
+            (side, side),
+            self.patch,
+            stride=self.cell_size,
+        )[:, 0]
+        if ring:
+            return canvas
+        return canvas[:, self.margin : side - self.margin, self.margin : side - self.margin]
+
+    def cell_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """Each cell's patch of ``images`` (B, padded, padded), (B, K, P * P)."""
+        padded = F.pad(images.unsqueeze(1), (self.margin,) * 4)
+        return F.unfold(padded, self.patch, stride=self.cell_size).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        sample: bool = True,
+        z_pres_prior: float | None = None,
+    ) -> Inference:
+        """Inference on ``x`` (B, H, H): with ``sample`` a draw of q (``generator``'s noise),
+        without it q's mode (z_pres = 1 where q(z_pres) > 1/2). One entry per cell."""
+        if sample and isinstance(generator, list):
+            raise ValueError("grid inference draws a minibatch's noise from one generator")
+        cells = self.propose(x, generator, sample)
+        probs = torch.sigmoid(cells.logits)
+        if sample:
+            draw = torch.rand(probs.shape, generator=generator, device=x.device, dtype=x.dtype)
+            z_pres = (draw < probs).to(x.dtype)
+        else:
+            z_pres = (probs > 0.5).to(x.dtype)
+            z_pres = self.refine(x, cells, z_pres, z_pres_prior, self.config.grid_refine_passes)
+        return self.inference_of(x, cells, z_pres, z_pres_prior)
+
+    def toggle_gains(
+        self,
+        x: torch.Tensor,
+        cells: CellProposals,
+        z_pres: torch.Tensor,
+        z_pres_prior: float | None = None,
+    ) -> torch.Tensor:
+        """Per cell (B, K), how much log p(x, z) - log q(objects) (the ELBO of the scene with
+        z_pres held as given) gains when that cell alone is switched on rather than off, the
+        other cells as they are. Only the cell's patch differs between the two."""
+        rho = self.config.z_pres_prior if z_pres_prior is None else z_pres_prior
+        pad = cells.padded - x.shape[-1]
+        seen = self.cell_patches(F.pad(x, (0, pad, 0, pad)))
+        others = self.cell_patches(self.paint(cells.patches, z_pres, cells.padded))
+        others = others - z_pres.unsqueeze(-1) * cells.patches
+        gain = self.log_likelihood_patches(seen, others + cells.patches)
+        gain = gain - self.log_likelihood_patches(seen, others)
+        return gain + math.log(rho) - math.log1p(-rho) + cells.log_p - cells.log_q
+
+    @torch.no_grad()
+    def refine(
+        self,
+        x: torch.Tensor,
+        cells: CellProposals,
+        z_pres: torch.Tensor,
+        z_pres_prior: float | None,
+        passes: int,
+    ) -> torch.Tensor:
+        """q's mode improved by coordinate ascent on the scene's ELBO: in each of ``passes``,
+        every cell whose switch would gain (``toggle_gains``), and gains most among the cells
+        whose patches overlap its own, is switched; cells far apart switch in the same pass.
+        This settles a digit two neighbouring cells half-claim (each at q near 1/2), which
+        independent thresholds count twice or not at all."""
+        rows = cells.padded // self.cell_size
+        reach = self.patch // self.cell_size  # cells this far apart share patch pixels
+        for _ in range(passes):
+            gain = self.toggle_gains(x, cells, z_pres, z_pres_prior)
+            benefit = torch.where(z_pres > 0, -gain, gain)  # of switching each cell
+            benefit = torch.where(benefit > 0, benefit, torch.zeros_like(benefit))
+            window = dict(kernel_size=2 * reach + 1, stride=1, padding=reach)
+            best = F.max_pool2d(benefit.view(-1, 1, rows, rows), **window).flatten(1)
+            switch = (benefit > 0) & (benefit >= best)
+            # Of tied neighbours, only the last in row-major order switches.
+            order = torch.arange(1, benefit.shape[1] + 1, device=x.device, dtype=x.dtype)
+            ranked = torch.where(switch, order, torch.zeros_like(benefit))
+            last = F.max_pool2d(ranked.view(-1, 1, rows, rows), **window).flatten(1)
+            switch = switch & (ranked >= last)
+            if not switch.any():
+                break
+            z_pres = torch.where(switch, 1 - z_pres, z_pres)
+        return z_pres
+
+    def inference_of(
+        self,
+        x: torch.Tensor,
+        cells: CellProposals,
+        z_pres: torch.Tensor,
+        z_pres_prior: float | None = None,
+    ) -> Inference:
+        """The ``Inference`` of proposals ``cells`` with the cells ``z_pres`` (B, K) present."""
+        side, margin = x.shape[-1], self.margin
+        rho = self.config.z_pres_prior if z_pres_prior is None else z_pres_prior
+        whole = self.objects.canvas_image(self.paint(cells.patches, z_pres, cells.padded, True))
+        canvas = whole[:, margin : margin + side, margin : margin + side]
+        log_rho = x.new_tensor([math.log(rho), math.log1p(-rho)])
+        # z_where as a window of the image itself (the padding lies beyond its right and bottom).
+        ratio = cells.padded / side
+        z_where = torch.cat(
+            [cells.z_where[..., :1] * ratio, (cells.z_where[..., 1:] + 1) * ratio - 1], -1
+        )
+        return Inference(
+            z_pres=z_pres,
+            z_pres_prob=torch.sigmoid(cells.logits),
+            objects={"z_where": z_where, "z_what": cells.z_what, "cell_where": cells.u},
+            feedback=x.new_zeros(*z_pres.shape, 0),
+            log_q_z_pres=bernoulli_log_prob(z_pres, cells.logits),
+            log_p_z_pres=torch.where(z_pres > 0, log_rho[0], log_rho[1]),
+            log_q_object=z_pres * cells.log_q,
+            log_p_object=z_pres * cells.log_p,
+            log_q_discrete=None,
+            log_likelihood=self.log_likelihood_beyond(x, whole),
+            canvas=canvas,
+            scene=canvas,
+        )
+
+    # -- sampling ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        z_pres_prior: float | None = None,
+        counts: tuple[int, ...] | None = None,
+        count_probs: tuple[float, ...] | None = None,
+        within_canvas: bool = False,
+    ) -> PriorSample:
+        """Scenes from the prior on the model's canvas: each cell's z_pres ~ Bernoulli(rho), or,
+        given ``counts``, a count drawn from them and that many cells chosen at random; every
+        cell's object from the prior (``within_canvas``: windows moved inside the image)."""
+        like = next(self.parameters())
+        side = self.config.canvas_size
+        padded = self.padded_side(side)
+        cells = (padded // self.cell_size) ** 2
+        if counts is None:
+            rho = self.config.z_pres_prior if z_pres_prior is None else z_pres_prior
+            z_pres = (torch.rand(n, cells, generator=generator, device=like.device) < rho).to(
+                like.dtype
+            )
+        else:
+            where = "the cells centred in the canvas"
+            count = draw_counts(n, counts, count_probs, self.most_objects, where, generator)
+            count = count.to(like.device)
+            # A random order of the cells centred in the canvas; the first ``count`` are on.
+            per_row, inside = padded // self.cell_size, self.cells_inside(side)
+            index = torch.arange(cells, device=like.device)
+            centred = ((index % per_row) < inside) & ((index // per_row) < inside)
+            keys = torch.rand(n, cells, generator=generator, device=like.device)
+            keys = torch.where(centred, keys, torch.full_like(keys, 2.0))  # never among the first
+            z_pres = (keys.argsort(1).argsort(1) < count.unsqueeze(1)).to(like.dtype)
+        u = standard_normal((n, cells, 3), like, generator)
+        z_what = standard_normal((n, cells, self.objects.z_what_dim), like, generator)
+        side_px = self.side * torch.exp(self.log_side_sd * u[..., 0])
+        offset = self.reach * self.cell_size * torch.tanh(u[..., 1:])
+        index = torch.arange(cells, device=like.device)
+        per_row = padded // self.cell_size
+        centre = (
+            torch.stack([index % per_row, index // per_row], -1).to(like) + 0.5
+        ) * self.cell_size
+        centre = centre + offset
+        if within_canvas:
+            half = side_px.unsqueeze(-1) / 2
+            centre = torch.minimum(torch.maximum(centre, half), side - half)
+        z_where = torch.cat([(side_px / side).unsqueeze(-1), centre / side * 2 - 1], -1)
+        image, cell = z_pres.nonzero(as_tuple=True)
+        objects = self.objects
+        drawn = objects.draw({"z_where": z_where[image, cell], "z_what": z_what[image, cell]})
+        canvas = like.new_zeros(n, side, side).index_add(0, image, drawn)
+        return PriorSample(
+            images=canvas.clamp(0, 1),
+            z_pres=z_pres,
+            objects={"z_where": z_where, "z_what": z_what},
+        )

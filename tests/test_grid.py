@@ -1,0 +1,191 @@
+"""Spatially parallel (grid) inference: the same generative model, every cell at once."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from airscene.cli import main
+from airscene.config import ConfigError, GlimpseConfig, ModelConfig, RenderedConfig, scenes3d_run
+from airscene.data.scattered import SCATTERED_DIGITS
+from airscene.grid import GridAIR
+from airscene.model import build_model
+from airscene.objective import cellwise_objective
+from airscene.pipeline import Pipeline
+
+
+def grid_model(seed: int = 0, **fields) -> GridAIR:
+    run = GridAIR.recipe(SCATTERED_DIGITS.preset())
+    objects = dataclasses.replace(run.model.objects, encoder_hidden=16, decoder_hidden=16)
+    model = dataclasses.replace(run.model, objects=objects, grid_channels=8, **fields)
+    torch.manual_seed(seed)
+    return build_model(model)
+
+
+def test_the_grid_grows_with_the_image_and_every_cell_is_an_entry():
+    model = grid_model().eval()
+    for side, cells in ((48, 8 * 8), (84, 14 * 14), (50, 9 * 9)):
+        inference = model(torch.rand(2, side, side), sample=False)
+        assert inference.z_pres.shape == (2, cells)
+        assert inference.canvas.shape == (2, side, side)
+        assert inference.objects["z_where"].shape == (2, cells, 3)
+        assert torch.equal(inference.z_pres, (inference.z_pres_prob > 0.5).float())
+
+
+@pytest.mark.parametrize("side", [48, 50])
+def test_painted_patches_are_the_object_model_drawing_each_window(side):
+    """The canvas painted patch by patch equals the object model drawing every present object
+    at its reported z_where on the whole image: the patches, their offsets and z_where agree."""
+    model = grid_model().eval()
+    x = torch.rand(3, side, side)
+    inference = model(x, generator=torch.Generator().manual_seed(1))
+    image, cell = inference.z_pres.nonzero(as_tuple=True)
+    assert len(image) > 0
+    objects = model.objects.at_canvas(side)
+    drawn = objects.draw({k: v[image, cell] for k, v in inference.objects.items()})
+    whole = torch.zeros_like(x).index_add(0, image, drawn)
+    torch.testing.assert_close(inference.canvas, whole, atol=1e-4, rtol=0)
+
+
+def test_the_cellwise_surrogate_is_the_expected_elbo_over_each_cell():
+    """With one cell, the surrogate is E over z_pres of the ELBO (up to the constant log p(x |
+    nothing else)) and so is its gradient: the exact expectation, not a sample's estimate. The
+    window is pushed to the canvas's corner, so that part of its ink falls beyond the image:
+    the patches and the ELBO score it alike (as ink on black)."""
+    model = grid_model(cell_size=48).train()  # one cell covers the canvas
+    with torch.no_grad():
+        model.network.head.bias[2:4] = 3.0  # the window's centre near the bottom-right corner
+        model.objects.decoder.net[-1].bias.fill_(1.0)  # bright ink, some beyond the edge
+    x = torch.rand(1, 48, 48)
+    inference, objective = cellwise_objective(
+        model, x, torch.Generator().manual_seed(3), z_pres_prior=0.3
+    )
+    assert inference.z_pres.shape == (1, 1)
+    assert inference.objects["z_where"][0, 0, 1:].min() > 0.6  # reaching past the edge
+    cells = model.propose(x, torch.Generator().manual_seed(3))  # the same draw of the object
+    on = model.inference_of(x, cells, torch.ones(1, 1), 0.3).elbo
+    off = model.inference_of(x, cells, torch.zeros(1, 1), 0.3).elbo
+    prob = torch.sigmoid(cells.logits)[:, 0]
+    expected = prob * on + (1 - prob) * off
+    nothing = model.inference_of(x, cells, torch.zeros(1, 1), 0.3).log_likelihood
+    torch.testing.assert_close(
+        -objective.loss, (expected - nothing).squeeze(), atol=1e-3, rtol=1e-6
+    )
+    for parameter in (model.network.head.bias, model.objects.decoder.net[-1].bias):
+        surrogate = torch.autograd.grad(objective.loss, parameter, retain_graph=True)[0]
+        exact = torch.autograd.grad(-expected.sum(), parameter, retain_graph=True)[0]
+        torch.testing.assert_close(surrogate, exact, atol=1e-4, rtol=1e-4)
+
+
+def test_grid_needs_glimpse_objects():
+    with pytest.raises(ConfigError, match="glimpse"):
+        ModelConfig(canvas_size=64, inference="grid", objects=RenderedConfig())
+    with pytest.raises(ConfigError, match="glimpse"):
+        GridAIR.recipe(scenes3d_run())
+
+
+def test_train_refuses_grid_for_the_renderer_in_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--kind", "scenes3d", "--inference", "grid", "--run-dir", str(run)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "grid" in err[0] and "glimpse" in err[0]
+    assert not run.exists()
+
+
+def test_grid_trains_checkpoints_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", "--kind", "scattered-digits", "--inference", "grid", "--run-dir", str(run),
+            "--steps", "3", "--batch-size", "4", "--n-train", "16", "--n-test", "8",
+            "--eval-every", "3", "--eval-scenes", "8", "--encoder-hidden", "8",
+            "--decoder-hidden", "8", "--grid-channels", "8"]  # fmt: skip
+    assert main(argv) == 0
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["model"]["inference"] == "grid" and config["model"]["cell_size"] == 6
+    assert config["train"]["kl_warmup_steps"] == 1000
+    assert main(["train", "--resume", str(run), "--steps", "4"]) == 0
+    assert main(["eval", "--model", str(run), "--n", "8", "--quiet"]) == 0
+
+
+def test_infer_reads_a_large_image_whole_and_maps_boxes_to_its_pixels(tmp_path):
+    """A grid model reads a 120x96 image at its own pixels (no shrinking): every box lies in
+    the image, and the canvas the model explained is the image's own size."""
+    model = grid_model()
+    with torch.no_grad():  # every cell on, so objects are found everywhere
+        model.network.head.bias[0] = 10.0
+    image = np.zeros((96, 120), dtype=np.uint8)
+    image[70:80, 100:110] = 255
+    path = tmp_path / "wide.png"
+    Image.fromarray(image).save(path)
+    pipeline = Pipeline(model)
+    assert pipeline.reading_side(image) == 120
+    (result,) = pipeline.infer([path], invert=False)
+    assert result.error is None and result.width == 120 and result.height == 96
+    assert result.count == (120 // 6) ** 2
+    boxes = np.array([obj.box for obj in result.objects])
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 120).all()
+    assert (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= 96).all()
+    # An object near the bright square lies where it is, not scaled into a 48 px canvas.
+    windows = np.array([obj.window for obj in result.objects])
+    centres = (windows[:, :2] + windows[:, 2:]) / 2
+    assert centres[:, 0].max() > 100 and centres[:, 1].max() > 80
+
+
+def test_sequential_models_still_shrink_large_images():
+    model = build_model(ModelConfig(canvas_size=48, objects=GlimpseConfig()))
+    assert Pipeline(model).reading_side(np.zeros((96, 120))) == 48
+
+
+def test_refining_the_mode_never_lowers_the_scene_elbo():
+    """Each pass switches only cells whose patches share no pixel, each for a gain, so the
+    ELBO of the returned z_pres (objects at q's mode) rises or stays with every pass."""
+    model = grid_model(seed=2).eval()
+    x = torch.rand(4, 48, 48) ** 4
+    with torch.no_grad():
+        model.network.head.bias[0] = 3.0  # every cell on: too many objects to start from
+        cells = model.propose(x, sample=False)
+        z_pres = (torch.sigmoid(cells.logits) > 0.5).float()
+        elbos = [model.inference_of(x, cells, z_pres).elbo]
+        for _ in range(3):
+            z_pres = model.refine(x, cells, z_pres, None, passes=1)
+            elbos.append(model.inference_of(x, cells, z_pres).elbo)
+    for before, after in zip(elbos, elbos[1:], strict=False):
+        assert (after >= before - 1e-3).all()
+    assert (elbos[-1] > elbos[0]).all()
+
+
+def test_capped_composite_caps_the_canvas_at_white():
+    model = grid_model(seed=1)
+    objects = dataclasses.replace(model.config.objects, composite="capped")
+    capped = build_model(dataclasses.replace(model.config, objects=objects))
+    canvas = torch.tensor([[0.5, 1.5], [2.0, 0.0]])
+    assert torch.equal(capped.objects.canvas_image(canvas), canvas.clamp(max=1))
+    assert torch.equal(model.objects.canvas_image(canvas), canvas)
+
+
+def test_sampled_scenes_hold_their_count_on_a_canvas_cells_do_not_tile():
+    """On 50 px the last row and column of 6 px cells are centred beyond the image: a scene
+    drawn with a count never puts an object there."""
+    model = grid_model(canvas_size=50)
+    assert model.most_objects == 8 * 8
+    drawn = model.sample(40, generator=torch.Generator().manual_seed(0), counts=(64,))
+    assert (drawn.count == 64).all()
+    centres = (drawn.objects["z_where"][..., 1:] + 1) * 25  # pixels
+    present = drawn.z_pres > 0
+    assert (centres[present] < 50).all()
+    with pytest.raises(ValueError, match="0..64"):
+        model.sample(1, counts=(65,))
+
+
+def test_grid_refuses_dair_and_data_parallel_shards():
+    from airscene.errors import AirsceneError
+    from airscene.train import Trainer
+
+    with pytest.raises(ConfigError, match="dair"):
+        ModelConfig(inference="grid", dair=True)
+    run = GridAIR.recipe(SCATTERED_DIGITS.preset())
+    with pytest.raises(AirsceneError, match="one process"):
+        Trainer(run, torch.device("cpu"), shards=(0, 1))
