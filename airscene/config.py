@@ -548,6 +548,10 @@ class TrainConfig:
             _check(0 < self.z_pres_prior_start < 1, "z_pres_prior_start must lie in (0, 1)")
         _check(self.z_pres_prior_anneal_steps >= 0, "z_pres_prior_anneal_steps must be >= 0")
         _check(
+            self.kl_warmup_steps >= 0,
+            f"kl_warmup_steps must be >= 0, got {self.kl_warmup_steps}",
+        )
+        _check(
             self.likelihood_blur_start >= 0 and self.likelihood_blur_steps >= 0,
             "likelihood_blur_start and likelihood_blur_steps must be >= 0",
         )
