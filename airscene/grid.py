@@ -42,7 +42,7 @@ from airscene.errors import AirsceneError
 from airscene.model import Inference, PriorSample, draw_counts, pixel_log_likelihood
 from airscene.objects import GlimpseObjects
 from airscene.registry import build_objects
-from airscene.rows import standard_normal
+from airscene.rows import standard_normal, uniform
 from airscene.spatial import read_grid, write_glimpse
 
 # The window's side may grow to exp(2 sigma) of the prior's before a patch clips it.
@@ -220,11 +220,6 @@ class GridAIR(nn.Module):
         """The glimpse objects have no discrete latent to enumerate."""
         return None
 
-    def at_canvas(self, side: int) -> GlimpseObjects:
-        """The object model drawing on a canvas of ``side`` pixels (its networks shared): what
-        describes and boxes the objects of an image read at that size."""
-        return self.objects.at_canvas(side)
-
     # -- inference --------------------------------------------------------------------------
 
     def padded_side(self, side: int) -> int:
@@ -249,11 +244,7 @@ class GridAIR(nn.Module):
         u = u_loc + u_scale * standard_normal(u_loc.shape, u_loc, generator) if sample else u_loc
         cells = rows * cols
         # The window: side and centre in pixels; its offset from the cell's centre.
-        side_px = self.side * torch.exp(self.log_side_sd * u[..., 0])
-        offset = self.reach * self.cell_size * torch.tanh(u[..., 1:])  # (B, K, 2) x, y
-        index = torch.arange(cells, device=x.device)
-        centre = torch.stack([index % cols, index // cols], -1).to(x.dtype)
-        centre = (centre + 0.5) * self.cell_size + offset
+        side_px, offset, centre = self.window(u, cols)
         z_where = torch.cat([(side_px / padded).unsqueeze(-1), centre / padded * 2 - 1], -1)
         glimpse_size = self.objects.config.glimpse_size
         # Every cell's glimpse of an image in one sampling grid (B, K*G, G): no copy of the
@@ -285,6 +276,18 @@ class GridAIR(nn.Module):
             patches=patches.view(batch, cells, -1),
             padded=padded,
         )
+
+    def window(
+        self, u: torch.Tensor, per_row: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each cell's window from its cell-local ``u`` (B, K, 3), the K cells row-major,
+        ``per_row`` to a row: its side in pixels (B, K), its centre's offset from the cell's
+        centre (B, K, 2) and the centre on the padded canvas (B, K, 2), x then y."""
+        side_px = self.side * torch.exp(self.log_side_sd * u[..., 0])
+        offset = self.reach * self.cell_size * torch.tanh(u[..., 1:])
+        index = torch.arange(u.shape[-2], device=u.device)
+        centre = torch.stack([index % per_row, index // per_row], -1).to(u.dtype)
+        return side_px, offset, (centre + 0.5) * self.cell_size + offset
 
     def paint(
         self, patches: torch.Tensor, z_pres: torch.Tensor, padded: int, ring: bool = False
@@ -321,8 +324,7 @@ class GridAIR(nn.Module):
         cells = self.propose(x, generator, sample)
         probs = torch.sigmoid(cells.logits)
         if sample:
-            draw = torch.rand(probs.shape, generator=generator, device=x.device, dtype=x.dtype)
-            z_pres = (draw < probs).to(x.dtype)
+            z_pres = (uniform(probs.shape, probs, generator) < probs).to(x.dtype)
         else:
             z_pres = (probs > 0.5).to(x.dtype)
             z_pres = self.refine(x, cells, z_pres, z_pres_prior, self.config.grid_refine_passes)
@@ -339,13 +341,23 @@ class GridAIR(nn.Module):
         z_pres held as given) gains when that cell alone is switched on rather than off, the
         other cells as they are. Only the cell's patch differs between the two."""
         rho = self.config.z_pres_prior if z_pres_prior is None else z_pres_prior
-        pad = cells.padded - x.shape[-1]
-        seen = self.cell_patches(F.pad(x, (0, pad, 0, pad)))
-        others = self.cell_patches(self.paint(cells.patches, z_pres, cells.padded))
-        others = others - z_pres.unsqueeze(-1) * cells.patches
-        gain = self.log_likelihood_patches(seen, others + cells.patches)
-        gain = gain - self.log_likelihood_patches(seen, others)
-        return gain + math.log(rho) - math.log1p(-rho) + cells.log_p - cells.log_q
+        present, absent = self.patch_log_likelihoods(x, cells, z_pres)
+        return present - absent + math.log(rho) - math.log1p(-rho) + cells.log_p - cells.log_q
+
+    def patch_log_likelihoods(
+        self, x: torch.Tensor, cells: CellProposals, z_pres: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per cell (B, K), log p(x | z) of its patch with its object drawn and without it,
+        the other cells as ``z_pres`` says (their drawing detached): the two values of its
+        z_pres, which differ only there. The first keeps the gradient of the cell's own
+        drawing; the second has none."""
+        with torch.no_grad():
+            pad = cells.padded - x.shape[-1]
+            seen = self.cell_patches(F.pad(x, (0, pad, 0, pad)))
+            others = self.cell_patches(self.paint(cells.patches, z_pres, cells.padded))
+            others = others - z_pres.unsqueeze(-1) * cells.patches
+            absent = self.log_likelihood_patches(seen, others)
+        return self.log_likelihood_patches(seen, others + cells.patches), absent
 
     @torch.no_grad()
     def refine(
@@ -450,14 +462,7 @@ class GridAIR(nn.Module):
             z_pres = (keys.argsort(1).argsort(1) < count.unsqueeze(1)).to(like.dtype)
         u = standard_normal((n, cells, 3), like, generator)
         z_what = standard_normal((n, cells, self.objects.z_what_dim), like, generator)
-        side_px = self.side * torch.exp(self.log_side_sd * u[..., 0])
-        offset = self.reach * self.cell_size * torch.tanh(u[..., 1:])
-        index = torch.arange(cells, device=like.device)
-        per_row = padded // self.cell_size
-        centre = (
-            torch.stack([index % per_row, index // per_row], -1).to(like) + 0.5
-        ) * self.cell_size
-        centre = centre + offset
+        side_px, _, centre = self.window(u, padded // self.cell_size)
         if within_canvas:
             half = side_px.unsqueeze(-1) / 2
             centre = torch.minimum(torch.maximum(centre, half), side - half)

@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from airscene.model import AIR, EnumeratedChoices, Inference
-from airscene.rows import Generators, decided_steps
+from airscene.rows import Generators, decided_steps, uniform
 
 if TYPE_CHECKING:
     from airscene.grid import GridAIR
@@ -235,17 +235,8 @@ def cellwise_objective(
     draw before an object must pay its full cost)."""
     cells = model.propose(x, generator)
     probs = torch.sigmoid(cells.logits)
-    with torch.no_grad():
-        z_pres = (
-            torch.rand(probs.shape, generator=generator, device=x.device, dtype=x.dtype) < probs
-        ).to(x.dtype)
-        drawn = model.paint(cells.patches, z_pres, cells.padded)
-        pad = cells.padded - x.shape[-1]
-        image = F.pad(x, (0, pad, 0, pad))
-        seen, others = model.cell_patches(image), model.cell_patches(drawn)
-        others = others - z_pres.unsqueeze(-1) * cells.patches
-        absent = model.log_likelihood_patches(seen, others)
-    present = model.log_likelihood_patches(seen, others + cells.patches)
+    z_pres = (uniform(probs.shape, probs, generator) < probs).to(x.dtype).detach()
+    present, absent = model.patch_log_likelihoods(x, cells, z_pres)
     rho = model.config.z_pres_prior if z_pres_prior is None else z_pres_prior
     log_q1, log_q0 = F.logsigmoid(cells.logits), F.logsigmoid(-cells.logits)
     value_on = present - absent + math.log(rho) + kl_weight * (cells.log_p - cells.log_q) - log_q1
