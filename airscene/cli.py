@@ -403,6 +403,26 @@ def _experiment_scenes3d(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_clutter(args: argparse.Namespace) -> int:
+    from airscene.experiments.clutter import ARMS, KINDS, run_clutter
+
+    out = _experiment_out(args)
+    keys = [f"{kind}/{arm}" for kind in KINDS for arm in ARMS]
+    reuse = {}
+    for item in args.reuse or []:
+        key, _, run = item.partition("=")
+        if key not in keys or not run:
+            raise AirsceneError(
+                f"--reuse {item}: expected KIND/MODEL=RUN with KIND/MODEL one of {', '.join(keys)}"
+            )
+        reuse[key] = run
+    summary = run_clutter(out, quick=args.quick, seed=args.seed, reuse=reuse)
+    for key, row in summary["results"].items():
+        print(f"{key}: count {100 * row['count_accuracy']:.1f}%")
+    print(f"wrote {out / 'report.md'}")
+    return 0
+
+
 def _experiment_many_objects(args: argparse.Namespace) -> int:
     from airscene.experiments.many_objects import SCHEMES, run_many_objects
 
@@ -792,6 +812,12 @@ def _add_experiment_parser(verbs) -> None:
             "1-9 small digits (count, AP, step time against n), and the grid model on 84x84 "
             "and 160x160 canvases of 10-40 digits",
         ),
+        "clutter": names.add_parser(
+            "clutter",
+            help="AIR without and with a learned background, and DAIR with it, on Multi-MNIST "
+            "with noise and over grid lines (SuPAIR's variants) and on clean scenes: count "
+            "accuracy against SuPAIR's figures",
+        ),
         "scenes3d": names.add_parser(
             "scenes3d",
             help="AIR over the fixed 3D renderer (pose gradients by autograd and by finite "
@@ -803,6 +829,8 @@ def _add_experiment_parser(verbs) -> None:
         "downstream": "up to 1,000 labels",
         "count": "1,500 steps",
         "many-objects": "grid 1,500 steps, AIR and DAIR 600, 200 scenes per count",
+        "clutter": "noisy and grid scenes, AIR and DAIR+background only, 700 steps each, 300 "
+        "scenes per kind",
         "scenes3d": "AIR 1,000 steps, its finite-difference twin 300, the CNN 1,000",
     }
     for name, parser in parsers.items():
@@ -853,14 +881,29 @@ def _add_experiment_parser(verbs) -> None:
     )
     parsers["count"].set_defaults(handler=_experiment_count)
     parsers["scenes3d"].set_defaults(handler=_experiment_scenes3d)
-    parsers["many-objects"].add_argument(
-        "--reuse",
-        action="append",
-        metavar="SCHEME=MODEL",
-        help="measure this run, checkpoint or shipped model instead of training one, e.g. "
+    _reuse_flag(
+        parsers["many-objects"],
+        "SCHEME=MODEL",
         "grid=many-digits or AIR=runs/air (repeatable; SCHEME: grid, AIR or DAIR)",
     )
     parsers["many-objects"].set_defaults(handler=_experiment_many_objects)
+    _reuse_flag(
+        parsers["clutter"],
+        "KIND/MODEL=RUN",
+        "noisy-mnist/DAIR+background=runs/noisy (repeatable; MODEL: AIR, AIR+background or "
+        "DAIR+background)",
+    )
+    parsers["clutter"].set_defaults(handler=_experiment_clutter)
+
+
+def _reuse_flag(parser: argparse.ArgumentParser, metavar: str, example: str) -> None:
+    """An experiment's ``--reuse``: measure a given run instead of training one."""
+    parser.add_argument(
+        "--reuse",
+        action="append",
+        metavar=metavar,
+        help=f"measure this run, checkpoint or shipped model instead of training one, e.g. {example}",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,17 +40,32 @@ def _check(condition: bool, message: str) -> None:
 OWN_DATA_FIELDS = ("data_path", "data_array", "data_counts", "holdout_fraction")
 
 
+# The data kinds (``DataConfig.kind``): the families of generated scenes that
+# ``airscene.registry.SCENE_FAMILIES`` lists.
+KINDS = (
+    "multi-mnist",
+    "scenes3d",
+    "scattered-digits",
+    "noisy-mnist",
+    "grid-mnist",
+    "cluttered-mnist",
+)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Multi-MNIST scenes as in the paper: MNIST digits placed on a blank canvas (or, with
     kind scenes3d, the 3D experiment's rendered scenes)."""
 
-    kind: Literal["multi-mnist", "scenes3d", "scattered-digits"] = param(
+    kind: Literal[KINDS] = param(
         "multi-mnist",
-        "multi-mnist: the paper's 2D scenes; scattered-digits: many small MNIST digits that may "
-        "touch and overlap a little (48x48, 14 px digits, 1-9 of them, unless the flags say "
-        "otherwise); scenes3d: 0-3 objects on a floor rendered in 3D (64x64; of the other data "
-        "settings only counts, seed, n-train and n-test apply)",
+        "multi-mnist: the paper's 2D scenes; scattered-digits: many small MNIST digits that "
+        "may touch and overlap a little (48x48, 14 px digits, 1-9 of them, unless the flags "
+        "say otherwise); noisy-mnist and grid-mnist: the paper's scenes with Gaussian noise "
+        "or over grid lines (SuPAIR's two cluttered variants, --clutter); cluttered-mnist: "
+        "each scene clean, noisy or over grid lines (--clutter mixed); scenes3d: 0-3 "
+        "objects on a floor rendered in 3D (64x64; of the other data settings only counts, "
+        "seed, n-train and n-test apply)",
     )
     canvas_size: int = param(50, "side of the square canvas in pixels (the paper: 50)")
     counts: tuple[int, ...] = param((0, 1, 2), "digit counts a scene may hold, e.g. 0,1,2 or 0,1,3")
@@ -80,6 +95,13 @@ class DataConfig:
     scale_range: tuple[float, float] | None = param(
         None,
         "rescale each 28x28 digit by a factor drawn uniformly from MIN,MAX (default: no rescaling)",
+    )
+    clutter: Literal["none", "noise", "grid", "mixed"] = param(
+        "none",
+        "what lies under the digits: none (a black canvas); noise (SuPAIR's noisy variant: "
+        "0.8 x + 0.1 plus Gaussian noise of sd 0.2, clipped to [0, 1]); grid (grid lines of "
+        "intensity 0.4 every 5 px at a random phase, the digits' ink over them); mixed (each "
+        "scene one of the three)",
     )
     n_train: int = param(60_000, "number of training scenes (drawn from MNIST train digits)")
     n_test: int = param(10_000, "number of test scenes (drawn from MNIST test digits)")
@@ -140,8 +162,11 @@ class DataConfig:
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(0 <= self.holdout_fraction < 1, "holdout_fraction must lie in [0, 1)")
         _check(
-            self.kind in ("multi-mnist", "scenes3d", "scattered-digits"),
+            self.kind in KINDS,
             f"unknown data kind {self.kind!r}",
+        )
+        _check(
+            self.clutter in ("none", "noise", "grid", "mixed"), f"unknown clutter {self.clutter!r}"
         )
         if self.kind == "scenes3d":
             _check(self.canvas_size == 64, "3D scenes are 64x64: canvas_size must be 64")
@@ -407,6 +432,16 @@ class ModelConfig:
     grid_presence_bias: float = param(
         -2.0, "grid: q(z_pres)'s initial logit in every cell (-2: about one cell in eight on)"
     )
+    background: Literal["none", "learned"] = param(
+        "none",
+        "what lies under the objects in p(x | z): none (a black canvas, the paper) or learned "
+        "(a latent z_bg of a few dimensions that weights learned basis images, with its own "
+        "encoder; the objects are drawn over it, covering it where their ink is)",
+    )
+    background_dim: int = param(
+        8,
+        "learned background: dimensions of z_bg, the number of basis images it mixes",
+    )
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
@@ -421,6 +456,11 @@ class ModelConfig:
             self.grid_refine_passes >= 0,
             f"grid_refine_passes must be >= 0, got {self.grid_refine_passes}",
         )
+        _check(
+            self.background in ("none", "learned"),
+            f"unknown background {self.background!r} (none or learned)",
+        )
+        _check(1 <= self.background_dim <= 64, "background_dim must lie in 1..64")
         _check(
             8 <= self.canvas_size <= MAX_CANVAS,
             f"canvas_size must lie in 8..{MAX_CANVAS} pixels, got {self.canvas_size}",
@@ -459,6 +499,17 @@ class ModelConfig:
                 not self.dair,
                 "--dair is a way of the sequential loop (each step reads what the ones before "
                 "left); grid inference reads every cell at once",
+            )
+        if self.background != "none":
+            _check(
+                self.objects.kind == "glimpse",
+                f"--background {self.background} draws 2D glimpse objects over it; the objects "
+                f"{self.objects.kind!r} render their own scene",
+            )
+            _check(
+                self.inference == "sequential",
+                f"--background {self.background} is not built for grid inference yet: use the "
+                "sequential loop (the default)",
             )
         if self.objects.kind == "render3d":
             _check(

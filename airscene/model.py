@@ -37,6 +37,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from airscene.background import BackgroundDraw, build_background, over
 from airscene.config import ModelConfig, RunConfig
 from airscene.densities import bernoulli_log_prob, normal_log_prob
 from airscene.networks import PresenceHead, RecurrentCore, StepPredictor
@@ -83,6 +84,8 @@ class Inference:
     scene: torch.Tensor  # the object model's canvas that ``canvas`` is the image of (for a
     # renderer: every object's coverage, depth and shade); for summed objects ``canvas`` itself
     choices: EnumeratedChoices | None = None  # set by an objective that enumerates them
+    background_log_weight: torch.Tensor | None = None  # (B,) log p(z_bg) - log q(z_bg | x)
+    # where p(x | z) has a learned background (``airscene.background``)
 
     @property
     def count(self) -> torch.Tensor:
@@ -97,7 +100,10 @@ class Inference:
     @property
     def elbo(self) -> torch.Tensor:
         """The single-sample evidence lower bound log p(x, z) - log q(z | x), (B,)."""
-        return self.log_likelihood + self.step_log_weight.sum(1)
+        elbo = self.log_likelihood + self.step_log_weight.sum(1)
+        if self.background_log_weight is not None:
+            elbo = elbo + self.background_log_weight
+        return elbo
 
     def previous_latents(self) -> torch.Tensor:
         """What each step's network saw of the step before: [feedback, z_pres], (B, N, L);
@@ -215,6 +221,7 @@ class AIR(nn.Module):
         )
         if config.presence_from == "residual":
             self.presence = PresenceHead(4 * config.lstm_size, config.predictor_hidden)
+        self.background = build_background(config)
 
     @property
     def most_objects(self) -> int:
@@ -285,9 +292,10 @@ class AIR(nn.Module):
             image,
             {name: value[image, step] for name, value in objects.items()},
         )
-        return PriorSample(
-            images=self.objects.canvas_image(canvas).clamp(0, 1), z_pres=z_pres, objects=objects
-        )
+        images = self.objects.canvas_image(canvas)
+        if self.background is not None:
+            images = over(images, self.background.sample(n, like, generator))
+        return PriorSample(images=images.clamp(0, 1), z_pres=z_pres, objects=objects)
 
     def _z_pres_of_counts(
         self,
@@ -362,16 +370,21 @@ class AIR(nn.Module):
         log_rho = self._log_rho(x, z_pres_prior)
         rows = ActiveRows(x.shape[0], self.config.max_steps, x.device)
         trace = StepTrace(rows)
+        background = None
+        read = x  # what the network reads: the image, less its background if it has one
+        if self.background is not None:
+            background = self.background(x, generator, sample)
+            read = x - background.image.detach()
         # Plain AIR sees the same image at every step: project it into the gates once.
-        image_gates = None if self.config.dair else self.core.project_image(x.flatten(1))
+        image_gates = None if self.config.dair else self.core.project_image(read.flatten(1))
         canvas = self.objects.blank_canvas(x)  # painted step by step for DAIR only
         state, previous = None, self._first_latents(x, x.shape[0])
         for t in range(self.config.max_steps):
             if self.config.dair:  # DAIR reads what is still unexplained
-                seen = rows.take(x) - rows.take(self.objects.canvas_image(canvas))
+                seen = rows.take(read) - rows.take(self.objects.canvas_image(canvas))
                 gates = self.core.project_image(seen.flatten(1))
             else:
-                seen, gates = rows.take(x), rows.take(image_gates)
+                seen, gates = rows.take(read), rows.take(image_gates)
             noise = StepNoise(generator, x.shape[0], x, rows) if sample else None
             step = self.step(seen, gates, previous, state, log_rho, noise)
             trace.add(t, step)
@@ -383,7 +396,7 @@ class AIR(nn.Module):
         every, objects = trace.scattered()
         if not self.config.dair:  # plain AIR paints its present objects after the loop
             canvas = self.objects.paint(canvas, *trace.present_objects())
-        return self._inference(x, canvas, every, objects)
+        return self._inference(x, canvas, every, objects, background)
 
     def _log_rho(
         self, like: torch.Tensor, z_pres_prior: float | torch.Tensor | None
@@ -415,14 +428,18 @@ class AIR(nn.Module):
         canvas: torch.Tensor,
         every: dict[str, torch.Tensor],
         objects: dict[str, torch.Tensor],
+        background: BackgroundDraw | None = None,
     ) -> Inference:
         """The loop's record, scattered into (B, N, ...) ``every`` (the core's values) and
-        ``objects`` (the object latents), and the painted ``canvas`` scored against ``x``."""
+        ``objects`` (the object latents), and the painted ``canvas`` (over ``background``, if
+        any) scored against ``x``."""
         log_p_object = every["log_p_object"]
         together = self.objects.scene_log_prior(objects, every["z_pres"].detach())
         if together is not None:
             log_p_object = log_p_object + together
         image = self.objects.canvas_image(canvas)
+        if background is not None:
+            image = over(image, background.image)
         return Inference(
             z_pres=every["z_pres"].detach(),  # a discrete draw: no gradient path
             z_pres_prob=every["z_pres_prob"],
@@ -436,6 +453,7 @@ class AIR(nn.Module):
             log_likelihood=self.log_likelihood(x, image),
             canvas=image,
             scene=canvas,
+            background_log_weight=None if background is None else background.log_weight,
         )
 
     # -- what an objective may ask for beyond the ELBO ---------------------------------------

@@ -39,6 +39,9 @@ SCENE_FAMILIES: dict[str, Any] = {
     "multi-mnist": "airscene.data.scenes:MULTI_MNIST",
     "scenes3d": "airscene.data.scenes3d:SCENES3D",
     "scattered-digits": "airscene.data.scattered:SCATTERED_DIGITS",
+    "noisy-mnist": "airscene.data.scenes:NOISY_MNIST",
+    "grid-mnist": "airscene.data.scenes:GRID_MNIST",
+    "cluttered-mnist": "airscene.data.scenes:CLUTTERED_MNIST",
 }
 
 

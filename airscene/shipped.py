@@ -47,6 +47,8 @@ def shipped_models() -> list[ShippedModel]:
         kind = "DAIR" if model["dair"] else "AIR"
         if model.get("inference") == "grid":
             kind = "AIR with grid inference"
+        if model.get("background", "none") != "none":
+            kind += f" over a {model['background']} background"
         trained_on = (
             f"{kind}, {model['objects']['kind']} objects, on {data['kind']} scenes of "
             f"{counts} objects, {data['canvas_size']}x{data['canvas_size']}"

@@ -26,7 +26,8 @@ import torch
 
 from airscene.checkpoint import load_model
 from airscene.data.scattered import SCATTERED_DIGITS
-from airscene.experiments.many_objects import count_row, step_seconds
+from airscene.experiments.many_objects import step_seconds
+from airscene.experiments.runs import count_row
 from airscene.provenance import git_revision, hardware
 from airscene.train import train
 

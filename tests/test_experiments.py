@@ -709,7 +709,9 @@ def test_many_objects_experiment_wiring(tmp_path, monkeypatch, capsys):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
     assert "grid: count n=1" in capsys.readouterr().out
     # Runs given with --reuse are measured, not trained again.
-    monkeypatch.setattr(many_objects, "train", None)
+    from airscene.experiments import runs
+
+    monkeypatch.setattr(runs, "train", None)
     runs = out / "runs"
     reuse = [f"--reuse={s}={runs / (s.lower() + '-seed0')}" for s in ("grid", "AIR", "DAIR")]
     again = tmp_path / "again"
@@ -718,3 +720,57 @@ def test_many_objects_experiment_wiring(tmp_path, monkeypatch, capsys):
     assert rerun["schemes"]["AIR"]["run"] == str(runs / "air-seed0")
     assert rerun["schemes"]["grid"]["train_seconds"] is not None
     assert main(["experiment", "many-objects", "--reuse", "CNN=x"]) == 2
+
+
+def test_clutter_experiment_wiring(tmp_path, monkeypatch, capsys):
+    # Tiny runs: the plumbing (AIR with and without a background on each cluttered kind,
+    # measured, report, figures, JSON), not the accuracies.
+    import dataclasses
+    import json
+
+    from airscene.cli import main
+    from airscene.experiments import clutter
+
+    real_config = clutter.clutter_config
+
+    def tiny_config(kind, arm, steps, seed):
+        run = real_config(kind, arm, steps, seed)
+        objects = dataclasses.replace(run.model.objects, encoder_hidden=8, decoder_hidden=8)
+        model = dataclasses.replace(run.model, objects=objects, lstm_size=8, predictor_hidden=8,
+                                    baseline_lstm_size=8)  # fmt: skip
+        data = dataclasses.replace(run.data, n_train=32, n_test=8)
+        train = dataclasses.replace(run.train, batch_size=4, eval_scenes=8, eval_every=steps)
+        return dataclasses.replace(run, model=model, data=data, train=train)
+
+    monkeypatch.setattr(clutter, "clutter_config", tiny_config)
+    quick = clutter.Sizes(
+        steps=2, scenes=8, kinds=clutter.KINDS[:2], arms=("AIR", "DAIR+background")
+    )
+    monkeypatch.setattr(clutter, "QUICK", quick)
+    out = tmp_path / "report"
+    assert main(["experiment", "clutter", "--quick", "--out", str(out)]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    keys = ["noisy-mnist/AIR", "noisy-mnist/DAIR+background", "grid-mnist/AIR",
+            "grid-mnist/DAIR+background"]  # fmt: skip
+    assert list(summary["results"]) == keys
+    for key, row in summary["results"].items():
+        model = row["config"]["model"]
+        assert row["scenes"] == 8 and model["dair"] == ("DAIR" in key)
+        assert model["background"] == ("learned" if "background" in key else "none")
+        assert row["config"]["data"]["clutter"] == ("noise" if "noisy" in key else "grid")
+    report = (out / "report.md").read_text()
+    assert "| noisy-mnist | DAIR+background |" in report and "~0.93 / ~0" in report
+    for figure in ("noisy-mnist.png", "grid-mnist.png"):
+        assert (out / figure).read_bytes()[:4] == b"\x89PNG"
+    assert "grid-mnist/DAIR+background: count" in capsys.readouterr().out
+    # Runs given with --reuse are measured, not trained again.
+    from airscene.experiments import runs
+
+    monkeypatch.setattr(runs, "train", None)
+    runs = out / "runs"
+    reuse = [f"--reuse={key}={runs / (key.replace('/', '-').lower() + '-seed0')}" for key in keys]
+    again = tmp_path / "again"
+    assert main(["experiment", "clutter", "--quick", "--out", str(again), *reuse]) == 0
+    rerun = json.loads((again / "results.json").read_text())
+    assert rerun["results"]["grid-mnist/AIR"]["run"] == str(runs / "grid-mnist-air-seed0")
+    assert main(["experiment", "clutter", "--reuse", "sprites/AIR=x"]) == 2

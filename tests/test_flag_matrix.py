@@ -106,7 +106,14 @@ def base_argv(words: tuple[str, ...], root: Path, case: str) -> list[str]:
 def stubs(monkeypatch):
     """Training and the experiments, replaced by stubs that check their inputs and return at
     once: a resumed run's checkpoint is still read, so a bad one is still refused."""
-    from airscene.experiments import count, downstream, generalisation, many_objects, scenes3d
+    from airscene.experiments import (
+        clutter,
+        count,
+        downstream,
+        generalisation,
+        many_objects,
+        scenes3d,
+    )
 
     training = importlib.import_module("airscene.train")  # the module, not airscene.train()
 
@@ -120,6 +127,7 @@ def stubs(monkeypatch):
     monkeypatch.setattr(generalisation, "run_generalisation", lambda out, **_: {"results": {}})
     monkeypatch.setattr(scenes3d, "run_scenes3d", lambda out, **_: {"results": {}})
     monkeypatch.setattr(many_objects, "run_many_objects", lambda out, **_: {"schemes": {}})
+    monkeypatch.setattr(clutter, "run_clutter", lambda out, **_: {"results": {}})
 
 
 def cases(root: Path) -> list[tuple[str, list[str]]]:

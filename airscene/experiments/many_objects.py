@@ -27,15 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from airscene.config import RunConfig, to_dict
 from airscene.data.scattered import SCATTERED_DIGITS
 from airscene.data.training import images_to_tensor
+from airscene.experiments.runs import count_row, summary_header, trained_or_reused
 from airscene.grid import GridAIR
-from airscene.provenance import git_revision, hardware
-from airscene.train import Trainer, train
+from airscene.train import Trainer
 
 COUNTS = (1, 3, 5, 7, 9)
 TRANSFER = ((84, (10, 15, 20)), (160, tuple(range(30, 41))))
@@ -71,23 +70,6 @@ def scheme_config(scheme: str, steps: int, seed: int) -> RunConfig:
         preset.train, steps=steps, seed=seed, eval_every=max(steps // 4, 1), eval_scenes=1_000
     )
     return dataclasses.replace(preset, train=train_config)
-
-
-def count_row(model: Any, scenes: Any, seed: int = 0) -> dict[str, float]:
-    """Count accuracy, mean absolute count error, AP@0.5 and mean IoU of ``model`` on held-out
-    ``scenes``."""
-    result = model.objects.evaluate(model, scenes, generator=torch.Generator().manual_seed(seed))
-    confusion = np.asarray(result.confusion)
-    truth, found = np.indices(confusion.shape)
-    total = confusion.sum()
-    return {
-        "count_accuracy": result.count_accuracy,
-        "mean_abs_error": float((confusion * abs(found - truth)).sum() / total),
-        "mean_found": float((confusion * found).sum() / total),
-        "average_precision": result.average_precision,
-        "mean_iou": result.mean_iou,
-        "scenes": int(total),
-    }
 
 
 def step_seconds(config: RunConfig, model: Any, images: torch.Tensor, steps: int) -> float:
@@ -169,33 +151,22 @@ def run_many_objects(
 ) -> dict[str, Any]:
     """Train each scheme (or take the run, checkpoint or shipped model ``reuse`` names for it,
     by scheme: grid, AIR, DAIR), measure it, write the report."""
-    from airscene.checkpoint import load_model
 
     sizes = QUICK if quick else Sizes()
     out = Path(out_dir)
-    summary: dict[str, Any] = {
-        "experiment": "many-objects",
-        "quick": quick,
-        "seed": seed,
-        "git_revision": git_revision(),
-        "hardware": hardware(),
-        "sizes": dataclasses.asdict(sizes),
-        "schemes": {},
-    }
+    summary = summary_header("many-objects", quick, seed, sizes) | {"schemes": {}}
     models = {}
     for scheme in SCHEMES:
         steps = sizes.grid_steps if scheme == "grid" else sizes.sequential_steps
-        config = scheme_config(scheme, steps, seed)
-        if scheme in (reuse or {}):
-            model, checkpoint = load_model(reuse[scheme])
-            config, run = checkpoint.config, str(reuse[scheme])
-            train_seconds = checkpoint.meta.get("trainer", {}).get("train_seconds")
-        else:
-            run = out / "runs" / f"{scheme.lower()}-seed{seed}"
-            result = train(config, run, overwrite=True, progress=progress,
-                           command=["airscene", "experiment", "many-objects"])  # fmt: skip
-            model, train_seconds = load_model(run)[0], result.train_seconds
-        model.eval()
+        run_dir = out / "runs" / f"{scheme.lower()}-seed{seed}"
+        trained = trained_or_reused(scheme_config(scheme, steps, seed), run_dir,
+                                    (reuse or {}).get(scheme), "many-objects", progress)  # fmt: skip
+        model, config, run, train_seconds = (
+            trained.model,
+            trained.config,
+            trained.run,
+            trained.train_seconds,
+        )
         models[scheme] = model
         if progress:
             print(f"{scheme}: measuring ({run})", flush=True)

@@ -1,0 +1,94 @@
+"""What lies under the objects: a background component of p(x | z).
+
+The paper's p(x | z) draws the objects on a black canvas, so anything else in an image (noise,
+grid lines, a texture) must be explained by objects, and AIR counts it as objects: SuPAIR
+(Stelzner et al. 2019) measured AIR's count accuracy at about 0 on Multi-MNIST with noise or
+over grid lines. Here, as in SPACE (Lin et al. 2020) and GENESIS (Engelcke et al. 2020), the
+scene has a latent z_bg ~ N(0, I) of its own, decoded to a background image, and the objects
+are drawn over it: where their ink is (alpha, the objects' canvas clipped to [0, 1]) they cover
+it.
+
+What keeps the background from explaining the objects away is its decoder's form, not only its
+size: z_bg weights a few learned basis images, added in logit space (a linear decoder under a
+sigmoid). A mix of fixed images can take any level, gradient, texture or periodic pattern at
+any phase (grid lines at phase p are a mix of a few sines and cosines), but it cannot move a
+blob to wherever an object lies. A small non-linear decoder from the same four dimensions did
+exactly that: it painted every digit as a blurred blob and AIR found none (measured:
+results/clutter/findings.md).
+
+q(z_bg | x) is a small convolutional encoder over the whole image, inferred before the objects;
+the objects' network then reads the image less its background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from airscene.config import ModelConfig
+from airscene.densities import normal_log_prob, standard_normal_log_prob
+from airscene.rows import Generators, standard_normal
+
+
+@dataclass
+class BackgroundDraw:
+    """One draw of q(z_bg | x) and what it decodes to."""
+
+    z_bg: torch.Tensor  # (B, D)
+    image: torch.Tensor  # (B, H, W) the background's mean image, in [0, 1]
+    log_weight: torch.Tensor  # (B,) log p(z_bg) - log q(z_bg | x)
+
+
+class LearnedBackground(nn.Module):
+    """z_bg (``background_dim`` dimensions) with its encoder and decoder (see the module)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.size, self.dim = config.canvas_size, config.background_dim
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, 16, 4, 2, 1),
+            nn.CELU(),
+            nn.Conv2d(16, 32, 4, 2, 1),
+            nn.CELU(),
+            nn.Conv2d(32, 32, 4, 2, 1),
+            nn.CELU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(32 * 16, 2 * self.dim),
+        )
+        self.decoder = nn.Linear(self.dim, self.size**2)  # the basis images and their mean
+
+    def decode(self, z_bg: torch.Tensor) -> torch.Tensor:
+        """The background image (B, H, W) of ``z_bg`` (B, D)."""
+        return torch.sigmoid(self.decoder(z_bg)).view(-1, self.size, self.size)
+
+    def forward(
+        self, x: torch.Tensor, generator: Generators = None, sample: bool = True
+    ) -> BackgroundDraw:
+        """q(z_bg | x) for images ``x`` (B, H, W): a draw with ``generator``'s noise, or its
+        mean without ``sample``."""
+        loc, scale = self.encoder(x.unsqueeze(1)).chunk(2, dim=-1)
+        scale = nn.functional.softplus(scale) + 1e-4
+        z_bg = loc
+        if sample:
+            z_bg = loc + scale * standard_normal(loc.shape, loc, generator)
+        log_weight = (standard_normal_log_prob(z_bg) - normal_log_prob(z_bg, loc, scale)).sum(-1)
+        return BackgroundDraw(z_bg=z_bg, image=self.decode(z_bg), log_weight=log_weight)
+
+    def sample(self, n: int, like: torch.Tensor, generator: torch.Generator | None = None):
+        """``n`` backgrounds (n, H, W) from the prior."""
+        return self.decode(standard_normal((n, self.dim), like, generator))
+
+
+def over(objects: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """The objects' image drawn over ``background``: each pixel the objects' ink (clipped to
+    [0, 1]) where they cover it, the background showing through the rest."""
+    alpha = objects.clamp(0, 1)
+    return alpha + (1 - alpha) * background
+
+
+def build_background(config: ModelConfig) -> LearnedBackground | None:
+    """The background ``config.background`` names, or None for the paper's black canvas."""
+    return LearnedBackground(config) if config.background == "learned" else None
