@@ -815,8 +815,8 @@ def _add_experiment_parser(verbs) -> None:
         "clutter": names.add_parser(
             "clutter",
             help="AIR without and with a learned background, and DAIR with it, on Multi-MNIST "
-            "with noise and over grid lines (SuPAIR's variants) and on clean scenes: count "
-            "accuracy against SuPAIR's figures",
+            "with noise and over grid lines (SuPAIR's variants): count accuracy against "
+            "SuPAIR's figures",
         ),
         "scenes3d": names.add_parser(
             "scenes3d",

@@ -16,6 +16,7 @@ PRETRAINED = {
     "conv-dair": "air-multi-mnist-conv-dair",
     "scenes3d": "air-scenes3d",
     "many-digits": "air-many-digits",
+    "cluttered-digits": "air-cluttered-digits",
 }
 NAMES = ", ".join(f"'{name}'" for name in PRETRAINED)
 
