@@ -408,14 +408,7 @@ def _experiment_clutter(args: argparse.Namespace) -> int:
 
     out = _experiment_out(args)
     keys = [f"{kind}/{arm}" for kind in KINDS for arm in ARMS]
-    reuse = {}
-    for item in args.reuse or []:
-        key, _, run = item.partition("=")
-        if key not in keys or not run:
-            raise AirsceneError(
-                f"--reuse {item}: expected KIND/MODEL=RUN with KIND/MODEL one of {', '.join(keys)}"
-            )
-        reuse[key] = run
+    reuse = _reused_runs(args.reuse, keys, "KIND/MODEL")
     summary = run_clutter(out, quick=args.quick, seed=args.seed, reuse=reuse)
     for key, row in summary["results"].items():
         print(f"{key}: count {100 * row['count_accuracy']:.1f}%")
@@ -427,12 +420,7 @@ def _experiment_many_objects(args: argparse.Namespace) -> int:
     from airscene.experiments.many_objects import SCHEMES, run_many_objects
 
     out = _experiment_out(args)
-    reuse = {}
-    for item in args.reuse or []:
-        scheme, _, run = item.partition("=")
-        if scheme not in SCHEMES or not run:
-            raise AirsceneError(f"--reuse {item}: expected SCHEME=RUN with SCHEME one of {SCHEMES}")
-        reuse[scheme] = run
+    reuse = _reused_runs(args.reuse, SCHEMES, "SCHEME")
     summary = run_many_objects(out, quick=args.quick, seed=args.seed, reuse=reuse)
     for scheme, result in summary["schemes"].items():
         rows = result["by_count"]
@@ -441,6 +429,19 @@ def _experiment_many_objects(args: argparse.Namespace) -> int:
         ))  # fmt: skip
     print(f"wrote {out / 'report.md'}")
     return 0
+
+
+def _reused_runs(items: list[str] | None, keys, name: str) -> dict[str, str]:
+    """An experiment's ``--reuse KEY=RUN`` items as {KEY: RUN}, each KEY one of ``keys``."""
+    reuse = {}
+    for item in items or []:
+        key, _, run = item.partition("=")
+        if key not in keys or not run:
+            raise AirsceneError(
+                f"--reuse {item}: expected {name}=RUN with {name} one of {', '.join(keys)}"
+            )
+        reuse[key] = run
+    return reuse
 
 
 def _experiment_out(args: argparse.Namespace) -> Path:
