@@ -37,7 +37,7 @@ class BackgroundDraw:
     """One draw of q(z_bg | x) and what it decodes to."""
 
     z_bg: torch.Tensor  # (B, D)
-    image: torch.Tensor  # (B, H, W) the background's mean image, in [0, 1]
+    image: torch.Tensor  # (B, H, W) the background's mean image in [0, 1]; (B, C, H, W) in colour
     log_weight: torch.Tensor  # (B,) log p(z_bg) - log q(z_bg | x)
 
 
@@ -46,9 +46,13 @@ class LearnedBackground(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.size, self.dim = config.canvas_size, config.background_dim
+        self.size, self.dim, self.channels = (
+            config.canvas_size,
+            config.background_dim,
+            config.channels,
+        )
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, 16, 4, 2, 1),
+            nn.Conv2d(self.channels, 16, 4, 2, 1),
             nn.CELU(),
             nn.Conv2d(16, 32, 4, 2, 1),
             nn.CELU(),
@@ -58,18 +62,22 @@ class LearnedBackground(nn.Module):
             nn.Flatten(),
             nn.Linear(32 * 16, 2 * self.dim),
         )
-        self.decoder = nn.Linear(self.dim, self.size**2)  # the basis images and their mean
+        # The basis images and their mean, every channel of each.
+        self.decoder = nn.Linear(self.dim, config.image_size)
 
     def decode(self, z_bg: torch.Tensor) -> torch.Tensor:
-        """The background image (B, H, W) of ``z_bg`` (B, D)."""
-        return torch.sigmoid(self.decoder(z_bg)).view(-1, self.size, self.size)
+        """The background image of ``z_bg`` (B, D): (B, H, W), or (B, C, H, W) in colour."""
+        shape = (
+            (self.size, self.size) if self.channels == 1 else (self.channels, self.size, self.size)
+        )
+        return torch.sigmoid(self.decoder(z_bg)).view(-1, *shape)
 
     def forward(
         self, x: torch.Tensor, generator: Generators = None, sample: bool = True
     ) -> BackgroundDraw:
-        """q(z_bg | x) for images ``x`` (B, H, W): a draw with ``generator``'s noise, or its
-        mean without ``sample``."""
-        loc, scale = self.encoder(x.unsqueeze(1)).chunk(2, dim=-1)
+        """q(z_bg | x) for images ``x`` (B, H, W) or (B, C, H, W): a draw with ``generator``'s
+        noise, or its mean without ``sample``."""
+        loc, scale = self.encoder(x.unsqueeze(1) if x.dim() == 3 else x).chunk(2, dim=-1)
         scale = nn.functional.softplus(scale) + 1e-4
         z_bg = loc
         if sample:
@@ -82,11 +90,16 @@ class LearnedBackground(nn.Module):
         return self.decode(standard_normal((n, self.dim), like, generator))
 
 
-def over(objects: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
-    """The objects' image drawn over ``background``: each pixel the objects' ink (clipped to
-    [0, 1]) where they cover it, the background showing through the rest."""
-    alpha = objects.clamp(0, 1)
-    return alpha + (1 - alpha) * background
+def over(objects: torch.Tensor, coverage: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """The objects' image (premultiplied: their colour times their coverage) drawn over
+    ``background``, which shows through by one minus the objects' ``coverage`` in [0, 1]
+    (``ObjectModel.coverage``: for grey objects their ink clipped to [0, 1]).
+
+    Grey objects' ink is left unclipped among themselves, as on the paper's black canvas: a
+    faint ghost under a redrawn digit then overpaints it and costs likelihood. Clipping the ink
+    too (a capped composite) let DAIR keep such ghosts for free over the background (one seed of
+    three in results/clutter/findings.md)."""
+    return objects + (1 - coverage) * background
 
 
 def build_background(config: ModelConfig) -> LearnedBackground | None:

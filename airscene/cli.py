@@ -312,7 +312,7 @@ def _infer(args: argparse.Namespace) -> int:
             if result.error is not None:
                 failed += 1
             elif overlay is not None:
-                image = read_image(result.path)
+                image = read_image(result.path, pipeline.model.config.channels)
                 name = f"{index:0{width}d}-{Path(result.path).stem}.png"
                 draw_overlay(
                     1.0 - image if result.inverted else image,

@@ -49,6 +49,7 @@ KINDS = (
     "noisy-mnist",
     "grid-mnist",
     "cluttered-mnist",
+    "sprites",
 )
 
 
@@ -63,7 +64,8 @@ class DataConfig:
         "may touch and overlap a little (48x48, 14 px digits, 1-9 of them, unless the flags "
         "say otherwise); noisy-mnist and grid-mnist: the paper's scenes with Gaussian noise "
         "or over grid lines (SuPAIR's two cluttered variants, --clutter); cluttered-mnist: "
-        "each scene clean, noisy or over grid lines (--clutter mixed); scenes3d: 0-3 "
+        "each scene clean, noisy or over grid lines (--clutter mixed); sprites: 0-4 coloured "
+        "shapes over coloured backgrounds (64x64 RGB, with masks); scenes3d: 0-3 "
         "objects on a floor rendered in 3D (64x64; of the other data settings only counts, "
         "seed, n-train and n-test apply)",
     )
@@ -362,11 +364,70 @@ class RenderedConfig:
         _check(self.apart_prior_strength >= 0, "apart_prior_strength must be >= 0")
 
 
+@dataclass(frozen=True)
+class MaskedConfig:
+    """2D objects with a mask: a window z_where, and z_what decoded to an appearance (one value
+    per image channel) and a mask; drawn front to back in inference order, each covering what
+    lies behind it."""
+
+    kind: Literal["masked"] = param(
+        "masked",
+        "the object model (masked: 2D objects of any colour, an appearance and a mask each, the "
+        "first found in front)",
+    )
+    glimpse_size: int = param(16, "side of a glimpse (read by the encoder, drawn by the decoder)")
+    z_what_dim: int = param(16, "dimensions of z_what, an object's appearance and mask code")
+    encoder_hidden: int = param(200, "hidden units of the glimpse encoder (glimpse -> z_what)")
+    decoder_hidden: int = param(
+        200, "hidden units of the glimpse decoder (z_what -> appearance and mask)"
+    )
+    mask_bias: float = param(
+        -2.0, "initial bias before the mask's sigmoid: objects start nearly transparent"
+    )
+    z_where_prior_loc: tuple[float, float, float] = param(
+        (0.25, 0.0, 0.0),
+        "prior mean of z_where = (scale, x, y); scale is the window's side as a fraction of the "
+        "canvas (0.25 of 64 px = 16 px: the sprites' 10-18 px shapes)",
+    )
+    z_where_prior_scale: tuple[float, float, float] = param(
+        (0.05, 1.0, 1.0), "prior standard deviation of z_where"
+    )
+    z_where_max_scale: float | None = param(
+        0.1, "upper bound on q(z_where)'s standard deviation (None: unbounded softplus)"
+    )
+    window_range: tuple[float, float] = param(
+        (0.1, 0.45),
+        "the least and most a window's side may be, as a fraction of the canvas (q's mean of "
+        "the scale is squashed into it): an object's window cannot grow over the whole image "
+        "and take the background's place",
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.kind == "masked", f"MaskedConfig is kind 'masked', got {self.kind!r}")
+        low, high = self.window_range
+        _check(
+            0 < low < self.z_where_prior_loc[0] < high <= 1,
+            f"window_range {self.window_range} must hold the prior's scale "
+            f"{self.z_where_prior_loc[0]} strictly inside, within (0, 1]",
+        )
+        _check(self.glimpse_size >= 4, f"glimpse_size must be >= 4, got {self.glimpse_size}")
+        for name in ("z_what_dim", "encoder_hidden", "decoder_hidden"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        _check(
+            self.z_where_max_scale is None or self.z_where_max_scale > 0,
+            "z_where_max_scale must be > 0",
+        )
+
+
 # The object models a ModelConfig can hold, by their ``kind``. A new object model adds its
 # config here (and its class to ``airscene.registry.OBJECT_MODELS``).
-OBJECT_CONFIGS: dict[str, type] = {"glimpse": GlimpseConfig, "render3d": RenderedConfig}
+OBJECT_CONFIGS: dict[str, type] = {
+    "glimpse": GlimpseConfig,
+    "render3d": RenderedConfig,
+    "masked": MaskedConfig,
+}
 # The type of ModelConfig.objects: one of the OBJECT_CONFIGS classes.
-ObjectConfig = GlimpseConfig | RenderedConfig
+ObjectConfig = GlimpseConfig | RenderedConfig | MaskedConfig
 
 
 @dataclass(frozen=True)
@@ -375,6 +436,17 @@ class ModelConfig:
     settings of the object model (what an object is and how objects make an image)."""
 
     canvas_size: int = param(50, "side of the square image the model explains, in pixels")
+    channels: int = param(
+        1,
+        "colour channels of the images it explains: 1 (grey, the paper) or 3 (RGB; with "
+        "--objects masked)",
+    )
+    core_pool: int = param(
+        1,
+        "the recurrent core (and NVIL's baseline) reads the image average-pooled by this "
+        "factor: 1 every pixel (the paper); 2 a quarter as many numbers, for large colour "
+        "images (glimpses still read every pixel)",
+    )
     max_steps: int = param(
         3, "N: the most objects (inference steps) per image; the paper uses 3 for 0-2 digits"
     )
@@ -443,6 +515,16 @@ class ModelConfig:
         "learned background: dimensions of z_bg, the number of basis images it mixes",
     )
 
+    @property
+    def image_size(self) -> int:
+        """Numbers per image: channels x canvas_size^2."""
+        return self.channels * self.canvas_size**2
+
+    @property
+    def core_input_size(self) -> int:
+        """Numbers per image the recurrent core reads: the image, pooled by ``core_pool``."""
+        return self.channels * (self.canvas_size // self.core_pool) ** 2
+
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
         _check(
@@ -500,9 +582,28 @@ class ModelConfig:
                 "--dair is a way of the sequential loop (each step reads what the ones before "
                 "left); grid inference reads every cell at once",
             )
+        _check(self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}")
+        _check(
+            self.core_pool >= 1 and self.canvas_size % self.core_pool == 0,
+            f"core_pool must divide canvas_size {self.canvas_size}, got {self.core_pool}",
+        )
+        _check(
+            self.core_pool == 1 or self.inference == "sequential",
+            "core_pool is the sequential loop's: grid inference reads the image by convolutions",
+        )
+        if self.channels != 1:
+            _check(
+                self.objects.kind == "masked",
+                f"colour images need objects with a colour (--objects masked); objects "
+                f"{self.objects.kind!r} are grey",
+            )
+            _check(
+                self.inference == "sequential",
+                "colour images are inferred by the sequential loop only (the default)",
+            )
         if self.background != "none":
             _check(
-                self.objects.kind == "glimpse",
+                self.objects.kind in ("glimpse", "masked"),
                 f"--background {self.background} draws 2D glimpse objects over it; the objects "
                 f"{self.objects.kind!r} render their own scene",
             )
@@ -637,6 +738,27 @@ class RunConfig:
             self.data.canvas_size == self.model.canvas_size,
             f"data canvas_size {self.data.canvas_size} != model canvas_size {self.model.canvas_size}",
         )
+
+
+def sprites_run() -> RunConfig:
+    """The defaults of coloured sprites (``airscene train --kind sprites``): 0-4 shapes over
+    coloured backgrounds, masked objects in colour over a learned background, DAIR."""
+    return RunConfig(
+        data=DataConfig(
+            kind="sprites", canvas_size=64, counts=(0, 1, 2, 3, 4), n_train=20_000, n_test=1_000
+        ),
+        model=ModelConfig(
+            canvas_size=64,
+            channels=3,
+            max_steps=4,
+            dair=True,
+            core_pool=2,
+            objects=MaskedConfig(),
+            background="learned",
+            background_dim=16,
+        ),
+        train=TrainConfig(steps=6_000),
+    )
 
 
 def scenes3d_run() -> RunConfig:

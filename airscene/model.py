@@ -37,7 +37,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from airscene.background import BackgroundDraw, build_background, over
+from airscene.background import BackgroundDraw, build_background
 from airscene.config import ModelConfig, RunConfig
 from airscene.densities import bernoulli_log_prob, normal_log_prob
 from airscene.networks import PresenceHead, RecurrentCore, StepPredictor
@@ -80,7 +80,8 @@ class Inference:
     log_q_discrete: torch.Tensor | None  # (B, N) the discrete latents' part of log_q_object;
     # None where the object model has no discrete latents
     log_likelihood: torch.Tensor  # (B,) log p(x | z)
-    canvas: torch.Tensor  # (B, H, W) the reconstruction: the present objects painted
+    canvas: torch.Tensor  # (B, H, W) the reconstruction: the present objects painted (over the
+    # background, if any); (B, C, H, W) in colour
     scene: torch.Tensor  # the object model's canvas that ``canvas`` is the image of (for a
     # renderer: every object's coverage, depth and shade); for summed objects ``canvas`` itself
     choices: EnumeratedChoices | None = None  # set by an objective that enumerates them
@@ -215,13 +216,28 @@ class AIR(nn.Module):
         self.objects = build_objects(config) if objects is None else objects
         # What a step sees of the one before: the object's feedback and its z_pres.
         self.latent_dim = self.objects.feedback_dim + 1
-        self.core = RecurrentCore(config.canvas_size**2, self.latent_dim, config.lstm_size)
+        self.core = RecurrentCore(config.core_input_size, self.latent_dim, config.lstm_size)
         self.predictor = StepPredictor(
             config.lstm_size, config.predictor_hidden, self.objects.initial_params()
         )
         if config.presence_from == "residual":
             self.presence = PresenceHead(4 * config.lstm_size, config.predictor_hidden)
         self.background = build_background(config)
+
+    def core_view(self, image: torch.Tensor) -> torch.Tensor:
+        """What the recurrent core reads of images (B, H, W) or (B, C, H, W): every number,
+        flattened, or with ``core_pool`` their average over pool x pool pixels."""
+        pool = self.config.core_pool
+        if pool == 1:
+            return image.flatten(1)
+        planes = image.unsqueeze(1) if image.dim() == 3 else image
+        return nn.functional.avg_pool2d(planes, pool).flatten(1)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """The shape of one image it reads: (H, W), or (C, H, W) in colour."""
+        size, channels = self.config.canvas_size, self.config.channels
+        return (size, size) if channels == 1 else (channels, size, size)
 
     @property
     def most_objects(self) -> int:
@@ -286,15 +302,15 @@ class AIR(nn.Module):
             ]
         objects = {name: torch.stack([v[name] for v in values], 1) for name in values[0]}
         image, step = z_pres.nonzero(as_tuple=True)  # present objects, in image-then-step order
-        size = self.config.canvas_size
         canvas = self.objects.paint(
-            self.objects.blank_canvas(like.new_zeros(n, size, size)),
+            self.objects.blank_canvas(like.new_zeros(n, *self.image_shape)),
             image,
             {name: value[image, step] for name, value in objects.items()},
         )
-        images = self.objects.canvas_image(canvas)
+        background = None
         if self.background is not None:
-            images = over(images, self.background.sample(n, like, generator))
+            background = self.background.sample(n, like, generator)
+        images = self.objects.composite(canvas, background)
         return PriorSample(images=images.clamp(0, 1), z_pres=z_pres, objects=objects)
 
     def _z_pres_of_counts(
@@ -370,19 +386,21 @@ class AIR(nn.Module):
         log_rho = self._log_rho(x, z_pres_prior)
         rows = ActiveRows(x.shape[0], self.config.max_steps, x.device)
         trace = StepTrace(rows)
-        background = None
+        background = seen_background = None
         read = x  # what the network reads: the image, less its background if it has one
         if self.background is not None:
             background = self.background(x, generator, sample)
-            read = x - background.image.detach()
+            seen_background = background.image.detach()
+            read = x - seen_background
         # Plain AIR sees the same image at every step: project it into the gates once.
-        image_gates = None if self.config.dair else self.core.project_image(read.flatten(1))
+        image_gates = None if self.config.dair else self.core.project_image(self.core_view(read))
         canvas = self.objects.blank_canvas(x)  # painted step by step for DAIR only
         state, previous = None, self._first_latents(x, x.shape[0])
         for t in range(self.config.max_steps):
             if self.config.dair:  # DAIR reads what is still unexplained
-                seen = rows.take(read) - rows.take(self.objects.canvas_image(canvas))
-                gates = self.core.project_image(seen.flatten(1))
+                under = None if seen_background is None else rows.take(seen_background)
+                seen = self.objects.unexplained(rows.take(read), rows.take(canvas), under)
+                gates = self.core.project_image(self.core_view(seen))
             else:
                 seen, gates = rows.take(read), rows.take(image_gates)
             noise = StepNoise(generator, x.shape[0], x, rows) if sample else None
@@ -437,9 +455,7 @@ class AIR(nn.Module):
         together = self.objects.scene_log_prior(objects, every["z_pres"].detach())
         if together is not None:
             log_p_object = log_p_object + together
-        image = self.objects.canvas_image(canvas)
-        if background is not None:
-            image = over(image, background.image)
+        image = self.objects.composite(canvas, None if background is None else background.image)
         return Inference(
             z_pres=every["z_pres"].detach(),  # a discrete draw: no gradient path
             z_pres_prob=every["z_pres_prob"],

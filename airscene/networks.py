@@ -225,6 +225,30 @@ class GlimpseDecoder(nn.Module):
         return torch.sigmoid(logits).view(-1, self.glimpse_size, self.glimpse_size)
 
 
+class AppearanceMaskDecoder(nn.Module):
+    """z_what (B, D) -> an object's glimpse (B, C + 1, G, G) in [0, 1]: its appearance in C
+    channels, premultiplied by its mask, then the mask itself."""
+
+    def __init__(
+        self, z_what_dim: int, hidden: int, glimpse_size: int, channels: int, mask_bias: float
+    ) -> None:
+        super().__init__()
+        self.glimpse_size, self.channels = glimpse_size, channels
+        pixels = glimpse_size * glimpse_size
+        self.net = mlp([z_what_dim, hidden, (channels + 1) * pixels])
+        # Objects start nearly transparent (as grey glimpses start near blank): opaque early
+        # objects make explaining nothing look better than explaining objects.
+        with torch.no_grad():
+            self.net[-1].bias.zero_()
+            self.net[-1].bias[channels * pixels :] = mask_bias
+
+    def forward(self, z_what: torch.Tensor) -> torch.Tensor:
+        g = self.glimpse_size
+        out = torch.sigmoid(self.net(z_what)).view(-1, self.channels + 1, g, g)
+        mask = out[:, self.channels :]
+        return torch.cat([out[:, : self.channels] * mask, mask], dim=1)
+
+
 class ConvGlimpseEncoder(nn.Module):
     """Glimpse (B, G*G) -> the Normal posterior over z_what (loc, scale), through two strided
     convolutions (G -> G/2 -> G/4) before a hidden layer: features that do not hinge on the

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from airscene.background import over
 from airscene.config import GlimpseConfig, ModelConfig
 from airscene.densities import normal_log_prob, standard_normal_log_prob
 from airscene.networks import (
@@ -129,8 +130,29 @@ class ObjectModel(nn.Module):
         return canvas.index_add(0, image, self.draw(values))
 
     def canvas_image(self, canvas: torch.Tensor) -> torch.Tensor:
-        """The mean image (B, H, W) of a canvas: what p(x | z) scores."""
+        """The objects' mean image (B, H, W) of a canvas, over black: what p(x | z) scores where
+        there is no background (premultiplied: each object's colour times its coverage)."""
         return canvas
+
+    def coverage(self, canvas: torch.Tensor) -> torch.Tensor:
+        """How much the painted objects cover what lies behind them, in [0, 1], broadcastable
+        against ``canvas_image``: by default their ink clipped to [0, 1]."""
+        return self.canvas_image(canvas).clamp(0, 1)
+
+    def composite(self, canvas: torch.Tensor, background: torch.Tensor | None) -> torch.Tensor:
+        """The scene's mean image: the objects of ``canvas`` over ``background`` (None: black)."""
+        image = self.canvas_image(canvas)
+        return image if background is None else over(image, self.coverage(canvas), background)
+
+    def unexplained(
+        self, read: torch.Tensor, canvas: torch.Tensor, background: torch.Tensor | None
+    ) -> torch.Tensor:
+        """What a DAIR step reads once the objects of ``canvas`` are painted: ``read`` (the
+        image, less ``background`` where the model has one) less the objects' image. For grey
+        objects the background under their ink is left in (x - bg - ink, not x less the
+        composite): the recipe measured in results/clutter; objects that cover the background
+        by a mask subtract the composite."""
+        return read - self.canvas_image(canvas)
 
     def scene_log_prior(
         self, objects: dict[str, torch.Tensor], z_pres: torch.Tensor
@@ -210,6 +232,13 @@ class ObjectModel(nn.Module):
         ``to_image`` (canvas-pixel boxes (K, 4) -> the input's)."""
         raise NotImplementedError
 
+    def segmentation(
+        self, objects: dict[str, torch.Tensor], z_pres: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Per pixel of each image, what is seen there, (B, H, W) int64: 0 the background,
+        t + 1 the object of step t; None (the default) where objects have no masks."""
+        return None
+
     def doubts(self, inference: Inference) -> list[str | None]:
         """Per image of ``inference``, why its objects cannot be right as they are (an object
         where none can be), or None; by default None for every image."""
@@ -256,12 +285,13 @@ class GlimpseObjects(ObjectModel):
             config.glimpse_size,
             config.decoder_output_bias,
         )
-        self.register_buffer(
-            "z_where_prior_loc", torch.tensor(config.z_where_prior_loc), persistent=False
-        )
-        self.register_buffer(
-            "z_where_prior_scale", torch.tensor(config.z_where_prior_scale), persistent=False
-        )
+        self.hold_where_prior(config.z_where_prior_loc, config.z_where_prior_scale)
+
+    def hold_where_prior(self, loc: Sequence[float], scale: Sequence[float]) -> None:
+        """Keep p(z_where)'s loc and scale as buffers (they follow the model's device, and are
+        not saved: the config holds them)."""
+        self.register_buffer("z_where_prior_loc", torch.tensor(loc), persistent=False)
+        self.register_buffer("z_where_prior_scale", torch.tensor(scale), persistent=False)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> GlimpseObjects:

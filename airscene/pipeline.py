@@ -1,8 +1,9 @@
 """Inference on users' images: ``airscene.load("default").infer(images)``.
 
-A ``Pipeline`` wraps a trained model: it reads files, PIL images, arrays or tensors, converts
-them to grey, inverts dark-on-light images, fits each to the model's canvas, runs inference in
-batches, and maps every box back to the input's own pixels.
+A ``Pipeline`` wraps a trained model: it reads files, PIL images, arrays or tensors as the model
+reads them (grey, or RGB for a colour model; an image of the other kind is refused), inverts
+dark-on-light grey images, fits each to the model's canvas, runs inference in batches, and maps
+every box back to the input's own pixels.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ import torch
 
 from airscene.checkpoint import Checkpoint, load_model
 from airscene.config import MAX_CANVAS
-from airscene.data.images import ImageError, fit_to_canvas, looks_dark_on_light, read_image, to_grey
+from airscene.data.images import (
+    ImageError,
+    as_channels,
+    fit_to_canvas,
+    looks_dark_on_light,
+    read_image,
+)
 from airscene.evaluate import RESIDUAL_QUANTILE, residual
 from airscene.model import AIR
 from airscene.train import resolve_device
@@ -98,8 +105,10 @@ class Pipeline:
     ) -> list[SceneResult]:
         """Find the objects in ``images``: a path, PIL image, array or tensor, or a list of them.
 
-        ``invert``: True/False forces it; None (default) inverts images whose border is bright
-        (dark objects on a light background). An unreadable file gets a result with ``error``.
+        ``invert``: True/False forces it; None (default) inverts grey images whose border is
+        bright (dark objects on a light background); colour images are never inverted (a colour
+        model has learned their backgrounds). An unreadable file, or an image of the wrong kind
+        (colour for a grey model, grey for a colour one), gets a result with ``error``.
         """
         return list(self.iter_infer(_as_items(images), batch_size, invert, progress))
 
@@ -127,15 +136,23 @@ class Pipeline:
     def _infer_chunk(self, chunk: list[Any], invert: bool | None) -> list[SceneResult]:
         results: list[SceneResult] = []
         canvases, fits, slots = [], [], []
+        channels = self.model.config.channels
         for item in chunk:
             path = str(item) if isinstance(item, (str, Path)) else None
             try:
-                grey = read_image(item) if path is not None else to_grey(item)
+                if path is not None:
+                    image = read_image(item, channels)
+                else:
+                    image = as_channels(item, channels)
             except ImageError as error:
                 results.append(SceneResult(path=path, error=str(error)))
                 continue
-            inverted = looks_dark_on_light(grey) if invert is None else invert
-            canvas, fit = fit_to_canvas(1.0 - grey if inverted else grey, self.reading_side(grey))
+            if channels == 1:
+                inverted = looks_dark_on_light(image) if invert is None else invert
+            else:
+                inverted = False
+            read = 1.0 - image if inverted else image
+            canvas, fit = fit_to_canvas(read, self.reading_side(image))
             results.append(
                 SceneResult(path=path, width=fit.width, height=fit.height, inverted=inverted)
             )
@@ -169,7 +186,7 @@ class Pipeline:
         (``reads_any_size``: the grid scheme), the image's own larger side, up to MAX_CANVAS."""
         if not self.model.reads_any_size:
             return self.canvas_size
-        return min(MAX_CANVAS, max(self.canvas_size, *image.shape[:2]))
+        return min(MAX_CANVAS, max(self.canvas_size, *image.shape[-2:]))
 
     def most_expected(self, side: int) -> int | None:
         """The most objects an image read at ``side`` px should hold: the most a training scene

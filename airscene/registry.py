@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 OBJECT_MODELS: dict[str, Any] = {
     "glimpse": "airscene.objects:GlimpseObjects",
     "render3d": "airscene.objects3d:RenderedObjects",
+    "masked": "airscene.masked_objects:MaskedObjects",
 }
 
 # Inference schemes by ``ModelConfig.inference``: each class is built as ``Scheme(config, objects)``
@@ -42,6 +43,7 @@ SCENE_FAMILIES: dict[str, Any] = {
     "noisy-mnist": "airscene.data.scenes:NOISY_MNIST",
     "grid-mnist": "airscene.data.scenes:GRID_MNIST",
     "cluttered-mnist": "airscene.data.scenes:CLUTTERED_MNIST",
+    "sprites": "airscene.data.sprites:SPRITES",
 }
 
 

@@ -32,6 +32,7 @@ METRIC_FIELDS = (
     "eval_position_error",
     "eval_rotation_error_deg",
     "eval_residual_limit",  # what `airscene infer` flags above (airscene.evaluate.residual)
+    "eval_foreground_ari",  # masked objects only: their inferred masks against the true ones
 )
 
 
@@ -107,7 +108,7 @@ class RunLog:
         return self.enabled and self._writer is not None
 
     def image(self, tag: str, image: torch.Tensor, step: int) -> None:
-        """A (1, H, W) image in [0, 1] to TensorBoard."""
+        """A (C, H, W) image in [0, 1] to TensorBoard (C: 1 grey, 3 colour)."""
         if self.wants_images:
             self._writer.add_image(tag, image, step)
 

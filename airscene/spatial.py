@@ -63,14 +63,20 @@ def write_grid(z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
 
 
 def read_glimpse(image: torch.Tensor, z_where: torch.Tensor, glimpse_size: int) -> torch.Tensor:
-    """Cut the window ``z_where`` (M, 3) out of ``image`` (M, H, W) as a (M, G, G) glimpse."""
+    """Cut the window ``z_where`` (M, 3) out of ``image`` (M, H, W) as a (M, G, G) glimpse; an
+    image with channels (M, C, H, W) gives (M, C, G, G)."""
     grid = read_grid(z_where, glimpse_size)
+    if image.dim() == 4:
+        return F.grid_sample(image, grid, align_corners=False)
     return F.grid_sample(image.unsqueeze(1), grid, align_corners=False).squeeze(1)
 
 
 def write_glimpse(glimpse: torch.Tensor, z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
-    """Place ``glimpse`` (M, G, G) on a blank (M, H, H) canvas in the window ``z_where`` (M, 3)."""
+    """Place ``glimpse`` (M, G, G) on a blank (M, H, H) canvas in the window ``z_where`` (M, 3);
+    a glimpse with channels (M, C, G, G) gives (M, C, H, H)."""
     grid = write_grid(z_where, canvas_size)
+    if glimpse.dim() == 4:
+        return F.grid_sample(glimpse, grid, align_corners=False)
     return F.grid_sample(glimpse.unsqueeze(1), grid, align_corners=False).squeeze(1)
 
 

@@ -201,7 +201,9 @@ class Trainer:
             )
         self.baseline = (
             BaselineNetwork(
-                config.model.canvas_size**2, self.model.latent_dim, config.model.baseline_lstm_size
+                config.model.core_input_size,
+                self.model.latent_dim,
+                config.model.baseline_lstm_size,
             ).to(device)
             if nvil
             else None
@@ -308,7 +310,9 @@ class Trainer:
             forward=self.step_model,
         )
         baselines = self.step_baseline(
-            x.flatten(1), inference.previous_latents().detach(), decided_steps(inference.z_pres)
+            self.model.core_view(x),
+            inference.previous_latents().detach(),
+            decided_steps(inference.z_pres),
         )
         return inference, air_objective(inference, baselines, self.normaliser)
 
@@ -653,11 +657,14 @@ def _evaluation(model: AIR, scenes, device: torch.device) -> dict[str, float]:
 
 @torch.no_grad()
 def _reconstructions(model: AIR, images: np.ndarray) -> torch.Tensor:
-    """Held-out scenes (top row) above their reconstructions (bottom row), (1, 2H, 8W)."""
+    """Held-out scenes (top row) above their reconstructions (bottom row), (C, 2H, 8W): C is 1
+    for grey images, 3 for colour."""
     was_training = model.training
     model.eval()
     x = images_to_tensor(images, next(model.parameters()).device)
     canvas = model(x, sample=False).canvas.clamp(0, 1)
-    grid = torch.cat([torch.cat(list(x), dim=1), torch.cat(list(canvas), dim=1)], dim=0)
     model.train(was_training)
-    return grid.unsqueeze(0).cpu()
+    if x.dim() == 3:  # grey: one channel
+        x, canvas = x.unsqueeze(1), canvas.unsqueeze(1)
+    grid = torch.cat([torch.cat(list(x), dim=-1), torch.cat(list(canvas), dim=-1)], dim=-2)
+    return grid.cpu()

@@ -191,18 +191,26 @@ def test_confident_wrong_answers_are_flagged(tmp_path, capsys):
 
     ink = digits_scene().astype(np.float32) / 255
     rng = np.random.default_rng(0)
-    ramp = np.linspace(0.5, 1.0, 50, dtype=np.float32)[None, :, None]
-    colour = np.clip(ramp * [1.0, 0.7, 0.4] + rng.normal(0, 0.1, (50, 50, 3)), 0, 1)
-    colour = colour * (1 - ink[..., None])  # dark digits on a noisy colour gradient
-    Image.fromarray((colour * 255).astype(np.uint8), "RGB").save(tmp_path / "colour.png")
+    ramp = np.linspace(0.5, 1.0, 50, dtype=np.float32)[None, :]
+    gradient = np.clip(ramp + rng.normal(0, 0.1, (50, 50)), 0, 1) * (1 - ink)
+    Image.fromarray((gradient * 255).astype(np.uint8)).save(tmp_path / "gradient.png")
     Image.fromarray(digits_scene()).save(tmp_path / "clean.png")
     out = tmp_path / "found.jsonl"
     argv = ["infer", str(tmp_path), "--out", str(out), "--quiet"]
     assert main(argv) == 0
     records = {json.loads(line)["path"].split("/")[-1]: json.loads(line) for line in out.open()}
-    assert "warning" in records["colour.png"] and "held-out" in records["colour.png"]["warning"]
+    assert "held-out" in records["gradient.png"]["warning"]  # dark digits on a noisy gradient
     assert "warning" not in records["clean.png"] and records["clean.png"]["residual"] < 0.5
     assert "1 of 2 images flagged" in capsys.readouterr().err
+    # The same in colour: the grey model says in one line that it reads grey images; the
+    # other images are still read, and the exit status is 2.
+    colour = np.clip(ramp[..., None] * [1.0, 0.7, 0.4], 0, 1) * (1 - ink[..., None])
+    Image.fromarray((colour * 255).astype(np.uint8), "RGB").save(tmp_path / "colour.png")
+    assert main([*argv, "--force"]) == 2
+    records = {json.loads(line)["path"].split("/")[-1]: json.loads(line) for line in out.open()}
+    assert "a colour image, and this model reads grey images" in records["colour.png"]["error"]
+    assert records["clean.png"]["count"] == 2
+    assert "1 of 3 images could not be read" in capsys.readouterr().err
     # The 3D model on a Multi-MNIST scene is flagged too.
     from airscene.pipeline import load
 

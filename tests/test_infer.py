@@ -39,7 +39,9 @@ def image_dir(tmp_path):
         Image.fromarray((rng.random((50, 50)) * 255).astype(np.uint8)).save(
             folder / f"scene{i}.png"
         )
-    Image.fromarray((rng.random((80, 120, 3)) * 255).astype(np.uint8)).save(folder / "colour.jpg")
+    # A grey picture saved as RGB JPEG (its channels equal but for JPEG's chroma noise).
+    grey_rgb = np.repeat((rng.random((80, 120, 1)) * 255).astype(np.uint8), 3, axis=2)
+    Image.fromarray(grey_rgb).save(folder / "colour.jpg")
     (folder / "notes.txt").write_text("not an image, and not picked up from a directory")
     return folder
 
@@ -70,6 +72,15 @@ def test_read_image_formats_and_failures(image_dir, tmp_path):
         grey.shape == (50, 50) and grey.dtype == np.float32 and 0 <= grey.min() and grey.max() <= 1
     )
     assert read_image(image_dir / "colour.jpg").shape == (80, 120)
+    assert read_image(image_dir / "colour.jpg", channels=3).shape == (3, 80, 120)
+    colourful = (np.random.default_rng(1).random((20, 30, 3)) * 255).astype(np.uint8)
+    Image.fromarray(colourful).save(tmp_path / "colourful.png")
+    with pytest.raises(
+        ImageError, match="colourful.png: a colour image, and this model reads grey"
+    ):
+        read_image(tmp_path / "colourful.png")
+    with pytest.raises(ImageError, match="scene0.png: a grey image .*reads colour images"):
+        read_image(image_dir / "scene0.png", channels=3)
     rgba = Image.new("RGBA", (10, 10), (255, 255, 255, 0))  # fully transparent: nothing to see
     rgba.save(tmp_path / "clear.png")
     with pytest.raises(ImageError, match="clear.png: the image is transparent everywhere"):

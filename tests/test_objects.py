@@ -236,7 +236,10 @@ def test_object_model_flags_come_from_its_config(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "--z-where-prior-loc A,B,C" in help_text and "--objects {glimpse,render3d}" in help_text
+    assert (
+        "--z-where-prior-loc A,B,C" in help_text
+        and "--objects {glimpse,render3d,masked}" in help_text
+    )
     assert "--pose-gradient {autograd,finite-difference}" in help_text
     args = build_parser().parse_args(["train", "--z-what-dim", "7", "--lstm-size", "9"])
     model = config_from_args(ModelConfig, args)

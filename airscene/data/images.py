@@ -1,8 +1,9 @@
 """Users' own images: finding them, reading them, and fitting them to the model's canvas.
 
-Any Pillow format is read and converted to grey in [0, 1]. An image that fits the canvas is
-padded around (objects keep their size in pixels); a larger one is shrunk to fit first. The
-``CanvasFit`` of each image maps boxes on the canvas back to the image's own pixels.
+Any Pillow format is read as grey in [0, 1] for a grey model, or as RGB (3, H, W) for a colour
+one (``read_image``'s ``channels``). An image that fits the canvas is padded around (objects
+keep their size in pixels); a larger one is shrunk to fit first. The ``CanvasFit`` of each
+image maps boxes on the canvas back to the image's own pixels.
 """
 
 from __future__ import annotations
@@ -64,14 +65,15 @@ def find_images(inputs: list[str | Path]) -> list[Path]:
     return paths
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file as grey float32 (H, W) in [0, 1]; unreadable files raise ``ImageError``."""
+def read_image(path: str | Path, channels: int = 1) -> np.ndarray:
+    """An image file as grey float32 (H, W) in [0, 1], or with ``channels`` 3 as RGB (3, H, W)
+    (``as_channels``); unreadable files raise ``ImageError``."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             image.load()
-            return to_grey(image)
+            return as_channels(image, channels)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except ImageError as error:
@@ -126,6 +128,112 @@ def to_grey(image) -> np.ndarray:
     return np.clip(array, 0.0, 1.0)
 
 
+# A colour image whose channels differ by more than this (at its 99th percentile pixel) is not
+# grey: more than JPEG's chroma noise on a grey scan saved as RGB.
+GREY_SPREAD = 0.1
+
+
+def as_channels(image, channels: int) -> np.ndarray:
+    """A PIL image, array or tensor as the model reads it: grey (H, W) for ``channels`` 1
+    (``to_grey``), RGB (3, H, W) for 3 (``to_colour``). An image of the other kind is refused
+    in one line: a colour image for a grey model (its channels differ), a grey one for a colour
+    model."""
+    if channels == 3:
+        return to_colour(image)
+    if _colour_spread(image) > GREY_SPREAD:
+        raise ImageError(
+            "a colour image, and this model reads grey images: convert it to grey first, or use "
+            "a colour model (one trained with --channels 3)"
+        )
+    return to_grey(image)
+
+
+def _colour_spread(image) -> float:
+    """How far a colour image's channels lie apart (the 99th percentile pixel's max - min, in
+    [0, 1]); 0 for a grey image or one that cannot be read as colour."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        if image.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV"):
+            return 0.0
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    else:
+        try:
+            array = _channels_last(image)
+        except ImageError:
+            return 0.0
+        if array.ndim != 3 or array.shape[-1] not in (3, 4):
+            return 0.0
+        array = array[..., :3]
+    spread = array.max(-1) - array.min(-1)
+    return float(np.quantile(spread, 0.99)) if spread.size else 0.0
+
+
+def _channels_last(image) -> np.ndarray:
+    """An array or tensor as float32 in [0, 1], channels last where it has any."""
+    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        array = array.astype(np.float32) / (1.0 if array.dtype == np.bool_ else 255.0)
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)
+    return np.asarray(array, dtype=np.float32)
+
+
+def to_colour(image) -> np.ndarray:
+    """A PIL image, numpy array or tensor as RGB float32 (3, H, W) in [0, 1].
+
+    Arrays may be (H, W, 3|4) or (3|4, H, W). A transparent image is composited over its own
+    background estimate (the median colour of its opaque border pixels, or of all its opaque
+    pixels), never silently over black. A grey image is refused: a colour model was trained on
+    colour, and a grey image tells it nothing of the colours it expects."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        if image.mode in ("RGBA", "LA", "PA") or (
+            image.mode == "P" and "transparency" in image.info
+        ):
+            array = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+        elif image.mode in ("RGB", "P", "CMYK", "YCbCr", "LAB", "HSV"):
+            array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        else:
+            raise ImageError(
+                f"a grey image (mode {image.mode}), and this model reads colour images (3 "
+                "channels): use a grey model, or save the image as RGB"
+            )
+    else:
+        array = _channels_last(image)
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 1):
+        raise ImageError(
+            "a grey image, and this model reads colour images (3 channels): use a grey model, "
+            "or give it as RGB"
+        )
+    if array.ndim != 3 or array.shape[-1] not in (3, 4) or min(array.shape[:2]) == 0:
+        raise ImageError(
+            f"expected a colour image (H, W, 3|4) or (3|4, H, W), got an array of shape "
+            f"{np.shape(image)}"
+        )
+    if not np.all(np.isfinite(array)):
+        raise ImageError("image holds NaN or infinite values")
+    array = np.clip(array, 0.0, 1.0)
+    if array.shape[-1] == 4:
+        array = _composite_colour(array[..., :3], array[..., 3])
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def _composite_colour(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """A colour image (H, W, 3) with transparency ``alpha`` over its own background estimate:
+    the median colour of the opaque pixels on its border (a background usually reaches the
+    edge), else of all its opaque pixels. Nothing opaque at all is an error."""
+    opaque = alpha > 0.5
+    if not opaque.any():
+        raise ImageError("the image is transparent everywhere (its alpha is 0): nothing to see")
+    border = np.zeros_like(opaque)
+    border[0], border[-1], border[:, 0], border[:, -1] = True, True, True, True
+    ring = opaque & border
+    background = np.median(rgb[ring if ring.any() else opaque], axis=0)
+    return alpha[..., None] * rgb + (1 - alpha[..., None]) * background
+
+
 def _composite(grey: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """A grey image with transparency ``alpha`` in [0, 1], over a background chosen from its
     opaque pixels: white behind dark strokes, black behind light ones (black would hide dark
@@ -166,25 +274,35 @@ class CanvasFit:
 
 
 def fit_to_canvas(image: np.ndarray, canvas_size: int) -> tuple[np.ndarray, CanvasFit]:
-    """Place a grey image (H, W) on a blank square canvas: shrunk (keeping its aspect ratio)
-    only if larger than the canvas, then centred and padded with background (0)."""
+    """Place an image, grey (H, W) or colour (C, H, W), on a square canvas: shrunk (keeping its
+    aspect ratio) only if larger than the canvas, then centred. A grey image is padded with
+    the paper's black background (0); a colour one by repeating its edge pixels, so that its
+    own background goes on (a colour model has learned backgrounds, not a black frame)."""
     import torch
     import torch.nn.functional as F
 
-    height, width = image.shape
+    height, width = image.shape[-2:]
     scale = min(1.0, canvas_size / max(height, width))
     if scale < 1.0:
         new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-        tensor = torch.from_numpy(np.ascontiguousarray(image))[None, None]
-        image = F.interpolate(
-            tensor, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
-        )[0, 0].numpy()
+        planes = torch.from_numpy(np.ascontiguousarray(image)).reshape(1, -1, height, width)
+        image = (
+            F.interpolate(
+                planes, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
+            )[0]
+            .reshape(*image.shape[:-2], new_h, new_w)
+            .numpy()
+        )
         scale_x, scale_y = new_w / width, new_h / height
     else:
         new_h, new_w, scale_x, scale_y = height, width, 1.0, 1.0
     top, left = (canvas_size - new_h) // 2, (canvas_size - new_w) // 2
-    canvas = np.zeros((canvas_size, canvas_size), dtype=np.float32)
-    canvas[top : top + new_h, left : left + new_w] = image
+    if image.ndim == 3:
+        pad = ((0, 0), (top, canvas_size - new_h - top), (left, canvas_size - new_w - left))
+        canvas = np.pad(image, pad, mode="edge").astype(np.float32)
+    else:
+        canvas = np.zeros((canvas_size, canvas_size), dtype=np.float32)
+        canvas[top : top + new_h, left : left + new_w] = image
     return canvas, CanvasFit(scale_x, scale_y, float(left), float(top), width, height)
 
 
@@ -223,8 +341,11 @@ def _read_counts_file(path: Path, names: list[str]) -> np.ndarray:
     return np.asarray([mapping[name] for name in names], dtype=np.int64)
 
 
-def _array_images(array: np.ndarray, source: str, canvas_size: int) -> np.ndarray:
-    """(N, H, W[, C]) or (N, C, H, W) images -> (N, S, S) uint8 on the canvas."""
+def _array_images(
+    array: np.ndarray, source: str, canvas_size: int, channels: int = 1
+) -> np.ndarray:
+    """(N, H, W[, C]) or (N, C, H, W) images -> (N, S, S) uint8 on the canvas, or with
+    ``channels`` 3 (N, 3, S, S)."""
     if array.ndim == 4 and array.shape[1] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = np.moveaxis(array, 1, -1)
     if array.ndim == 4 and array.shape[-1] == 1:
@@ -234,21 +355,36 @@ def _array_images(array: np.ndarray, source: str, canvas_size: int) -> np.ndarra
             f"{source}: expected images (N, H, W) or (N, H, W, C), got shape {array.shape}"
         )
     if (
-        array.ndim == 3
+        channels == 1
+        and array.ndim == 3
         and array.shape[1:] == (canvas_size, canvas_size)
         and array.dtype == np.uint8
     ):
         return np.ascontiguousarray(array)
-    return np.stack([_to_uint8(fit_to_canvas(to_grey(image), canvas_size)[0]) for image in array])
+    try:
+        return np.stack(
+            [
+                _to_uint8(fit_to_canvas(as_channels(image, channels), canvas_size)[0])
+                for image in array
+            ]
+        )
+    except ImageError as error:
+        raise ImageError(f"{source}: {error}") from None
 
 
 def load_image_dataset(
-    path: str | Path, canvas_size: int, array_name: str = "x", counts: str | None = None
+    path: str | Path,
+    canvas_size: int,
+    array_name: str = "x",
+    counts: str | None = None,
+    channels: int = 1,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The user's training images as (N, S, S) uint8 on the canvas, and their counts if known.
+    """The user's training images as (N, S, S) uint8 on the canvas (with ``channels`` 3:
+    (N, 3, S, S) RGB), and their counts if known.
 
-    ``path``: a folder of images (dark-on-light ones are inverted, each is fitted to the canvas)
-    or a ``.npy``/``.npz`` array; arrays that need pickle are never loaded.
+    ``path``: a folder of images (dark-on-light grey ones are inverted, each is fitted to the
+    canvas) or a ``.npy``/``.npz`` array; arrays that need pickle are never loaded. An image of
+    the other kind (colour for grey, grey for colour) is an error naming it.
     """
     path = Path(path)
     count_array = None
@@ -256,9 +392,10 @@ def load_image_dataset(
         files = find_images([path])
         images = []
         for file in files:
-            grey = read_image(file)
-            grey = 1.0 - grey if looks_dark_on_light(grey) else grey
-            images.append(_to_uint8(fit_to_canvas(grey, canvas_size)[0]))
+            image = read_image(file, channels)
+            if channels == 1 and looks_dark_on_light(image):
+                image = 1.0 - image
+            images.append(_to_uint8(fit_to_canvas(image, canvas_size)[0]))
         names = [file.name for file in files]
         counts_file = (
             Path(counts)
@@ -301,7 +438,7 @@ def load_image_dataset(
         raise ImageError(
             f"{path}: array {array_name!r} cannot be read without pickle ({error})"
         ) from None
-    images = _array_images(array, str(path), canvas_size)
+    images = _array_images(array, str(path), canvas_size, channels)
     if counts is not None:
         count_array = _read_counts_file(Path(counts), [str(i) for i in range(len(images))])
     if count_array is not None and len(count_array) != len(images):

@@ -15,7 +15,8 @@ from airscene.registry import scene_family
 
 
 def training_data(config: RunConfig) -> tuple[np.ndarray, np.ndarray | None, GroundTruth]:
-    """Training images (N, S, S) uint8, their counts if known, and the held-out scenes.
+    """Training images (N, S, S) uint8 ((N, 3, S, S) for a colour model), their counts if
+    known, and the held-out scenes.
 
     Generated data (``data.kind``'s scene family, ``airscene.registry``): its train scenes and
     its held-out test scenes (for Multi-MNIST, from MNIST's train and test digits). A data path:
@@ -28,7 +29,11 @@ def training_data(config: RunConfig) -> tuple[np.ndarray, np.ndarray | None, Gro
         train = family.load(data, "train")
         return train.images, train.counts, family.load(data, "test")
     images, counts = load_image_dataset(
-        data.data_path, config.model.canvas_size, data.data_array, data.data_counts
+        data.data_path,
+        config.model.canvas_size,
+        data.data_array,
+        data.data_counts,
+        config.model.channels,
     )
     held = int(round(len(images) * data.holdout_fraction))
     if len(images) - held < 1:
@@ -41,7 +46,8 @@ def training_data(config: RunConfig) -> tuple[np.ndarray, np.ndarray | None, Gro
 def images_to_tensor(
     images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """uint8 (B, H, W) or float images -> float32 (B, H, W) in [0, 1] on ``device``."""
+    """uint8 images (B, H, W) or (B, C, H, W), or float ones -> float32 in [0, 1] on
+    ``device``, the same shape."""
     tensor = torch.as_tensor(images)
     if tensor.dtype == torch.uint8:
         return tensor.to(device).float().div_(255.0)
