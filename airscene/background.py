@@ -44,11 +44,11 @@ class BackgroundDraw:
 class LearnedBackground(nn.Module):
     """z_bg (``background_dim`` dimensions) with its encoder and decoder (see the module)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, dim: int | None = None) -> None:
         super().__init__()
         self.size, self.dim, self.channels = (
             config.canvas_size,
-            config.background_dim,
+            config.background_dim if dim is None else dim,
             config.channels,
         )
         self.encoder = nn.Sequential(
@@ -90,6 +90,36 @@ class LearnedBackground(nn.Module):
         return self.decode(standard_normal((n, self.dim), like, generator))
 
 
+class SmoothBackground(LearnedBackground):
+    """A coarse grid of colours (``background_grid`` a side, every channel), squashed into
+    [0, 1] and bilinearly upsampled to the canvas (corners on the corners). z_bg ~ N(0, I) holds
+    the image's mean colour (C logits) and each grid colour's departure from it, scaled by
+    ``background_detail``: a prior that lets the grid follow a smooth field but makes it dear
+    for one cell to take an object's colour.
+
+    Such a field holds any level, any linear gradient (bilinear interpolation keeps them
+    exactly) and any smooth colour field at the grid's scale, but nothing sharp. The coloured
+    sprites' backgrounds are of this kind. The linear basis of ``LearnedBackground`` learned
+    their levels but after 1,000 steps still left their colours to the objects, so every step
+    found one; the grid with independent N(0, 1) colours painted small objects as blurred
+    blobs and objects were missed (results/clutter/findings.md)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        grid, channels = config.background_grid, config.channels
+        super().__init__(config, dim=channels + channels * grid**2)
+        self.grid, self.detail = grid, config.background_detail
+        del self.decoder  # no learned decoder: the grid is the image
+
+    def decode(self, z_bg: torch.Tensor) -> torch.Tensor:
+        mean = z_bg[:, : self.channels, None, None]
+        detail = z_bg[:, self.channels :].view(-1, self.channels, self.grid, self.grid)
+        colours = torch.sigmoid(mean + self.detail * detail)
+        image = nn.functional.interpolate(
+            colours, size=(self.size, self.size), mode="bilinear", align_corners=True
+        )
+        return image.squeeze(1) if self.channels == 1 else image
+
+
 def over(objects: torch.Tensor, coverage: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     """The objects' image (premultiplied: their colour times their coverage) drawn over
     ``background``, which shows through by one minus the objects' ``coverage`` in [0, 1]
@@ -104,4 +134,5 @@ def over(objects: torch.Tensor, coverage: torch.Tensor, background: torch.Tensor
 
 def build_background(config: ModelConfig) -> LearnedBackground | None:
     """The background ``config.background`` names, or None for the paper's black canvas."""
-    return LearnedBackground(config) if config.background == "learned" else None
+    kinds = {"learned": LearnedBackground, "smooth": SmoothBackground}
+    return kinds[config.background](config) if config.background in kinds else None

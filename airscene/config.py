@@ -504,15 +504,26 @@ class ModelConfig:
     grid_presence_bias: float = param(
         -2.0, "grid: q(z_pres)'s initial logit in every cell (-2: about one cell in eight on)"
     )
-    background: Literal["none", "learned"] = param(
+    background: Literal["none", "learned", "smooth"] = param(
         "none",
-        "what lies under the objects in p(x | z): none (a black canvas, the paper) or learned "
+        "what lies under the objects in p(x | z): none (a black canvas, the paper); learned "
         "(a latent z_bg of a few dimensions that weights learned basis images, with its own "
-        "encoder; the objects are drawn over it, covering it where their ink is)",
+        "encoder; the objects are drawn over it, covering it where their ink is); smooth "
+        "(z_bg is a coarse grid of colours, background_grid a side, bilinearly upsampled: any "
+        "level, gradient or smooth colour field, nothing of an object's size)",
     )
     background_dim: int = param(
         8,
         "learned background: dimensions of z_bg, the number of basis images it mixes",
+    )
+    background_grid: int = param(
+        4, "smooth background: side of the grid of colours z_bg holds (4: 4x4 per channel)"
+    )
+    background_detail: float = param(
+        0.3,
+        "smooth background: prior standard deviation, in logits, of each grid colour's "
+        "departure from the image's mean background colour (small: a grid cell cannot take an "
+        "object's colour cheaply)",
     )
 
     @property
@@ -539,10 +550,15 @@ class ModelConfig:
             f"grid_refine_passes must be >= 0, got {self.grid_refine_passes}",
         )
         _check(
-            self.background in ("none", "learned"),
-            f"unknown background {self.background!r} (none or learned)",
+            self.background in ("none", "learned", "smooth"),
+            f"unknown background {self.background!r} (none, learned or smooth)",
         )
         _check(1 <= self.background_dim <= 64, "background_dim must lie in 1..64")
+        _check(self.background_detail > 0, "background_detail must be > 0")
+        _check(
+            2 <= self.background_grid <= self.canvas_size,
+            f"background_grid must lie in 2..{self.canvas_size} (the canvas)",
+        )
         _check(
             8 <= self.canvas_size <= MAX_CANVAS,
             f"canvas_size must lie in 8..{MAX_CANVAS} pixels, got {self.canvas_size}",
@@ -742,7 +758,7 @@ class RunConfig:
 
 def sprites_run() -> RunConfig:
     """The defaults of coloured sprites (``airscene train --kind sprites``): 0-4 shapes over
-    coloured backgrounds, masked objects in colour over a learned background, DAIR."""
+    coloured backgrounds, masked objects in colour over a smooth background, DAIR."""
     return RunConfig(
         data=DataConfig(
             kind="sprites", canvas_size=64, counts=(0, 1, 2, 3, 4), n_train=20_000, n_test=1_000
@@ -754,10 +770,9 @@ def sprites_run() -> RunConfig:
             dair=True,
             core_pool=2,
             objects=MaskedConfig(),
-            background="learned",
-            background_dim=16,
+            background="smooth",
         ),
-        train=TrainConfig(steps=6_000),
+        train=TrainConfig(steps=5_000),
     )
 
 

@@ -269,3 +269,28 @@ def test_a_window_cannot_grow_over_the_whole_image():
     assert start[0, 0] == pytest.approx(objects.config.z_where_prior_loc[0])
     with pytest.raises(ConfigError, match="window_range"):
         MaskedConfig(window_range=(0.3, 0.5))
+
+
+def test_a_smooth_background_holds_every_sprites_background_and_nothing_sharp():
+    from airscene.background import SmoothBackground
+
+    background = SmoothBackground(sprites_run().model)
+    empty = make_sprites(60, "test", seed=5, counts=(0,))
+    x = torch.from_numpy(empty.images).float() / 255  # backgrounds alone
+    points = torch.tensor([0, 21, 42, 63])  # the grid's corners on pixel centres
+    grid = torch.logit(x[:, :, points][:, :, :, points].clamp(1e-3, 1 - 1e-3))
+    mean = grid.mean((2, 3))
+    detail = (grid - mean[..., None, None]) / background.detail
+    drawn = background.decode(torch.cat([mean, detail.flatten(1)], dim=1))
+    assert set(empty.backgrounds) == {0, 1, 2}  # flat, gradient and smooth noise, each exact
+    assert (drawn - x).abs().max() < 2.5 / 255
+    square = torch.zeros(1, 3, 64, 64)
+    square[:, :, 20:34, 20:34] = 1.0  # a white 14 px square on black: the closest field to it
+    z_bg = torch.zeros(1, 51, requires_grad=True)
+    optimiser = torch.optim.Adam([z_bg], lr=0.1)
+    for _ in range(300):
+        optimiser.zero_grad()
+        ((background.decode(z_bg) - square) ** 2).sum().backward()
+        optimiser.step()
+    closest = background.decode(z_bg.detach())
+    assert (closest - square)[:, :, 20:34, 20:34].abs().mean() > 0.4  # it cannot draw it
