@@ -384,6 +384,11 @@ class MaskedConfig:
     mask_bias: float = param(
         -2.0, "initial bias before the mask's sigmoid: objects start nearly transparent"
     )
+    glimpse_networks: Literal["dense", "conv"] = param(
+        "dense",
+        "the glimpse encoder and decoder: dense (one hidden layer each) or conv (two strided "
+        "convolutions each side of the hidden layer; glimpse_size a multiple of 4)",
+    )
     z_where_prior_loc: tuple[float, float, float] = param(
         (0.25, 0.0, 0.0),
         "prior mean of z_where = (scale, x, y); scale is the window's side as a fraction of the "
@@ -404,6 +409,11 @@ class MaskedConfig:
 
     def __post_init__(self) -> None:
         _check(self.kind == "masked", f"MaskedConfig is kind 'masked', got {self.kind!r}")
+        _check(
+            self.glimpse_networks != "conv" or self.glimpse_size % 4 == 0,
+            f"conv glimpse networks need a glimpse_size that is a multiple of 4, got "
+            f"{self.glimpse_size}",
+        )
         low, high = self.window_range
         _check(
             0 < low < self.z_where_prior_loc[0] < high <= 1,

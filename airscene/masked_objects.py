@@ -24,7 +24,7 @@ from airscene.config import MaskedConfig, ModelConfig
 from airscene.data.training import images_to_tensor
 from airscene.errors import AirsceneError
 from airscene.evaluate import Evaluation, batches, evaluate, json_ready
-from airscene.networks import AppearanceMaskDecoder, GlimpseEncoder
+from airscene.networks import AppearanceMaskDecoder, ConvGlimpseEncoder, GlimpseEncoder
 from airscene.objects import GlimpseObjects, ObjectModel
 from airscene.spatial import write_glimpse
 
@@ -51,14 +51,21 @@ class MaskedObjects(GlimpseObjects):
         self.config, self.canvas_size, self.channels = config, canvas_size, channels
         self.z_what_dim = config.z_what_dim
         self.feedback_dim = 3 + config.z_what_dim
-        pixels = channels * config.glimpse_size**2
-        self.encoder = GlimpseEncoder(pixels, config.encoder_hidden, config.z_what_dim)
+        conv = config.glimpse_networks == "conv"
+        if conv:
+            self.encoder = ConvGlimpseEncoder(
+                config.glimpse_size, config.encoder_hidden, config.z_what_dim, channels
+            )
+        else:
+            pixels = channels * config.glimpse_size**2
+            self.encoder = GlimpseEncoder(pixels, config.encoder_hidden, config.z_what_dim)
         self.decoder = AppearanceMaskDecoder(
             config.z_what_dim,
             config.decoder_hidden,
             config.glimpse_size,
             channels,
             config.mask_bias,
+            conv,
         )
         self.hold_where_prior(config.z_where_prior_loc, config.z_where_prior_scale)
 

@@ -225,41 +225,17 @@ class GlimpseDecoder(nn.Module):
         return torch.sigmoid(logits).view(-1, self.glimpse_size, self.glimpse_size)
 
 
-class AppearanceMaskDecoder(nn.Module):
-    """z_what (B, D) -> an object's glimpse (B, C + 1, G, G) in [0, 1]: its appearance in C
-    channels, premultiplied by its mask, then the mask itself."""
-
-    def __init__(
-        self, z_what_dim: int, hidden: int, glimpse_size: int, channels: int, mask_bias: float
-    ) -> None:
-        super().__init__()
-        self.glimpse_size, self.channels = glimpse_size, channels
-        pixels = glimpse_size * glimpse_size
-        self.net = mlp([z_what_dim, hidden, (channels + 1) * pixels])
-        # Objects start nearly transparent (as grey glimpses start near blank): opaque early
-        # objects make explaining nothing look better than explaining objects.
-        with torch.no_grad():
-            self.net[-1].bias.zero_()
-            self.net[-1].bias[channels * pixels :] = mask_bias
-
-    def forward(self, z_what: torch.Tensor) -> torch.Tensor:
-        g = self.glimpse_size
-        out = torch.sigmoid(self.net(z_what)).view(-1, self.channels + 1, g, g)
-        mask = out[:, self.channels :]
-        return torch.cat([out[:, : self.channels] * mask, mask], dim=1)
-
-
 class ConvGlimpseEncoder(nn.Module):
     """Glimpse (B, G*G) -> the Normal posterior over z_what (loc, scale), through two strided
     convolutions (G -> G/2 -> G/4) before a hidden layer: features that do not hinge on the
     exact pixel where a stroke falls inside the window."""
 
-    def __init__(self, glimpse_size: int, hidden: int, z_what_dim: int) -> None:
+    def __init__(self, glimpse_size: int, hidden: int, z_what_dim: int, channels: int = 1) -> None:
         super().__init__()
-        self.glimpse_size = glimpse_size
+        self.glimpse_size, self.channels = glimpse_size, channels
         quarter = glimpse_size // 4
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 5, stride=2, padding=2),
+            nn.Conv2d(channels, 16, 5, stride=2, padding=2),
             nn.ReLU(),
             nn.Conv2d(16, 32, 5, stride=2, padding=2),
             nn.ReLU(),
@@ -268,33 +244,79 @@ class ConvGlimpseEncoder(nn.Module):
         self.head = mlp([32 * quarter * quarter, hidden, 2 * z_what_dim])
 
     def forward(self, glimpse_flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        glimpse = glimpse_flat.view(-1, 1, self.glimpse_size, self.glimpse_size)
+        glimpse = glimpse_flat.view(-1, self.channels, self.glimpse_size, self.glimpse_size)
         loc, scale_raw = self.head(self.features(glimpse)).chunk(2, dim=-1)
         return loc, F.softplus(scale_raw) + 1e-4
 
 
 class ConvGlimpseDecoder(nn.Module):
-    """z_what (B, D) -> glimpse intensities (B, G, G) in [0, 1]: a hidden layer to a
-    (32, G/4, G/4) map, then two transposed convolutions that each double its side."""
+    """z_what (B, D) -> glimpse intensities (B, G, G) in [0, 1] (with ``channels`` > 1:
+    (B, channels, G, G)): a hidden layer to a (32, G/4, G/4) map, then two transposed
+    convolutions that each double its side."""
 
-    def __init__(self, z_what_dim: int, hidden: int, glimpse_size: int, output_bias: float) -> None:
+    def __init__(
+        self,
+        z_what_dim: int,
+        hidden: int,
+        glimpse_size: int,
+        output_bias: float,
+        channels: int = 1,
+    ) -> None:
         super().__init__()
-        self.glimpse_size = glimpse_size
+        self.glimpse_size, self.channels = glimpse_size, channels
         self.quarter = glimpse_size // 4
         self.project = mlp([z_what_dim, hidden, 32 * self.quarter * self.quarter])
         self.upsample = nn.Sequential(
             nn.ReLU(),
             nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1),
             nn.ReLU(),
-            nn.ConvTranspose2d(16, 1, 4, stride=2, padding=1),
+            nn.ConvTranspose2d(16, channels, 4, stride=2, padding=1),
         )
         # As GlimpseDecoder: glimpses start near blank (no collapse to 0 objects).
         nn.init.constant_(self.upsample[-1].bias, output_bias)
 
     def forward(self, z_what: torch.Tensor) -> torch.Tensor:
         grid = self.project(z_what).view(-1, 32, self.quarter, self.quarter)
-        logits = self.upsample(grid)
-        return torch.sigmoid(logits).view(-1, self.glimpse_size, self.glimpse_size)
+        glimpse = torch.sigmoid(self.upsample(grid))
+        return glimpse.squeeze(1) if self.channels == 1 else glimpse
+
+
+class AppearanceMaskDecoder(nn.Module):
+    """z_what (B, D) -> an object's glimpse (B, C + 1, G, G) in [0, 1]: its appearance in C
+    channels, premultiplied by its mask, then the mask itself."""
+
+    def __init__(
+        self,
+        z_what_dim: int,
+        hidden: int,
+        glimpse_size: int,
+        channels: int,
+        mask_bias: float,
+        conv: bool = False,
+    ) -> None:
+        super().__init__()
+        self.glimpse_size, self.channels = glimpse_size, channels
+        pixels = glimpse_size * glimpse_size
+        # Objects start nearly transparent (as grey glimpses start near blank): opaque early
+        # objects make explaining nothing look better than explaining objects.
+        if conv:  # ConvGlimpseDecoder's networks with C + 1 output channels
+            self.net = ConvGlimpseDecoder(z_what_dim, hidden, glimpse_size, 0.0, channels + 1)
+            with torch.no_grad():
+                self.net.upsample[-1].bias[channels] = mask_bias
+        else:
+            self.net = nn.Sequential(
+                mlp([z_what_dim, hidden, (channels + 1) * pixels]),
+                nn.Sigmoid(),
+                nn.Unflatten(1, (channels + 1, glimpse_size, glimpse_size)),
+            )
+            with torch.no_grad():
+                self.net[0][-1].bias.zero_()
+                self.net[0][-1].bias[channels * pixels :] = mask_bias
+
+    def forward(self, z_what: torch.Tensor) -> torch.Tensor:
+        out = self.net(z_what)
+        mask = out[:, self.channels :]
+        return torch.cat([out[:, : self.channels] * mask, mask], dim=1)
 
 
 class BaselineNetwork(nn.Module):

@@ -294,3 +294,16 @@ def test_a_smooth_background_holds_every_sprites_background_and_nothing_sharp():
         optimiser.step()
     closest = background.decode(z_bg.detach())
     assert (closest - square)[:, :, 20:34, 20:34].abs().mean() > 0.4  # it cannot draw it
+
+
+@pytest.mark.parametrize("networks", ["dense", "conv"])
+def test_masked_objects_start_nearly_transparent_with_either_glimpse_networks(networks):
+    torch.manual_seed(0)
+    objects = colour_model(objects=MaskedConfig(glimpse_networks=networks)).objects
+    glimpse = objects.decoder(torch.randn(5, objects.z_what_dim))  # premultiplied colour, mask
+    assert glimpse.shape == (5, 4, 16, 16)
+    mask = glimpse[:, 3]
+    assert 0.05 < mask.mean() < 0.25  # sigmoid(mask_bias = -2) = 0.12
+    assert (glimpse[:, :3] <= mask[:, None] + 1e-6).all()  # colour premultiplied by the mask
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        MaskedConfig(glimpse_networks="conv", glimpse_size=18)
