@@ -108,12 +108,15 @@ class SmoothBackground(LearnedBackground):
         grid, channels = config.background_grid, config.channels
         super().__init__(config, dim=channels + channels * grid**2)
         self.grid, self.detail = grid, config.background_detail
+        # How much of the detail training lets in (``TrainConfig.background_detail_steps``);
+        # all of it once trained, and wherever a model is loaded.
+        self.detail_fraction = 1.0
         del self.decoder  # no learned decoder: the grid is the image
 
     def decode(self, z_bg: torch.Tensor) -> torch.Tensor:
         mean = z_bg[:, : self.channels, None, None]
         detail = z_bg[:, self.channels :].view(-1, self.channels, self.grid, self.grid)
-        colours = torch.sigmoid(mean + self.detail * detail)
+        colours = torch.sigmoid(mean + self.detail * self.detail_fraction * detail)
         image = nn.functional.interpolate(
             colours, size=(self.size, self.size), mode="bilinear", align_corners=True
         )

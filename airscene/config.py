@@ -684,6 +684,12 @@ class TrainConfig:
         "gradients reach only objects that overlap their image; blurred, farther ones; 0: none)",
     )
     likelihood_blur_steps: int = param(0, "steps over which the likelihood's blur shrinks to 0")
+    background_detail_steps: int = param(
+        0,
+        "smooth background: its colours' departures from the image's mean colour are let in "
+        "linearly from 0 over this many steps, so the objects learn to draw before the "
+        "background can paint them as blobs (0: from the start)",
+    )
     kl_warmup_steps: int = param(
         0,
         "grid inference: the objects' KL term rises linearly from 0 to its full weight over "
@@ -729,6 +735,7 @@ class TrainConfig:
             self.kl_warmup_steps >= 0,
             f"kl_warmup_steps must be >= 0, got {self.kl_warmup_steps}",
         )
+        _check(self.background_detail_steps >= 0, "background_detail_steps must be >= 0")
         _check(
             self.likelihood_blur_start >= 0 and self.likelihood_blur_steps >= 0,
             "likelihood_blur_start and likelihood_blur_steps must be >= 0",
@@ -782,7 +789,7 @@ def sprites_run() -> RunConfig:
             objects=MaskedConfig(),
             background="smooth",
         ),
-        train=TrainConfig(steps=5_000),
+        train=TrainConfig(steps=5_000, background_detail_steps=1_500),
     )
 
 

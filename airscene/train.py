@@ -100,6 +100,14 @@ def likelihood_blur_at(step: int, config: TrainConfig) -> float:
     return config.likelihood_blur_start * max(0.0, 1 - step / config.likelihood_blur_steps)
 
 
+def background_detail_at(step: int, config: TrainConfig) -> float:
+    """How much of the smooth background's detail is let in at ``step``: rising linearly from
+    0 to 1 over ``background_detail_steps`` (1 throughout without it)."""
+    if config.background_detail_steps <= 0:
+        return 1.0
+    return min(1.0, step / config.background_detail_steps)
+
+
 def kl_weight_at(step: int, config: TrainConfig) -> float:
     """The weight of the objects' log p/q in the grid scheme's objective at ``step``: rising
     linearly from 0 to 1 over ``kl_warmup_steps`` (1 throughout without a warm-up)."""
@@ -260,6 +268,9 @@ class Trainer:
             group["lr"] = learning_rate_at(self.step, tc)
         index = self.minibatch_index(len(images)).to(self.device)
         x = images[index].float().div_(255.0)
+        background = getattr(self.model, "background", None)
+        if background is not None:
+            background.detail_fraction = background_detail_at(self.step, tc)
 
         inference, objective = self.objective(x, rho)
         optimisers = [o for o in (self.model_optimiser, self.baseline_optimiser) if o is not None]

@@ -307,3 +307,19 @@ def test_masked_objects_start_nearly_transparent_with_either_glimpse_networks(ne
     assert (glimpse[:, :3] <= mask[:, None] + 1e-6).all()  # colour premultiplied by the mask
     with pytest.raises(ConfigError, match="multiple of 4"):
         MaskedConfig(glimpse_networks="conv", glimpse_size=18)
+
+
+def test_training_lets_the_smooth_backgrounds_detail_in_over_its_steps():
+    from airscene.config import TrainConfig
+    from airscene.train import background_detail_at
+
+    config = TrainConfig(steps=10, background_detail_steps=4)
+    assert [background_detail_at(s, config) for s in (1, 2, 4, 9)] == [0.25, 0.5, 1.0, 1.0]
+    assert background_detail_at(1, TrainConfig()) == 1.0
+    background = colour_model().background
+    z_bg = torch.randn(2, 51)
+    background.detail_fraction = 0.0  # the mean colour alone: a flat image
+    flat = background.decode(z_bg)
+    assert torch.allclose(flat, flat[:, :, :1, :1].expand_as(flat))
+    background.detail_fraction = 1.0
+    assert not torch.allclose(background.decode(z_bg), flat)
