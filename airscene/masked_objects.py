@@ -21,9 +21,8 @@ import numpy as np
 import torch
 
 from airscene.config import MaskedConfig, ModelConfig
-from airscene.data.training import images_to_tensor
 from airscene.errors import AirsceneError
-from airscene.evaluate import Evaluation, batches, evaluate, json_ready
+from airscene.evaluate import Evaluation, evaluate, json_ready
 from airscene.networks import AppearanceMaskDecoder, ConvGlimpseEncoder, GlimpseEncoder
 from airscene.objects import GlimpseObjects, ObjectModel
 from airscene.spatial import write_glimpse
@@ -124,7 +123,7 @@ class MaskedObjects(GlimpseObjects):
         return self._image(canvas[:, : self.channels])
 
     def coverage(self, canvas):
-        return self._image(canvas[:, self.channels :]) if self.channels == 1 else canvas[:, -1:]
+        return self._image(canvas[:, self.channels :])
 
     def unexplained(self, read, canvas, background):
         """The image less the composite of the objects so far over the background."""
@@ -164,27 +163,26 @@ class MaskedObjects(GlimpseObjects):
     def evaluate(self, model, scenes, generator=None, iw_samples=0, progress=False):
         """``airscene.evaluate``'s metrics, and where the scenes have ground-truth masks, the
         foreground ARI of the inferred segmentation (``foreground_ari``)."""
-        base = evaluate(
-            model, scenes, iw_samples=iw_samples, generator=generator, progress=progress
-        )
         truth = getattr(scenes, "segmentation", None)
-        if truth is None:
-            return MaskedEvaluation(**vars(base), foreground_ari=float("nan"))
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
         scores = []
-        with torch.no_grad():
-            for start in batches(len(scenes), 500, False):
-                x = images_to_tensor(scenes.images[start : start + 500], device)
-                mode = model(x, sample=False)
-                found = self.segmentation(mode.objects, mode.z_pres).cpu().numpy()
-                for true, inferred in zip(truth[start : start + 500], found, strict=True):
-                    foreground = true > 0
-                    if foreground.any():
-                        scores.append(adjusted_rand_index(true[foreground], inferred[foreground]))
-        model.train(was_training)
-        return MaskedEvaluation(**vars(base), foreground_ari=float(np.mean(scores)))
+
+        def score_masks(start: int, mode) -> None:  # on evaluate's own pass over the scenes
+            found = self.segmentation(mode.objects, mode.z_pres).cpu().numpy()
+            for true, inferred in zip(truth[start : start + len(found)], found, strict=True):
+                foreground = true > 0
+                if foreground.any():
+                    scores.append(adjusted_rand_index(true[foreground], inferred[foreground]))
+
+        base = evaluate(
+            model,
+            scenes,
+            iw_samples=iw_samples,
+            generator=generator,
+            progress=progress,
+            each_batch=None if truth is None else score_masks,
+        )
+        ari = float(np.mean(scores)) if scores else float("nan")
+        return MaskedEvaluation(**vars(base), foreground_ari=ari)
 
     def explain_away(self, x, objects, z_pres, generator=None, passes=1):
         raise AirsceneError("explaining away is written for the paper's summed grey objects")

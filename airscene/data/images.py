@@ -98,19 +98,12 @@ def to_grey(image) -> np.ndarray:
         if image.mode == "F":  # floating point: [0, 1] as it is, [0, 255] as 8-bit values
             array = np.asarray(image, dtype=np.float32)
             return to_grey(array / (255.0 if float(np.nanmax(array, initial=0)) > 1 else 1.0))
-        if image.mode in ("RGBA", "LA", "PA") or (
-            image.mode == "P" and "transparency" in image.info
-        ):
-            array = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
-        else:
+        if not _has_alpha(image):
             return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        array = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
     else:
-        array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
-    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
-        array = array.astype(np.float32) / (1.0 if array.dtype == np.bool_ else 255.0)
+        array = _channels_last(image)
     if array.ndim == 3:
-        if array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-            array = np.moveaxis(array, 0, -1)  # channels first -> last
         if array.shape[-1] == 1:
             array = array[..., 0]
         elif array.shape[-1] in (3, 4):
@@ -131,6 +124,15 @@ def to_grey(image) -> np.ndarray:
 # A colour image whose channels differ by more than this (at its 99th percentile pixel) is not
 # grey: more than JPEG's chroma noise on a grey scan saved as RGB.
 GREY_SPREAD = 0.1
+# Pillow's modes of colour images without transparency (read through RGB).
+COLOUR_MODES = ("RGB", "P", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def _has_alpha(image) -> bool:
+    """Whether a PIL image has transparency (an alpha band, or a palette's transparent entry)."""
+    return image.mode in ("RGBA", "LA", "PA") or (
+        image.mode == "P" and "transparency" in image.info
+    )
 
 
 def as_channels(image, channels: int) -> np.ndarray:
@@ -154,7 +156,7 @@ def _colour_spread(image) -> float:
     from PIL import Image
 
     if isinstance(image, Image.Image):
-        if image.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV"):
+        if image.mode != "RGBA" and image.mode not in COLOUR_MODES:
             return 0.0
         array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     else:
@@ -189,11 +191,9 @@ def to_colour(image) -> np.ndarray:
     from PIL import Image
 
     if isinstance(image, Image.Image):
-        if image.mode in ("RGBA", "LA", "PA") or (
-            image.mode == "P" and "transparency" in image.info
-        ):
+        if _has_alpha(image):
             array = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
-        elif image.mode in ("RGB", "P", "CMYK", "YCbCr", "LAB", "HSV"):
+        elif image.mode in COLOUR_MODES:
             array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
         else:
             raise ImageError(
