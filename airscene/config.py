@@ -696,7 +696,18 @@ class TrainConfig:
         "this many steps, so glimpses learn to draw before an object must pay its cost (0: none)",
     )
     normalise_signal: bool = param(
-        True, "NVIL: centre and scale the learning signal by running moments"
+        True,
+        "NVIL: centre and scale the learning signal by running moments (the learned baseline's)",
+    )
+    z_pres_baseline: Literal["learned", "stop"] = param(
+        "learned",
+        "the sequential scheme's baseline for each step's z_pres: learned (NVIL's network "
+        "regressed onto the learning signal) or stop (the signal the sample would have had "
+        "had the step stopped, computed exactly from the objects before it, plus the network "
+        "for the rest: an extra object's cost is seen against the scene's, not lost in it; "
+        "its residual is 0 where a step stopped and is not normalised, since centring it by "
+        "the batch's mean would give every stopped step the others' mean, and scaling it "
+        "would shrink an extra object's few nats to nothing)",
     )
     seed: int = param(0, "seed of the model's initialisation, minibatch order and sampling noise")
     max_nonfinite_steps: int = param(
@@ -770,6 +781,11 @@ class RunConfig:
         _check(
             self.data.canvas_size == self.model.canvas_size,
             f"data canvas_size {self.data.canvas_size} != model canvas_size {self.model.canvas_size}",
+        )
+        _check(
+            self.train.z_pres_baseline == "learned" or self.model.inference == "sequential",
+            "--z-pres-baseline is the sequential scheme's: grid inference sums each cell's "
+            "z_pres out exactly and has no baseline",
         )
 
 

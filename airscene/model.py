@@ -87,6 +87,9 @@ class Inference:
     choices: EnumeratedChoices | None = None  # set by an objective that enumerates them
     background_log_weight: torch.Tensor | None = None  # (B,) log p(z_bg) - log q(z_bg | x)
     # where p(x | z) has a learned background (``airscene.background``)
+    background: torch.Tensor | None = None  # the drawn background's image, like ``canvas``
+    stop_signals: torch.Tensor | None = None  # (B, N) detached: each decided step's learning
+    # signal had its z_pres been 0 (``objective.stopping_signals``); set by an objective
 
     @property
     def count(self) -> torch.Tensor:
@@ -470,6 +473,7 @@ class AIR(nn.Module):
             canvas=image,
             scene=canvas,
             background_log_weight=None if background is None else background.log_weight,
+            background=None if background is None else background.image,
         )
 
     # -- what an objective may ask for beyond the ELBO ---------------------------------------

@@ -46,12 +46,14 @@ def training_inference(
     z_pres_prior: float | None = None,
     likelihood_blur: float = 0.0,
     forward: Callable[..., Inference] | None = None,
+    stop_signals: bool = False,
 ) -> Inference:
     """One pass of q on the minibatch ``x`` for a training step: ``model``'s inference with
     ``generator``'s noise and count prior ``z_pres_prior``, its log p(x | z) taken on images
     blurred by ``likelihood_blur`` pixels (> 0: the coarse-to-fine curriculum), and every
     enumerable discrete latent scored at each value (``Inference.choices``). ``forward`` runs
-    the pass in the model's place (a data-parallel wrapper of it)."""
+    the pass in the model's place (a data-parallel wrapper of it). ``stop_signals``: also
+    each step's learning signal had it stopped (``Inference.stop_signals``)."""
     inference = (forward or model)(x, generator=generator, z_pres_prior=z_pres_prior)
     score = model.log_likelihood
     if likelihood_blur > 0:
@@ -62,7 +64,53 @@ def training_inference(
 
         inference.log_likelihood = score(x, inference.canvas)
     inference.choices = model.enumerate_choices(x, inference, score)
+    if stop_signals:
+        rho = model.config.z_pres_prior if z_pres_prior is None else z_pres_prior
+        inference.stop_signals = stopping_signals(model, x, inference, score, math.log1p(-rho))
     return inference
+
+
+@torch.no_grad()
+def stopping_signals(
+    model: AIR,
+    x: torch.Tensor,
+    inference: Inference,
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    log_p_stop: float,
+) -> torch.Tensor:
+    """Per decided step i, (B, N), the learning signal L_i the sample would have had with
+    z_pres^i = 0: log p(x | the objects of steps before i) + log p(z_pres^i = 0) - log
+    q(z_pres^i = 0), exactly (stopping decides nothing later); zero where i was not decided.
+
+    It is a baseline for z_pres^i that the draw of z_pres^i cannot move, so the likelihood-ratio
+    estimator stays unbiased, and it is the best one for a step that stopped (its residual is
+    then exactly 0): what is left for a step that went on is the value of that object and the
+    later ones against stopping there. A learned baseline must guess the whole scene's
+    log p(x | z) (thousands of nats on a colour image) to give an extra, transparent object's
+    cost of a few tens of nats a visible sign; this one cancels it exactly. ``score`` is the
+    training step's log p(x | z) (its likelihood blur, if any); ``log_p_stop`` log(1 - rho)."""
+    z_pres = inference.z_pres
+    decided = decided_steps(z_pres)
+    # log q(z_pres^i = 0) from log q(z_pres^i = 1) where it went on (no log(1 - sigmoid) of a
+    # saturated probability), and the step's own term where it stopped.
+    went_on = z_pres > 0
+    log_q_on = inference.log_q_z_pres.detach()
+    log_q_stop = torch.where(
+        went_on, torch.log(-torch.expm1(log_q_on.clamp(max=-1e-30))), log_q_on
+    ).clamp_min(-100.0)
+    canvas = model.objects.blank_canvas(x)
+    columns = []
+    for t in range(z_pres.shape[1]):
+        image = model.objects.composite(canvas, inference.background)
+        columns.append(score(x, image))
+        on = went_on[:, t].nonzero().squeeze(1)
+        if len(on) == 0:
+            break
+        values = {name: value[on, t] for name, value in inference.objects.items()}
+        canvas = model.objects.paint(canvas, on, values)
+    log_likelihood = torch.stack(columns, 1)
+    log_likelihood = F.pad(log_likelihood, (0, z_pres.shape[1] - log_likelihood.shape[1]))
+    return decided * (log_likelihood + log_p_stop - log_q_stop)
 
 
 def learning_signals(inference: Inference) -> torch.Tensor:

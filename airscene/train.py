@@ -218,7 +218,7 @@ class Trainer:
         )
         self.normaliser = (
             SignalNormaliser(reduce_sum=world.sum if world.distributed else None).to(device)
-            if tc.normalise_signal and nvil
+            if tc.normalise_signal and nvil and tc.z_pres_baseline == "learned"
             else None
         )
         # What the step calls: under DDP the wrappers, which average the gradients.
@@ -319,12 +319,15 @@ class Trainer:
             z_pres_prior=rho,
             likelihood_blur=likelihood_blur_at(self.step, self.train_config),
             forward=self.step_model,
+            stop_signals=self.train_config.z_pres_baseline == "stop",
         )
         baselines = self.step_baseline(
             self.model.core_view(x),
             inference.previous_latents().detach(),
             decided_steps(inference.z_pres),
         )
+        if inference.stop_signals is not None:  # the network learns what stopping leaves
+            baselines = baselines + inference.stop_signals
         return inference, air_objective(inference, baselines, self.normaliser)
 
     def clip_and_check_gradients(self) -> torch.Tensor:

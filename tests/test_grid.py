@@ -187,5 +187,7 @@ def test_grid_refuses_dair_and_data_parallel_shards():
     with pytest.raises(ConfigError, match="dair"):
         ModelConfig(inference="grid", dair=True)
     run = GridAIR.recipe(SCATTERED_DIGITS.preset())
+    with pytest.raises(ConfigError, match="z-pres-baseline"):
+        dataclasses.replace(run, train=dataclasses.replace(run.train, z_pres_baseline="stop"))
     with pytest.raises(AirsceneError, match="one process"):
         Trainer(run, torch.device("cpu"), shards=(0, 1))

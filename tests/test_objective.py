@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from tiny import model_config
 
@@ -13,6 +14,7 @@ from airscene.objective import (
     air_objective,
     importance_weighted_log_px,
     learning_signals,
+    training_inference,
 )
 from airscene.rows import decided_steps
 
@@ -60,7 +62,10 @@ def test_reinforce_gradient_matches_analytic_gradient():
     n = 400_000
     z = (torch.rand(n, generator=generator) < torch.sigmoid(theta.detach())).float()
     reward = torch.where(z > 0, reward_on, reward_off)
-    for baseline in (0.0, 3.7):  # any baseline leaves the mean unchanged
+    # Any baseline the draw cannot move leaves the mean unchanged; the last is the signal had
+    # the step stopped (``stopping_signals``), which depends on q(z = 0) but not on z.
+    stop = reward_off + math.log(1 - rho) - math.log(1 - float(prob))
+    for baseline in (0.0, 3.7, stop):
         inference = toy_inference(z, theta, reward, rho)
         objective = air_objective(inference, torch.full((n, 1), baseline))
         (estimate,) = torch.autograd.grad(-objective.loss, theta)
@@ -95,6 +100,42 @@ def small_air() -> AIR:
             lstm_size=16, encoder_hidden=16, decoder_hidden=16, predictor_hidden=16, z_what_dim=4
         )
     )
+
+
+@pytest.mark.parametrize("background", ["none", "smooth"])
+def test_stopping_signals_are_exactly_what_a_stopped_step_is_credited(background):
+    # Where a step drew z_pres = 0 its learning signal is that of stopping there, so the stop
+    # baseline leaves it a residual of 0; the first step's is the empty scene's, scored by hand.
+    torch.manual_seed(0)
+    model = build_model(
+        model_config(
+            lstm_size=16,
+            encoder_hidden=16,
+            decoder_hidden=16,
+            predictor_hidden=16,
+            z_what_dim=4,
+            dair=True,
+            background=background,
+        )
+    )
+    x = torch.rand(32, 50, 50, generator=torch.Generator().manual_seed(3)) * 0.5
+    rho = 0.4
+    inference = training_inference(
+        model, x, torch.Generator().manual_seed(4), z_pres_prior=rho, stop_signals=True
+    )
+    decided = decided_steps(inference.z_pres)
+    stopped = (decided * (1 - inference.z_pres)).bool()
+    assert stopped.any() and (inference.z_pres[:, 0] > 0).any()  # both kinds of step occur
+    signals = learning_signals(inference)
+    torch.testing.assert_close(inference.stop_signals[stopped], signals[stopped])
+    assert (inference.stop_signals[decided == 0] == 0).all()
+    empty = model.objects.composite(model.objects.blank_canvas(x), inference.background)
+    first = (
+        model.log_likelihood(x, empty)
+        + math.log(1 - rho)
+        - torch.log1p(-inference.z_pres_prob[:, 0].detach())
+    )
+    torch.testing.assert_close(inference.stop_signals[:, 0], first, rtol=1e-5, atol=1e-2)
 
 
 def test_baseline_has_no_gradient_path_into_the_inference_network():

@@ -224,9 +224,10 @@ def test_cli_bad_checkpoints_are_one_line_errors(tmp_path, capsys):
         assert {p.name: p.read_bytes() for p in path.iterdir()} == before  # nothing touched
 
 
-def test_tiny_model_overfits_a_handful_of_scenes():
-    # The whole training path (reparameterised z_where/z_what, REINFORCE with the NVIL baseline
-    # for z_pres, the decoder) on 16 fixed scenes of 0 or 1 digit with one inference step: the
+@pytest.mark.parametrize("z_pres_baseline", ["learned", "stop"])
+def test_tiny_model_overfits_a_handful_of_scenes(z_pres_baseline):
+    # The whole training path (reparameterised z_where/z_what, REINFORCE with the NVIL baseline,
+    # or the stop baseline and the network for the rest, for z_pres, the decoder) on 16 fixed scenes of 0 or 1 digit with one inference step: the
     # loss falls and every scene's count becomes right. (With N >= 2 a handful of fixed scenes
     # lets the decoder memorise a digit split over two windows, so multi-object counting is
     # shown by benchmarks/time_to_accuracy.py, not here.)
@@ -245,7 +246,12 @@ def test_tiny_model_overfits_a_handful_of_scenes():
         data=DataConfig(n_train=16, counts=(0, 1)),
         model=model_config(max_steps=1, z_what_dim=8, **size),
         train=TrainConfig(
-            steps=1500, batch_size=16, learning_rate=2e-3, lr_schedule="constant", threads=2
+            steps=1500,
+            batch_size=16,
+            learning_rate=2e-3,
+            lr_schedule="constant",
+            threads=2,
+            z_pres_baseline=z_pres_baseline,
         ),
     )
     scenes = load_scenes(config.data, "train")
