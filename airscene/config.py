@@ -705,9 +705,9 @@ class TrainConfig:
         "regressed onto the learning signal) or stop (the signal the sample would have had "
         "had the step stopped, computed exactly from the objects before it, plus the network "
         "for the rest: an extra object's cost is seen against the scene's, not lost in it; "
-        "its residual is 0 where a step stopped and is not normalised, since centring it by "
-        "the batch's mean would give every stopped step the others' mean, and scaling it "
-        "would shrink an extra object's few nats to nothing)",
+        "the signal less the stop's is exactly 0 where a step stopped; the residual is not "
+        "normalised, since centring it by the batch's mean would give every stopped step the "
+        "others' mean, and scaling it would shrink an extra object's few nats to nothing)",
     )
     seed: int = param(0, "seed of the model's initialisation, minibatch order and sampling noise")
     max_nonfinite_steps: int = param(
@@ -747,6 +747,10 @@ class TrainConfig:
             f"kl_warmup_steps must be >= 0, got {self.kl_warmup_steps}",
         )
         _check(self.background_detail_steps >= 0, "background_detail_steps must be >= 0")
+        _check(
+            self.z_pres_baseline in ("learned", "stop"),
+            f"z_pres_baseline must be learned or stop, got {self.z_pres_baseline!r}",
+        )
         _check(
             self.likelihood_blur_start >= 0 and self.likelihood_blur_steps >= 0,
             "likelihood_blur_start and likelihood_blur_steps must be >= 0",

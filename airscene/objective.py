@@ -14,7 +14,9 @@ Gradients of the single-sample ELBO (paper sec. 2.2):
     with NVIL variance reduction (Mnih & Gregor 2014): L_i is the learning signal of step i,
     only the terms z_pres^i influences (that step's and every later step's log p - log q, and
     log p(x | z)), b_i a learned data-dependent baseline regressed onto L_i, and optionally
-    (L_i - b_i) centred and scaled by running moments. Object i's discrete latents are drawn
+    (L_i - b_i) centred and scaled by running moments; or (``--z-pres-baseline stop``) b_i =
+    S_i + the learned network's guess of L_i - S_i, S_i the exact signal of stopping at step i
+    (``stopping_signals``), the residual not normalised. Object i's discrete latents are drawn
     after z_pres^i and influence the same terms, so they share L_i, b_i and the normalisation;
   * unless the object model can enumerate such a latent (the 3D objects' shape, one of three):
     then q's gradient is the exact expectation over its values, each scored as a re-rendered
@@ -83,9 +85,9 @@ def stopping_signals(
     q(z_pres^i = 0), exactly (stopping decides nothing later); zero where i was not decided.
 
     It is a baseline for z_pres^i that the draw of z_pres^i cannot move, so the likelihood-ratio
-    estimator stays unbiased, and it is the best one for a step that stopped (its residual is
-    then exactly 0): what is left for a step that went on is the value of that object and the
-    later ones against stopping there. A learned baseline must guess the whole scene's
+    estimator stays unbiased; where the step stopped, L_i - S_i is exactly 0, and where it went
+    on, L_i - S_i is the value of that object and the later ones against stopping there (the
+    trainer adds NVIL's network, which learns E[L_i - S_i | what came before]). A learned baseline must guess the whole scene's
     log p(x | z) (thousands of nats on a colour image) to give an extra, transparent object's
     cost of a few tens of nats a visible sign; this one cancels it exactly. ``score`` is the
     training step's log p(x | z) (its likelihood blur, if any); ``log_p_stop`` log(1 - rho)."""
@@ -104,7 +106,7 @@ def stopping_signals(
         image = model.objects.composite(canvas, inference.background)
         columns.append(score(x, image))
         on = went_on[:, t].nonzero().squeeze(1)
-        if len(on) == 0:
+        if len(on) == 0 or t == z_pres.shape[1] - 1:  # no later prefix is scored
             break
         values = {name: value[on, t] for name, value in inference.objects.items()}
         canvas = model.objects.paint(canvas, on, values)

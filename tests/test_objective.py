@@ -1,5 +1,6 @@
 """The objective: learning signals, the REINFORCE estimator, the baseline's isolation."""
 
+import dataclasses
 import math
 
 import pytest
@@ -102,23 +103,40 @@ def small_air() -> AIR:
     )
 
 
-@pytest.mark.parametrize("background", ["none", "smooth"])
-def test_stopping_signals_are_exactly_what_a_stopped_step_is_credited(background):
-    # Where a step drew z_pres = 0 its learning signal is that of stopping there, so the stop
-    # baseline leaves it a residual of 0; the first step's is the empty scene's, scored by hand.
-    torch.manual_seed(0)
-    model = build_model(
-        model_config(
-            lstm_size=16,
-            encoder_hidden=16,
-            decoder_hidden=16,
-            predictor_hidden=16,
-            z_what_dim=4,
-            dair=True,
-            background=background,
-        )
+def colour_masked_air() -> AIR:
+    """The sprites recipe's model (masked colour objects over the smooth background), tiny."""
+    from airscene.config import sprites_run
+
+    model = sprites_run().model
+    objects = dataclasses.replace(model.objects, encoder_hidden=16, decoder_hidden=16)
+    return build_model(
+        dataclasses.replace(model, objects=objects, lstm_size=16, predictor_hidden=16)
     )
-    x = torch.rand(32, 50, 50, generator=torch.Generator().manual_seed(3)) * 0.5
+
+
+@pytest.mark.parametrize("kind", ["grey", "grey-background", "colour-masked"])
+def test_stopping_signals_are_exactly_what_a_stopped_step_is_credited(kind):
+    # Where a step drew z_pres = 0 its learning signal is that of stopping there, so the signal
+    # less the stop's is 0; the first step's is the empty scene's, scored by hand.
+    torch.manual_seed(0)
+    if kind == "colour-masked":
+        model = colour_masked_air()
+        shape = (32, 3, 64, 64)
+    else:
+        background = "smooth" if kind == "grey-background" else "none"
+        model = build_model(
+            model_config(
+                lstm_size=16,
+                encoder_hidden=16,
+                decoder_hidden=16,
+                predictor_hidden=16,
+                z_what_dim=4,
+                dair=True,
+                background=background,
+            )
+        )
+        shape = (32, 50, 50)
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(3)) * 0.5
     rho = 0.4
     inference = training_inference(
         model, x, torch.Generator().manual_seed(4), z_pres_prior=rho, stop_signals=True

@@ -226,9 +226,10 @@ def test_cli_bad_checkpoints_are_one_line_errors(tmp_path, capsys):
 
 @pytest.mark.parametrize("z_pres_baseline", ["learned", "stop"])
 def test_tiny_model_overfits_a_handful_of_scenes(z_pres_baseline):
-    # The whole training path (reparameterised z_where/z_what, REINFORCE with the NVIL baseline,
-    # or the stop baseline and the network for the rest, for z_pres, the decoder) on 16 fixed scenes of 0 or 1 digit with one inference step: the
-    # loss falls and every scene's count becomes right. (With N >= 2 a handful of fixed scenes
+    # The whole training path (reparameterised z_where/z_what, REINFORCE for z_pres with the
+    # NVIL baseline or with the stop baseline and the network for the rest, the decoder) on 16
+    # fixed scenes of 0 or 1 digit with one inference step: the loss falls and every scene's
+    # count becomes right. (With N >= 2 a handful of fixed scenes
     # lets the decoder memorise a digit split over two windows, so multi-object counting is
     # shown by benchmarks/time_to_accuracy.py, not here.)
     from airscene.data.scenes import load_scenes
