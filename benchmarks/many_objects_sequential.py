@@ -42,7 +42,11 @@ VARIANTS = {
     # Each step starts afresh from the residual and decides z_pres from it alone: whether ink is
     # left to explain, whatever number of objects came before.
     "DAIR-residual": {"dair": True, "dair_memory": False, "presence_from": "residual"},
+    "AIR-stop": {},
+    "DAIR-stop": {"dair": True},
 }
+# ... and their recipe by these: z_pres's stop baseline instead of NVIL's learned one.
+TRAIN_VARIANTS = {"AIR-stop": {"z_pres_baseline": "stop"}, "DAIR-stop": {"z_pres_baseline": "stop"}}
 
 
 def run_config(name: str, steps: int, seed: int):
@@ -50,7 +54,9 @@ def run_config(name: str, steps: int, seed: int):
     return dataclasses.replace(
         preset,
         model=dataclasses.replace(preset.model, **VARIANTS[name]),
-        train=dataclasses.replace(preset.train, steps=steps, seed=seed, eval_every=1000),
+        train=dataclasses.replace(
+            preset.train, steps=steps, seed=seed, eval_every=1000, **TRAIN_VARIANTS.get(name, {})
+        ),
     )
 
 
