@@ -87,18 +87,19 @@ def stopping_signals(
     It is a baseline for z_pres^i that the draw of z_pres^i cannot move, so the likelihood-ratio
     estimator stays unbiased; where the step stopped, L_i - S_i is exactly 0, and where it went
     on, L_i - S_i is the value of that object and the later ones against stopping there (the
-    trainer adds NVIL's network, which learns E[L_i - S_i | what came before]). A learned baseline must guess the whole scene's
-    log p(x | z) (thousands of nats on a colour image) to give an extra, transparent object's
-    cost of a few tens of nats a visible sign; this one cancels it exactly. ``score`` is the
+    trainer adds NVIL's network, which learns E[L_i - S_i | what came before]). A learned
+    baseline must guess the whole scene's log p(x | z) (thousands of nats on a colour image) to
+    give an extra, transparent object's cost of a few tens of nats a visible sign; this one
+    cancels it exactly. ``score`` is the
     training step's log p(x | z) (its likelihood blur, if any); ``log_p_stop`` log(1 - rho)."""
     z_pres = inference.z_pres
     decided = decided_steps(z_pres)
     # log q(z_pres^i = 0) from log q(z_pres^i = 1) where it went on (no log(1 - sigmoid) of a
     # saturated probability), and the step's own term where it stopped.
     went_on = z_pres > 0
-    log_q_on = inference.log_q_z_pres.detach()
+    log_q_drawn = inference.log_q_z_pres.detach()
     log_q_stop = torch.where(
-        went_on, torch.log(-torch.expm1(log_q_on.clamp(max=-1e-30))), log_q_on
+        went_on, torch.log(-torch.expm1(log_q_drawn.clamp(max=-1e-30))), log_q_drawn
     ).clamp_min(-100.0)
     canvas = model.objects.blank_canvas(x)
     columns = []

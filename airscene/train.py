@@ -93,27 +93,29 @@ def z_pres_prior_at(step: int, final: float, config: TrainConfig) -> float:
     )
 
 
+def linear_ramp(step: int, steps: int) -> float:
+    """A curriculum's progress at ``step``: rising linearly from 0 to 1 over ``steps`` and 1
+    after them (1 throughout when ``steps`` is 0: no curriculum)."""
+    if steps <= 0:
+        return 1.0
+    return min(1.0, step / steps)
+
+
 def likelihood_blur_at(step: int, config: TrainConfig) -> float:
     """The likelihood's blur (pixels) at ``step``: linear from its start to 0."""
-    if config.likelihood_blur_steps == 0:
-        return 0.0
-    return config.likelihood_blur_start * max(0.0, 1 - step / config.likelihood_blur_steps)
+    return config.likelihood_blur_start * (1 - linear_ramp(step, config.likelihood_blur_steps))
 
 
 def background_detail_at(step: int, config: TrainConfig) -> float:
     """How much of the smooth background's detail is let in at ``step``: rising linearly from
     0 to 1 over ``background_detail_steps`` (1 throughout without it)."""
-    if config.background_detail_steps <= 0:
-        return 1.0
-    return min(1.0, step / config.background_detail_steps)
+    return linear_ramp(step, config.background_detail_steps)
 
 
 def kl_weight_at(step: int, config: TrainConfig) -> float:
     """The weight of the objects' log p/q in the grid scheme's objective at ``step``: rising
     linearly from 0 to 1 over ``kl_warmup_steps`` (1 throughout without a warm-up)."""
-    if config.kl_warmup_steps <= 0:
-        return 1.0
-    return min(1.0, step / config.kl_warmup_steps)
+    return linear_ramp(step, config.kl_warmup_steps)
 
 
 def learning_rate_at(step: int, config: TrainConfig) -> float:
