@@ -381,11 +381,56 @@ class GridAIR(nn.Module):
             absent = self.log_likelihood_patches(seen, others)
         return self.log_likelihood_patches(seen, others + cells.patches), absent
 
+    def patch_pixels(self, cell: torch.Tensor, per_row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the patches of cells ``cell`` (n,) lie on a canvas laid out as ``paint(...,
+        ring=True)`` lays it out: row indices (n, P, 1) and column indices (n, 1, P)."""
+        span = torch.arange(self.patch, device=cell.device)
+        ys = ((cell // per_row) * self.cell_size)[:, None, None] + span[None, :, None]
+        xs = ((cell % per_row) * self.cell_size)[:, None, None] + span[None, None, :]
+        return ys, xs
+
+    def covered(
+        self, present: torch.Tensor, centre: torch.Tensor, side: torch.Tensor, per_row: int
+    ) -> torch.Tensor:
+        """Per cell (B, K), whether its window's centre ``centre`` (B, K, 2) lies inside the
+        window (centre, side ``side`` (B, K)) of another cell that is ``present``. A window
+        lies inside its cell's patch, so only cells whose patches share pixels are compared."""
+        batch = present.shape[0]
+        reach = self.patch // self.cell_size
+        grid = lambda t: t.reshape(batch, per_row, per_row, -1).permute(0, 3, 1, 2)  # noqa: E731
+        far = 4.0 * self.patch * per_row  # a centre no window reaches
+        others = F.pad(grid(torch.cat([centre, side.unsqueeze(-1)], -1)), (reach,) * 4, value=far)
+        on = F.pad(grid(present.unsqueeze(-1).to(centre.dtype)), (reach,) * 4)
+        mine = grid(centre)
+        found = torch.zeros(batch, 1, per_row, per_row, dtype=torch.bool, device=centre.device)
+        for dy in range(-reach, reach + 1):
+            for dx in range(-reach, reach + 1):
+                if dy == 0 and dx == 0:
+                    continue
+                rows = slice(reach + dy, reach + dy + per_row)
+                cols = slice(reach + dx, reach + dx + per_row)
+                theirs = others[:, :, rows, cols]
+                inside = ((mine - theirs[:, :2]).abs() < theirs[:, 2:] / 2).all(1, keepdim=True)
+                found |= inside & (on[:, :, rows, cols] > 0)
+        return found.flatten(1)
+
+    def read_again(
+        self, unexplained: torch.Tensor, where: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Objects read at q's mode from patches ``unexplained`` (n, P, P) at their windows
+        ``where`` (n, 3) in the patch: z_what (n, D), the drawing (n, P * P), log p(z_what) and
+        log q(z_what) (n,)."""
+        glimpse = read_glimpse(unexplained, where, self.objects.config.glimpse_size)
+        loc, scale = self.objects.encoder(glimpse.flatten(1))
+        drawn = write_glimpse(self.objects.decoder(loc), where, self.patch).flatten(1)
+        log_p = standard_normal_log_prob(loc).sum(-1)
+        return loc, drawn, log_p, normal_log_prob(loc, loc, scale).sum(-1)
+
     def explain_away(
         self, ring: torch.Tensor, cells: CellProposals, z_pres: torch.Tensor, which: torch.Tensor
     ) -> CellProposals:
-        """``cells`` with the z_what of each cell in ``which`` (B, K) read again, at q's mode,
-        from its patch of the image less what the other present cells draw there
+        """``cells`` with the z_what of each present cell in ``which`` (B, K) read again, at q's
+        mode, from its patch of the image less what the other present cells draw there
         (``GlimpseObjects.explain_away``, in a cell's patch): an object that drew a
         neighbour's digit as well as its own reads its own alone once the neighbour's cell
         draws that digit. ``ring`` is the image as ``paint(..., ring=True)`` lays out the
@@ -393,26 +438,15 @@ class GridAIR(nn.Module):
         image, cell = which.nonzero(as_tuple=True)
         if len(image) == 0:
             return cells
-        per_row = cells.padded // self.cell_size
-        span = torch.arange(self.patch, device=ring.device)
-        ys = ((cell // per_row) * self.cell_size)[:, None, None] + span[None, :, None]
-        xs = ((cell % per_row) * self.cell_size)[:, None, None] + span[None, None, :]
-        at = image[:, None, None]
         canvas = self.paint(cells.patches, z_pres, cells.padded, ring=True)
-        own = cells.patches[image, cell].view(-1, self.patch, self.patch)
-        unexplained = ring[at, ys, xs] - (canvas[at, ys, xs] - own)
-        where = cells.in_patch[image, cell]
-        glimpse = read_glimpse(unexplained, where, self.objects.config.glimpse_size)
-        loc, scale = self.objects.encoder(glimpse.flatten(1))
-        drawn = write_glimpse(self.objects.decoder(loc), where, self.patch).flatten(1)
-        z_what, patches = cells.z_what.clone(), cells.patches.clone()
-        log_q, log_p = cells.log_q.clone(), cells.log_p.clone()
-        z_what[image, cell], patches[image, cell] = loc, drawn
-        log_q[image, cell] = cells.log_q_where[image, cell] + normal_log_prob(loc, loc, scale).sum(
-            -1
+        ys, xs = self.patch_pixels(cell, cells.padded // self.cell_size)
+        at = image[:, None, None]
+        own = (z_pres[image, cell].unsqueeze(-1) * cells.patches[image, cell]).view(
+            ys.shape[0], self.patch, self.patch
         )
-        log_p[image, cell] = cells.log_p_where[image, cell] + standard_normal_log_prob(loc).sum(-1)
-        return dataclasses.replace(cells, z_what=z_what, patches=patches, log_q=log_q, log_p=log_p)
+        unexplained = ring[at, ys, xs] - (canvas[at, ys, xs] - own)
+        read = self.read_again(unexplained, cells.in_patch[image, cell])
+        return _read_into(cells, image, cell, *read)
 
     @torch.no_grad()
     def refine(
@@ -423,24 +457,29 @@ class GridAIR(nn.Module):
         z_pres_prior: float | None,
         passes: int,
     ) -> tuple[CellProposals, torch.Tensor]:
-        """q's mode improved by a search on the scene's ELBO (``scene_score``) that only adds
-        objects: in each of ``passes``, each of the ``_REFINE_CANDIDATES`` cells that are off
-        and most likely under q is tried on, with its own proposal, while the present cells
-        whose patches share pixels with its own are read again from what the others leave
-        (``explain_away``). A cell that gains, and gains most in its neighbourhood, is
-        switched on with its neighbours so read; far-apart cells switch in the same pass, and
-        where their combined ELBO is below the best single switch's, that switch alone is
-        made, so the score never falls.
+        """q's mode improved by a search on the scene's ELBO (``scene_score``): in each of
+        ``passes``, each of the ``_REFINE_CANDIDATES`` cells that are off and most likely under
+        q is tried on, with its own proposal, and each of as many present cells whose centre
+        lies in another present object's window (least likely first) is tried off; with each
+        try, the present objects whose patches share pixels with the tried cell's are read
+        again from what the others leave (``explain_away``). A try that gains, and gains most
+        in its neighbourhood, is made with its neighbours so read; far-apart tries are made in
+        the same pass, and where their combined ELBO is below the best single try's, that try
+        alone is made, so the score never falls. A cell switched off goes back to its own
+        proposal.
 
-        This undoes the grid's typical miss: a thin digit touching a neighbour, drawn by the
-        neighbour's object (its window holds both), its own cell off because switching it on
-        alone would draw it twice. Switching objects off is not tried: under the model's ELBO a
-        thin digit's object (a "1") often costs more than the ink it explains, so removals
+        The switch on undoes the grid's typical miss: a thin digit touching a neighbour, drawn
+        by the neighbour's object (its window holds both), its own cell off because switching
+        it on alone would draw it twice. The switch off undoes a digit claimed by two cells.
+        Only a covered object may be switched off: under the model's ELBO a lone thin digit's
+        object (a "1") often costs more than the ink it explains, and removing any object
         measured worse (results/many-objects/findings.md)."""
         batch, count = z_pres.shape
         tries = min(_REFINE_CANDIDATES, count)
-        # Each pass holds ``tries`` copies of every image's patches: refine a few images at a time.
-        most = max(1, _REFINE_VALUES // (tries * count * self.patch**2))
+        # Each pass holds a copy of the canvas per try (``2 * tries`` per image): refine a few
+        # images at a time.
+        side = cells.padded + 2 * self.margin
+        most = max(1, _REFINE_VALUES // (2 * tries * side * side))
         if batch > most:
             parts = [
                 self.refine(
@@ -455,38 +494,84 @@ class GridAIR(nn.Module):
             return _concatenate([c for c, _ in parts]), torch.cat([z for _, z in parts])
         rows = cells.padded // self.cell_size
         reach = self.patch // self.cell_size  # cells this far apart share patch pixels
+        rho = self.config.z_pres_prior if z_pres_prior is None else z_pres_prior
         ring = self.ring_image(x, cells.padded)
         index = torch.arange(count, device=x.device)
         row, col = index // rows, index % rows
         centred = (row < self.cells_inside(x.shape[-1])) & (col < self.cells_inside(x.shape[-1]))
+        proposed = cells  # what a cell switched off goes back to
+        side_px, _, centre = self.window(cells.u, rows)
         for _ in range(passes):
             score = self.scene_score(x, cells, z_pres, z_pres_prior)
-            eligible = (z_pres == 0) & centred
-            key = torch.where(eligible, cells.logits, torch.full_like(cells.logits, -math.inf))
-            moves = key.topk(tries, dim=1).indices  # (B, M)
-            valid = eligible.gather(1, moves)
-            # Every try as its own scene: B * M rows.
-            on = F.one_hot(moves, count).to(torch.bool)  # (B, M, K)
-            near = ((row - (moves // rows).unsqueeze(-1)).abs() <= reach) & (
-                (col - (moves % rows).unsqueeze(-1)).abs() <= reach
+            present = z_pres > 0
+            addable = ~present & centred
+            key = torch.where(addable, cells.logits, torch.full_like(cells.logits, -math.inf))
+            adds = key.topk(tries, dim=1).indices  # (B, M)
+            moves, valid = adds, addable.gather(1, adds)
+            # Switched off may be only an object whose centre lies in another's window.
+            covered = present & self.covered(present, centre, side_px, rows)
+            key = torch.where(covered, -cells.logits, torch.full_like(cells.logits, -math.inf))
+            removes = key.topk(tries, dim=1).indices
+            moves = torch.cat([adds, removes], 1)
+            valid = torch.cat([valid, covered.gather(1, removes)], 1)
+            # Every valid try as its own scene, T rows: the canvas painted once, and each try's
+            # changes (its cell, its neighbours read again) placed on a copy of it.
+            image, slot = valid.nonzero(as_tuple=True)
+            if len(image) == 0:
+                break
+            move = moves[image, slot]
+            trial = torch.arange(len(image), device=x.device)
+            on = F.one_hot(move, count).to(torch.bool)  # (T, K)
+            near = ((row - (move // rows).unsqueeze(-1)).abs() <= reach) & (
+                (col - (move % rows).unsqueeze(-1)).abs() <= reach
             )
-            tried_z = (z_pres.unsqueeze(1) + on.to(z_pres.dtype)).flatten(0, 1)
-            # Only present cells are ever read again: an off cell holds its own proposal.
-            tried = _repeat(cells, tries)
-            which = (near & ~on).flatten(0, 1) & (tried_z > 0)
-            tried = self.explain_away(ring.repeat_interleave(tries, 0), tried, tried_z, which)
-            x_tried = x.repeat_interleave(tries, 0)
-            gain = self.scene_score(x_tried, tried, tried_z, z_pres_prior).view(batch, tries)
-            gain = torch.where(valid, gain - score.unsqueeze(1), torch.full_like(gain, -math.inf))
+            tried_z = torch.where(on, 1 - z_pres[image], z_pres[image])
+            sign = tried_z[trial, move] - z_pres[image, move]  # +1 switched on, -1 off
+            canvas = self.paint(cells.patches, z_pres, cells.padded, ring=True)[image]
+            ys, xs = self.patch_pixels(move, rows)
+            canvas.index_put_(
+                (trial[:, None, None], ys, xs),
+                (sign.unsqueeze(-1) * cells.patches[image, move]).view(-1, self.patch, self.patch),
+                accumulate=True,
+            )
+            pair, neighbour = (near & ~on & (tried_z > 0)).nonzero(as_tuple=True)
+            owner = image[pair]
+            ys, xs = self.patch_pixels(neighbour, rows)
+            own = cells.patches[owner, neighbour]
+            unexplained = ring[owner[:, None, None], ys, xs] - (
+                canvas[pair[:, None, None], ys, xs] - own.view(-1, self.patch, self.patch)
+            )
+            what, drawn, what_p, what_q = self.read_again(
+                unexplained, cells.in_patch[owner, neighbour]
+            )
+            canvas.index_put_(
+                (pair[:, None, None], ys, xs),
+                (drawn - own).view(-1, self.patch, self.patch),
+                accumulate=True,
+            )
+            term = cells.log_p - cells.log_q
+            where_term = cells.log_p_where[owner, neighbour] - cells.log_q_where[owner, neighbour]
+            change = where_term + what_p - what_q - term[owner, neighbour]
+            objects = (z_pres * term).sum(-1)[image] + sign * term[image, move]
+            objects = objects.index_add(0, pair, change)
+            prior = torch.where(tried_z > 0, math.log(rho), math.log1p(-rho)).sum(-1)
+            drawn_all = self.objects.canvas_image(canvas)
+            tried_score = self.log_likelihood_beyond(x[image], drawn_all) + prior + objects
+            gain = torch.full(moves.shape, -math.inf, dtype=x.dtype, device=x.device)
+            gain[image, slot] = tried_score - score[image]
+            trial_of = torch.zeros(moves.shape, dtype=torch.long, device=x.device)
+            trial_of[image, slot] = trial
             if not (gain > 0).any():
                 break
             # The moves that gain most within their neighbourhood, all at once ...
-            grid_gain = torch.full_like(cells.logits, -math.inf).scatter(1, moves, gain)
+            grid_gain = torch.full_like(cells.logits, -math.inf).scatter_reduce(
+                1, moves, gain, "amax"
+            )
             window = dict(kernel_size=2 * reach + 1, stride=1, padding=reach)
             best_near = F.max_pool2d(grid_gain.view(-1, 1, rows, rows), **window).flatten(1)
             chosen = (grid_gain > 0) & (grid_gain >= best_near)
-            together_z = torch.where(chosen, torch.ones_like(z_pres), z_pres)
-            together = cells
+            together_z = torch.where(chosen, 1 - z_pres, z_pres)
+            together = _take(cells, proposed, chosen & present)
             moved_near = F.max_pool2d(chosen.to(x.dtype).view(-1, 1, rows, rows), **window).flatten(
                 1
             )
@@ -495,11 +580,24 @@ class GridAIR(nn.Module):
             together_score = self.scene_score(x, together, together_z, z_pres_prior)
             # ... unless the best single move alone scores higher.
             best_gain, best = gain.max(1)
-            single = torch.arange(batch, device=x.device) * tries + best
+            single = trial_of.gather(1, best.unsqueeze(1)).squeeze(1)
             use_single = together_score < score + best_gain
-            moved = _choose(use_single, _index(tried, single), together)
+            is_single = torch.zeros(len(trial), dtype=torch.bool, device=x.device)
+            is_single[single[use_single]] = True
+            kept = is_single[pair]
+            alone = _read_into(
+                cells,
+                owner[kept],
+                neighbour[kept],
+                what[kept],
+                drawn[kept],
+                what_p[kept],
+                what_q[kept],
+            )
+            moved = _choose(use_single, alone, together)
             moved_z = torch.where(use_single.unsqueeze(1), tried_z[single], together_z)
             gained = best_gain > 0
+            moved = _take(moved, proposed, (moved_z == 0) & present)
             cells = _choose(gained, moved, cells)
             z_pres = torch.where(gained.unsqueeze(1), moved_z, z_pres)
         return cells, z_pres
@@ -590,9 +688,9 @@ class GridAIR(nn.Module):
         )
 
 
-# Cells tried on per image in each pass of ``GridAIR.refine``: those most likely under q.
+# Cells tried on, and tried off, per image in each pass of ``GridAIR.refine``.
 _REFINE_CANDIDATES = 8
-# At most this many values in the copies of the patches that one pass of ``refine`` holds.
+# At most this many values in the copies of the canvas that one pass of ``refine`` holds.
 _REFINE_VALUES = 2**24
 # The fields of ``CellProposals`` that ``GridAIR.explain_away`` reads again, per cell.
 _READ_FIELDS = ("z_what", "patches", "log_q", "log_p")
@@ -606,13 +704,6 @@ def _tensor_fields(cells: CellProposals) -> list[str]:
     ]
 
 
-def _repeat(cells: CellProposals, times: int) -> CellProposals:
-    """Each image's cells ``times`` times in a row: (B * times, ...)."""
-    return dataclasses.replace(
-        cells, **{n: getattr(cells, n).repeat_interleave(times, 0) for n in _tensor_fields(cells)}
-    )
-
-
 def _index(cells: CellProposals, rows: torch.Tensor) -> CellProposals:
     """The images ``rows`` of ``cells``."""
     return dataclasses.replace(cells, **{n: getattr(cells, n)[rows] for n in _tensor_fields(cells)})
@@ -624,6 +715,25 @@ def _concatenate(parts: list[CellProposals]) -> CellProposals:
     return dataclasses.replace(
         parts[0], **{n: torch.cat([getattr(p, n) for p in parts]) for n in names}
     )
+
+
+def _read_into(
+    cells: CellProposals,
+    image: torch.Tensor,
+    cell: torch.Tensor,
+    z_what: torch.Tensor,
+    drawn: torch.Tensor,
+    log_p_what: torch.Tensor,
+    log_q_what: torch.Tensor,
+) -> CellProposals:
+    """``cells`` with the objects of cells ``cell`` of images ``image`` read again: their z_what,
+    drawing, and log p and log q of the new z_what (those of u stay)."""
+    values = {n: getattr(cells, n).clone() for n in _READ_FIELDS}
+    values["z_what"][image, cell] = z_what
+    values["patches"][image, cell] = drawn
+    values["log_q"][image, cell] = cells.log_q_where[image, cell] + log_q_what
+    values["log_p"][image, cell] = cells.log_p_where[image, cell] + log_p_what
+    return dataclasses.replace(cells, **values)
 
 
 def _take(cells: CellProposals, other: CellProposals, where: torch.Tensor) -> CellProposals:
