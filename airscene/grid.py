@@ -394,9 +394,10 @@ class GridAIR(nn.Module):
     ) -> torch.Tensor:
         """Per cell (B, K), whether its window's centre ``centre`` (B, K, 2) lies inside the
         window (centre, side ``side`` (B, K)) of another cell that is ``present``. A window
-        lies inside its cell's patch, so only cells whose patches share pixels are compared."""
+        lies inside its cell's patch (one wider than ``_PATCH_SIGMAS`` spreads is clipped
+        there), so only cells whose patches share pixels are compared."""
         batch = present.shape[0]
-        reach = self.patch // self.cell_size
+        reach = (self.patch - 1) // self.cell_size
         grid = lambda t: t.reshape(batch, per_row, per_row, -1).permute(0, 3, 1, 2)  # noqa: E731
         far = 4.0 * self.patch * per_row  # a centre no window reaches
         others = F.pad(grid(torch.cat([centre, side.unsqueeze(-1)], -1)), (reach,) * 4, value=far)
@@ -435,7 +436,7 @@ class GridAIR(nn.Module):
         neighbour's digit as well as its own reads its own alone once the neighbour's cell
         draws that digit. ``ring`` is the image as ``paint(..., ring=True)`` lays out the
         canvas: padded, with the ``margin`` px around it."""
-        image, cell = which.nonzero(as_tuple=True)
+        image, cell = (which & (z_pres > 0)).nonzero(as_tuple=True)
         if len(image) == 0:
             return cells
         canvas = self.paint(cells.patches, z_pres, cells.padded, ring=True)
@@ -476,8 +477,8 @@ class GridAIR(nn.Module):
         measured worse (results/many-objects/findings.md)."""
         batch, count = z_pres.shape
         tries = min(_REFINE_CANDIDATES, count)
-        # Each pass holds a copy of the canvas per try (``2 * tries`` per image): refine a few
-        # images at a time.
+        # Each pass holds a copy of the canvas per try (``2 * tries`` per image), and the
+        # patches of the neighbours each try reads again: refine a few images at a time.
         side = cells.padded + 2 * self.margin
         most = max(1, _REFINE_VALUES // (2 * tries * side * side))
         if batch > most:
@@ -493,7 +494,7 @@ class GridAIR(nn.Module):
             ]
             return _concatenate([c for c, _ in parts]), torch.cat([z for _, z in parts])
         rows = cells.padded // self.cell_size
-        reach = self.patch // self.cell_size  # cells this far apart share patch pixels
+        reach = (self.patch - 1) // self.cell_size  # cells this far apart share patch pixels
         rho = self.config.z_pres_prior if z_pres_prior is None else z_pres_prior
         ring = self.ring_image(x, cells.padded)
         index = torch.arange(count, device=x.device)
@@ -507,7 +508,7 @@ class GridAIR(nn.Module):
             addable = ~present & centred
             key = torch.where(addable, cells.logits, torch.full_like(cells.logits, -math.inf))
             adds = key.topk(tries, dim=1).indices  # (B, M)
-            moves, valid = adds, addable.gather(1, adds)
+            valid = addable.gather(1, adds)
             # Switched off may be only an object whose centre lies in another's window.
             covered = present & self.covered(present, centre, side_px, rows)
             key = torch.where(covered, -cells.logits, torch.full_like(cells.logits, -math.inf))
@@ -570,8 +571,12 @@ class GridAIR(nn.Module):
             window = dict(kernel_size=2 * reach + 1, stride=1, padding=reach)
             best_near = F.max_pool2d(grid_gain.view(-1, 1, rows, rows), **window).flatten(1)
             chosen = (grid_gain > 0) & (grid_gain >= best_near)
+            # Of tries tied in a neighbourhood, only the last in row-major order.
+            order = torch.where(chosen, index.to(x.dtype) + 1, torch.zeros_like(grid_gain))
+            last = F.max_pool2d(order.view(-1, 1, rows, rows), **window).flatten(1)
+            chosen &= order >= last
             together_z = torch.where(chosen, 1 - z_pres, z_pres)
-            together = _take(cells, proposed, chosen & present)
+            together = cells
             moved_near = F.max_pool2d(chosen.to(x.dtype).view(-1, 1, rows, rows), **window).flatten(
                 1
             )
@@ -581,7 +586,7 @@ class GridAIR(nn.Module):
             # ... unless the best single move alone scores higher.
             best_gain, best = gain.max(1)
             single = trial_of.gather(1, best.unsqueeze(1)).squeeze(1)
-            use_single = together_score < score + best_gain
+            use_single = (together_score < score + best_gain) & (best_gain > -math.inf)
             is_single = torch.zeros(len(trial), dtype=torch.bool, device=x.device)
             is_single[single[use_single]] = True
             kept = is_single[pair]

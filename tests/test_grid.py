@@ -28,7 +28,7 @@ def grid_model(seed: int = 0, **fields) -> GridAIR:
 
 
 def test_the_grid_grows_with_the_image_and_every_cell_is_an_entry():
-    model = grid_model().eval()
+    model = grid_model(grid_refine_passes=0).eval()  # q's mode as it is
     for side, cells in ((48, 8 * 8), (84, 14 * 14), (50, 9 * 9)):
         inference = model(torch.rand(2, side, side), sample=False)
         assert inference.z_pres.shape == (2, cells)
@@ -245,16 +245,23 @@ def test_refine_reads_a_neighbour_again_from_what_the_others_leave():
 
 
 def test_refining_many_images_a_few_at_a_time_changes_nothing(monkeypatch):
-    model = grid_model(seed=2, z_pres_prior=0.95).eval()
-    x = torch.rand(5, 48, 48) ** 4
+    model = grid_model(seed=2).eval()
+    x = torch.zeros(5, 48, 48)
+    for image in range(5):  # bright squares the objects can draw, a different set per image
+        for k, (top, left) in enumerate(((4, 4), (4, 30), (30, 4), (30, 30))):
+            if (image + k) % 3:
+                x[image, top : top + 10, left : left + 10] = 1.0
     with torch.no_grad():
+        torch.nn.init.constant_(model.objects.decoder.net[-1].bias, 4.0)
         cells = model.propose(x, sample=False)
         z_pres = (torch.sigmoid(cells.logits) > 0.5).float()
         whole, z_whole = model.refine(x, cells, z_pres, None, passes=2)
         monkeypatch.setattr(grid, "_REFINE_VALUES", 1)  # one image at a time
         apart, z_apart = model.refine(x, cells, z_pres, None, passes=2)
+    assert not torch.equal(z_whole, z_pres)  # the search did change something
     assert torch.equal(z_whole, z_apart)
     torch.testing.assert_close(whole.patches, apart.patches)
+    torch.testing.assert_close(whole.z_what, apart.z_what)
 
 
 def test_capped_composite_caps_the_canvas_at_white():
