@@ -360,11 +360,24 @@ class GridAIR(nn.Module):
         """The ELBO of each scene (B,) with its z_pres held as given and its objects as ``cells``
         holds them: log p(x | z) + log p(z_pres) + log p(u, z_what) - log q(u, z_what) of the
         present cells. At q's mode this is the score ``refine`` climbs."""
-        rho = self.config.z_pres_prior if z_pres_prior is None else z_pres_prior
-        whole = self.objects.canvas_image(self.paint(cells.patches, z_pres, cells.padded, True))
-        prior = torch.where(z_pres > 0, math.log(rho), math.log1p(-rho)).sum(-1)
+        painted = self.paint(cells.patches, z_pres, cells.padded, True)
         objects = (z_pres * (cells.log_p - cells.log_q)).sum(-1)
-        return self.log_likelihood_beyond(x, whole) + prior + objects
+        return self.score_painted(x, painted, z_pres, objects, z_pres_prior)
+
+    def score_painted(
+        self,
+        x: torch.Tensor,
+        painted: torch.Tensor,
+        z_pres: torch.Tensor,
+        objects: torch.Tensor,
+        z_pres_prior: float | None = None,
+    ) -> torch.Tensor:
+        """``scene_score`` from the canvas ``painted`` (``paint(..., ring=True)`` of the
+        present objects) and the present objects' summed log p - log q ``objects`` (B,)."""
+        rho = self.config.z_pres_prior if z_pres_prior is None else z_pres_prior
+        prior = torch.where(z_pres > 0, math.log(rho), math.log1p(-rho)).sum(-1)
+        drawn = self.objects.canvas_image(painted)
+        return self.log_likelihood_beyond(x, drawn) + prior + objects
 
     def patch_log_likelihoods(
         self, x: torch.Tensor, cells: CellProposals, z_pres: torch.Tensor
@@ -416,11 +429,25 @@ class GridAIR(nn.Module):
         return found.flatten(1)
 
     def read_again(
-        self, unexplained: torch.Tensor, where: torch.Tensor
+        self,
+        ring: torch.Tensor,
+        painted: torch.Tensor,
+        image: torch.Tensor,
+        row: torch.Tensor,
+        cell: torch.Tensor,
+        cells: CellProposals,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Objects read at q's mode from patches ``unexplained`` (n, P, P) at their windows
-        ``where`` (n, 3) in the patch: z_what (n, D), the drawing (n, P * P), log p(z_what) and
-        log q(z_what) (n,)."""
+        """The objects of cells ``cell`` of images ``image`` (each (n,)), present, read at q's
+        mode from their patch of ``ring[image]`` (the image laid out as ``ring_image``) less
+        what the others draw there, ``painted[row]`` (``paint(..., ring=True)``, the object
+        itself included) less the object's own drawing: z_what (n, D), the new drawing
+        (n, P * P), log p(z_what) and log q(z_what) (n,)."""
+        ys, xs = self.patch_pixels(cell, cells.padded // self.cell_size)
+        own = cells.patches[image, cell].view(-1, self.patch, self.patch)
+        unexplained = ring[image[:, None, None], ys, xs] - (
+            painted[row[:, None, None], ys, xs] - own
+        )
+        where = cells.in_patch[image, cell]
         glimpse = read_glimpse(unexplained, where, self.objects.config.glimpse_size)
         loc, scale = self.objects.encoder(glimpse.flatten(1))
         drawn = write_glimpse(self.objects.decoder(loc), where, self.patch).flatten(1)
@@ -439,14 +466,8 @@ class GridAIR(nn.Module):
         image, cell = (which & (z_pres > 0)).nonzero(as_tuple=True)
         if len(image) == 0:
             return cells
-        canvas = self.paint(cells.patches, z_pres, cells.padded, ring=True)
-        ys, xs = self.patch_pixels(cell, cells.padded // self.cell_size)
-        at = image[:, None, None]
-        own = (z_pres[image, cell].unsqueeze(-1) * cells.patches[image, cell]).view(
-            ys.shape[0], self.patch, self.patch
-        )
-        unexplained = ring[at, ys, xs] - (canvas[at, ys, xs] - own)
-        read = self.read_again(unexplained, cells.in_patch[image, cell])
+        painted = self.paint(cells.patches, z_pres, cells.padded, ring=True)
+        read = self.read_again(ring, painted, image, image, cell, cells)
         return _read_into(cells, image, cell, *read)
 
     @torch.no_grad()
@@ -495,7 +516,6 @@ class GridAIR(nn.Module):
             return _concatenate([c for c, _ in parts]), torch.cat([z for _, z in parts])
         rows = cells.padded // self.cell_size
         reach = (self.patch - 1) // self.cell_size  # cells this far apart share patch pixels
-        rho = self.config.z_pres_prior if z_pres_prior is None else z_pres_prior
         ring = self.ring_image(x, cells.padded)
         index = torch.arange(count, device=x.device)
         row, col = index // rows, index % rows
@@ -503,7 +523,10 @@ class GridAIR(nn.Module):
         proposed = cells  # what a cell switched off goes back to
         side_px, _, centre = self.window(cells.u, rows)
         for _ in range(passes):
-            score = self.scene_score(x, cells, z_pres, z_pres_prior)
+            painted = self.paint(cells.patches, z_pres, cells.padded, ring=True)
+            term = cells.log_p - cells.log_q
+            objects = (z_pres * term).sum(-1)
+            score = self.score_painted(x, painted, z_pres, objects, z_pres_prior)
             present = z_pres > 0
             addable = ~present & centred
             key = torch.where(addable, cells.logits, torch.full_like(cells.logits, -math.inf))
@@ -528,7 +551,7 @@ class GridAIR(nn.Module):
             )
             tried_z = torch.where(on, 1 - z_pres[image], z_pres[image])
             sign = tried_z[trial, move] - z_pres[image, move]  # +1 switched on, -1 off
-            canvas = self.paint(cells.patches, z_pres, cells.padded, ring=True)[image]
+            canvas = painted[image]
             ys, xs = self.patch_pixels(move, rows)
             canvas.index_put_(
                 (trial[:, None, None], ys, xs),
@@ -537,27 +560,20 @@ class GridAIR(nn.Module):
             )
             pair, neighbour = (near & ~on & (tried_z > 0)).nonzero(as_tuple=True)
             owner = image[pair]
-            ys, xs = self.patch_pixels(neighbour, rows)
-            own = cells.patches[owner, neighbour]
-            unexplained = ring[owner[:, None, None], ys, xs] - (
-                canvas[pair[:, None, None], ys, xs] - own.view(-1, self.patch, self.patch)
-            )
             what, drawn, what_p, what_q = self.read_again(
-                unexplained, cells.in_patch[owner, neighbour]
+                ring, canvas, owner, pair, neighbour, cells
             )
+            ys, xs = self.patch_pixels(neighbour, rows)
             canvas.index_put_(
                 (pair[:, None, None], ys, xs),
-                (drawn - own).view(-1, self.patch, self.patch),
+                (drawn - cells.patches[owner, neighbour]).view(-1, self.patch, self.patch),
                 accumulate=True,
             )
-            term = cells.log_p - cells.log_q
             where_term = cells.log_p_where[owner, neighbour] - cells.log_q_where[owner, neighbour]
             change = where_term + what_p - what_q - term[owner, neighbour]
-            objects = (z_pres * term).sum(-1)[image] + sign * term[image, move]
-            objects = objects.index_add(0, pair, change)
-            prior = torch.where(tried_z > 0, math.log(rho), math.log1p(-rho)).sum(-1)
-            drawn_all = self.objects.canvas_image(canvas)
-            tried_score = self.log_likelihood_beyond(x[image], drawn_all) + prior + objects
+            tried_objects = objects[image] + sign * term[image, move]
+            tried_objects = tried_objects.index_add(0, pair, change)
+            tried_score = self.score_painted(x[image], canvas, tried_z, tried_objects, z_pres_prior)
             gain = torch.full(moves.shape, -math.inf, dtype=x.dtype, device=x.device)
             gain[image, slot] = tried_score - score[image]
             trial_of = torch.zeros(moves.shape, dtype=torch.long, device=x.device)
