@@ -509,8 +509,9 @@ class ModelConfig:
         0,
         "grid: passes of a search on the scene's ELBO that refines q's mode at inference (each "
         "tries switching on the cells q most nearly found and switching off objects centred in "
-        "another's window, the neighbours' objects read again from what the others leave, and "
-        "keeps the switches that gain; 0: q's mode as it is)",
+        "another's window, the neighbours' objects read again from what the others leave, "
+        "their windows moved a pixel where that explains it better, and keeps the switches "
+        "that gain; 0: q's mode as it is)",
     )
     grid_presence_bias: float = param(
         -2.0, "grid: q(z_pres)'s initial logit in every cell (-2: about one cell in eight on)"

@@ -294,11 +294,24 @@ class GridAIR(nn.Module):
         """Each cell's window from its cell-local ``u`` (B, K, 3), the K cells row-major,
         ``per_row`` to a row: its side in pixels (B, K), its centre's offset from the cell's
         centre (B, K, 2) and the centre on the padded canvas (B, K, 2), x then y."""
-        side_px = self.side * torch.exp(self.log_side_sd * u[..., 0])
-        offset = self.reach * self.cell_size * torch.tanh(u[..., 1:])
+        side_px, offset = self.side_and_offset(u)
         index = torch.arange(u.shape[-2], device=u.device)
         centre = torch.stack([index % per_row, index // per_row], -1).to(u.dtype)
         return side_px, offset, (centre + 0.5) * self.cell_size + offset
+
+    def side_and_offset(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A window's side in pixels (...) and its centre's offset from its cell's centre
+        (..., 2) from its cell-local ``u`` (..., 3)."""
+        side_px = self.side * torch.exp(self.log_side_sd * u[..., 0])
+        return side_px, self.reach * self.cell_size * torch.tanh(u[..., 1:])
+
+    def shifted(self, u: torch.Tensor, dx: float, dy: float) -> torch.Tensor:
+        """The cell-local ``u`` (..., 3) of the window ``u`` moved by ``dx, dy`` px (kept just
+        inside the reach of its cell)."""
+        reach = self.reach * self.cell_size
+        offset = reach * torch.tanh(u[..., 1:]) + u.new_tensor([dx, dy])
+        inside = torch.atanh((offset / reach).clamp(-1 + 1e-3, 1 - 1e-3))
+        return torch.cat([u[..., :1], inside], -1)
 
     def paint(
         self, patches: torch.Tensor, z_pres: torch.Tensor, padded: int, ring: bool = False
@@ -436,39 +449,86 @@ class GridAIR(nn.Module):
         row: torch.Tensor,
         cell: torch.Tensor,
         cells: CellProposals,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The objects of cells ``cell`` of images ``image`` (each (n,)), present, read at q's
-        mode from their patch of ``ring[image]`` (the image laid out as ``ring_image``) less
-        what the others draw there, ``painted[row]`` (``paint(..., ring=True)``, the object
-        itself included) less the object's own drawing: z_what (n, D), the new drawing
-        (n, P * P), log p(z_what) and log q(z_what) (n,)."""
-        ys, xs = self.patch_pixels(cell, cells.padded // self.cell_size)
-        own = cells.patches[image, cell].view(-1, self.patch, self.patch)
+        now: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The objects of cells ``cell`` of images ``image`` (each (n,)), present, read again
+        at q's mode from their patch of ``ring[image]`` (the image laid out as ``ring_image``)
+        less what the others draw there, ``painted[row]`` (``paint(..., ring=True)``, the
+        object itself included, as ``now`` holds it (its ``_READ_FIELDS``, by default its
+        proposal in ``cells``). Its window is read again too: of the window where it is and
+        that window moved by ``_WINDOW_SHIFT`` px along x or y, the one whose object best
+        explains what the others leave (the patch's likelihood plus log p - log q of the
+        object; q(u)'s mean moves to the chosen window). A window centred between two
+        touching digits, drawing both, moves back onto its own once the other's cell draws
+        the other. Returns the new values of the ``_READ_FIELDS``, each (n, ...)."""
+        per_row = cells.padded // self.cell_size
+        size = self.patch
+        if now is None:
+            now = {name: getattr(cells, name)[image, cell] for name in _READ_FIELDS}
+        ys, xs = self.patch_pixels(cell, per_row)
+        own = now["patches"].view(-1, size, size)
         unexplained = ring[image[:, None, None], ys, xs] - (
             painted[row[:, None, None], ys, xs] - own
         )
-        where = cells.in_patch[image, cell]
-        glimpse = read_glimpse(unexplained, where, self.objects.config.glimpse_size)
+        where_now = now["u"]
+        step = _WINDOW_SHIFT
+        shifts = ((step, 0.0), (-step, 0.0), (0.0, step), (0.0, -step))
+        u = torch.stack([where_now, *[self.shifted(where_now, *d) for d in shifts]], 1)
+        n, tried = u.shape[:2]
+        side_px, offset = self.side_and_offset(u)
+        in_patch = torch.cat([(side_px / size).unsqueeze(-1), offset / (size / 2)], -1)
+        seen = unexplained.unsqueeze(1).expand(n, tried, size, size).reshape(-1, size, size)
+        glimpse = read_glimpse(seen, in_patch.flatten(0, 1), self.objects.config.glimpse_size)
         loc, scale = self.objects.encoder(glimpse.flatten(1))
-        drawn = write_glimpse(self.objects.decoder(loc), where, self.patch).flatten(1)
-        log_p = standard_normal_log_prob(loc).sum(-1)
-        return loc, drawn, log_p, normal_log_prob(loc, loc, scale).sum(-1)
+        drawn = write_glimpse(self.objects.decoder(loc), in_patch.flatten(0, 1), size)
+        # q(u)'s mean moved to the chosen window, its spread kept.
+        log_q_where = now["log_q_where"].unsqueeze(1).expand(n, tried)
+        log_p_where = standard_normal_log_prob(u).sum(-1)
+        log_q = log_q_where + normal_log_prob(loc, loc, scale).sum(-1).view(n, tried)
+        log_p = log_p_where + standard_normal_log_prob(loc).sum(-1).view(n, tried)
+        fit = pixel_log_likelihood(self.config, seen, self.objects.canvas_image(drawn))
+        best = (fit.flatten(1).sum(1).view(n, tried) + log_p - log_q).argmax(1)
+        pick = torch.arange(n, device=u.device), best
+        centre = torch.stack([cell % per_row, cell // per_row], -1).to(u.dtype)
+        centre = (centre + 0.5) * self.cell_size + offset[pick]
+        z_where = torch.cat(
+            [(side_px[pick] / cells.padded).unsqueeze(-1), centre / cells.padded * 2 - 1], -1
+        )
+        return {
+            "u": u[pick],
+            "z_where": z_where,
+            "in_patch": in_patch[pick],
+            "z_what": loc.view(n, tried, -1)[pick],
+            "patches": drawn.view(n, tried, -1)[pick],
+            "log_q": log_q[pick],
+            "log_p": log_p[pick],
+            "log_q_where": log_q_where[pick],
+            "log_p_where": log_p_where[pick],
+        }
 
     def explain_away(
-        self, ring: torch.Tensor, cells: CellProposals, z_pres: torch.Tensor, which: torch.Tensor
+        self,
+        ring: torch.Tensor,
+        cells: CellProposals,
+        z_pres: torch.Tensor,
+        which: torch.Tensor,
+        rounds: int = 1,
     ) -> CellProposals:
-        """``cells`` with the z_what of each present cell in ``which`` (B, K) read again, at q's
-        mode, from its patch of the image less what the other present cells draw there
-        (``GlimpseObjects.explain_away``, in a cell's patch): an object that drew a
-        neighbour's digit as well as its own reads its own alone once the neighbour's cell
-        draws that digit. ``ring`` is the image as ``paint(..., ring=True)`` lays out the
-        canvas: padded, with the ``margin`` px around it."""
+        """``cells`` with each present cell in ``which`` (B, K) read again (``read_again``:
+        its z_what and its window), at q's mode, from its patch of the image less what the
+        other present cells draw there (``GlimpseObjects.explain_away``, in a cell's patch),
+        ``rounds`` times, all at once in each: an object that drew a neighbour's digit as well
+        as its own reads its own alone once the neighbour's cell draws that digit. ``ring`` is
+        the image as ``paint(..., ring=True)`` lays out the canvas: padded, with the
+        ``margin`` px around it."""
         image, cell = (which & (z_pres > 0)).nonzero(as_tuple=True)
         if len(image) == 0:
             return cells
-        painted = self.paint(cells.patches, z_pres, cells.padded, ring=True)
-        read = self.read_again(ring, painted, image, image, cell, cells)
-        return _read_into(cells, image, cell, *read)
+        for _ in range(rounds):
+            painted = self.paint(cells.patches, z_pres, cells.padded, ring=True)
+            read = self.read_again(ring, painted, image, image, cell, cells)
+            cells = _read_into(cells, image, cell, read)
+        return cells
 
     @torch.no_grad()
     def refine(
@@ -521,8 +581,8 @@ class GridAIR(nn.Module):
         row, col = index // rows, index % rows
         centred = (row < self.cells_inside(x.shape[-1])) & (col < self.cells_inside(x.shape[-1]))
         proposed = cells  # what a cell switched off goes back to
-        side_px, _, centre = self.window(cells.u, rows)
         for _ in range(passes):
+            side_px, _, centre = self.window(cells.u, rows)
             painted = self.paint(cells.patches, z_pres, cells.padded, ring=True)
             term = cells.log_p - cells.log_q
             objects = (z_pres * term).sum(-1)
@@ -558,19 +618,21 @@ class GridAIR(nn.Module):
                 (sign.unsqueeze(-1) * cells.patches[image, move]).view(-1, self.patch, self.patch),
                 accumulate=True,
             )
-            pair, neighbour = (near & ~on & (tried_z > 0)).nonzero(as_tuple=True)
+            # The tried cell, if on, and its present neighbours are read again, all at once,
+            # ``_READ_ROUNDS`` times, each from what the others leave on the try's canvas.
+            pair, neighbour = (near & (tried_z > 0)).nonzero(as_tuple=True)
             owner = image[pair]
-            what, drawn, what_p, what_q = self.read_again(
-                ring, canvas, owner, pair, neighbour, cells
-            )
             ys, xs = self.patch_pixels(neighbour, rows)
-            canvas.index_put_(
-                (pair[:, None, None], ys, xs),
-                (drawn - cells.patches[owner, neighbour]).view(-1, self.patch, self.patch),
-                accumulate=True,
-            )
-            where_term = cells.log_p_where[owner, neighbour] - cells.log_q_where[owner, neighbour]
-            change = where_term + what_p - what_q - term[owner, neighbour]
+            read = {name: getattr(cells, name)[owner, neighbour] for name in _READ_FIELDS}
+            for _ in range(_READ_ROUNDS):
+                drawn = read["patches"]
+                read = self.read_again(ring, canvas, owner, pair, neighbour, cells, read)
+                canvas.index_put_(
+                    (pair[:, None, None], ys, xs),
+                    (read["patches"] - drawn).view(-1, self.patch, self.patch),
+                    accumulate=True,
+                )
+            change = read["log_p"] - read["log_q"] - term[owner, neighbour]
             tried_objects = objects[image] + sign * term[image, move]
             tried_objects = tried_objects.index_add(0, pair, change)
             tried_score = self.score_painted(x[image], canvas, tried_z, tried_objects, z_pres_prior)
@@ -596,8 +658,8 @@ class GridAIR(nn.Module):
             moved_near = F.max_pool2d(chosen.to(x.dtype).view(-1, 1, rows, rows), **window).flatten(
                 1
             )
-            which = (moved_near > 0) & ~chosen & (together_z > 0)
-            together = self.explain_away(ring, together, together_z, which)
+            which = (moved_near > 0) & (together_z > 0)
+            together = self.explain_away(ring, together, together_z, which, _READ_ROUNDS)
             together_score = self.scene_score(x, together, together_z, z_pres_prior)
             # ... unless the best single move alone scores higher.
             best_gain, best = gain.max(1)
@@ -607,13 +669,7 @@ class GridAIR(nn.Module):
             is_single[single[use_single]] = True
             kept = is_single[pair]
             alone = _read_into(
-                cells,
-                owner[kept],
-                neighbour[kept],
-                what[kept],
-                drawn[kept],
-                what_p[kept],
-                what_q[kept],
+                cells, owner[kept], neighbour[kept], {k: v[kept] for k, v in read.items()}
             )
             moved = _choose(use_single, alone, together)
             moved_z = torch.where(use_single.unsqueeze(1), tried_z[single], together_z)
@@ -713,8 +769,22 @@ class GridAIR(nn.Module):
 _REFINE_CANDIDATES = 8
 # At most this many values in the copies of the canvas that one pass of ``refine`` holds.
 _REFINE_VALUES = 2**24
-# The fields of ``CellProposals`` that ``GridAIR.explain_away`` reads again, per cell.
-_READ_FIELDS = ("z_what", "patches", "log_q", "log_p")
+# The fields of ``CellProposals`` that ``GridAIR.read_again`` reads again, per cell.
+_READ_FIELDS = (
+    "u",
+    "z_where",
+    "in_patch",
+    "z_what",
+    "patches",
+    "log_q",
+    "log_p",
+    "log_q_where",
+    "log_p_where",
+)
+# How far (px) ``GridAIR.read_again`` tries moving a window, and how many times a search try
+# reads the objects around it again.
+_WINDOW_SHIFT = 1.0
+_READ_ROUNDS = 2
 
 
 def _tensor_fields(cells: CellProposals) -> list[str]:
@@ -739,21 +809,13 @@ def _concatenate(parts: list[CellProposals]) -> CellProposals:
 
 
 def _read_into(
-    cells: CellProposals,
-    image: torch.Tensor,
-    cell: torch.Tensor,
-    z_what: torch.Tensor,
-    drawn: torch.Tensor,
-    log_p_what: torch.Tensor,
-    log_q_what: torch.Tensor,
+    cells: CellProposals, image: torch.Tensor, cell: torch.Tensor, read: dict[str, torch.Tensor]
 ) -> CellProposals:
-    """``cells`` with the objects of cells ``cell`` of images ``image`` read again: their z_what,
-    drawing, and log p and log q of the new z_what (those of u stay)."""
+    """``cells`` with the objects of cells ``cell`` of images ``image`` read again: ``read``
+    (``GridAIR.read_again``) holds their new values of the ``_READ_FIELDS``."""
     values = {n: getattr(cells, n).clone() for n in _READ_FIELDS}
-    values["z_what"][image, cell] = z_what
-    values["patches"][image, cell] = drawn
-    values["log_q"][image, cell] = cells.log_q_where[image, cell] + log_q_what
-    values["log_p"][image, cell] = cells.log_p_where[image, cell] + log_p_what
+    for name in _READ_FIELDS:
+        values[name][image, cell] = read[name]
     return dataclasses.replace(cells, **values)
 
 

@@ -235,13 +235,54 @@ def test_refine_reads_a_neighbour_again_from_what_the_others_leave():
         others = z_pres.clone()
         others[:, 10] = 0
         unexplained = x - model.paint(cells.patches, others, cells.padded)
-        glimpse = read_glimpse(unexplained, cells.z_where[:, 10], 14)
+        glimpse = read_glimpse(unexplained, read.z_where[:, 10], 14)  # at the window it chose
         loc, _ = model.objects.encoder(glimpse.flatten(1))
+        drawn = model.paint(read.patches, z_pres * ~untouched_cells(10), read.padded)
+        alone = model.objects.draw({"z_where": read.z_where[:, 10], "z_what": loc})
     torch.testing.assert_close(read.z_what[:, 10], loc, atol=1e-5, rtol=0)
-    untouched = torch.ones(64, dtype=torch.bool)
-    untouched[10] = False
-    assert torch.equal(read.z_what[:, untouched], cells.z_what[:, untouched])
+    torch.testing.assert_close(drawn, alone, atol=1e-5, rtol=0)  # its drawing, at that window
+    untouched = untouched_cells(10)
+    for name in grid._READ_FIELDS:
+        assert torch.equal(getattr(read, name)[:, untouched], getattr(cells, name)[:, untouched])
     assert not torch.allclose(read.z_what[:, 10], cells.z_what[:, 10])
+
+
+def untouched_cells(*cells: int) -> torch.Tensor:
+    untouched = torch.ones(64, dtype=torch.bool)
+    untouched[list(cells)] = False
+    return untouched
+
+
+def test_reading_again_moves_a_window_onto_what_its_object_draws():
+    """An object whose window lies off the ink it draws moves onto it, a pixel at a time, as
+    it is read again: a window centred between two touching digits moves back onto its own
+    once the other is drawn by another object."""
+    model = grid_model(seed=4).eval()
+    with torch.no_grad():
+        decoder = model.objects.decoder.net[-1]  # every glimpse a flat square of ink
+        torch.nn.init.zeros_(decoder.weight)
+        torch.nn.init.constant_(decoder.bias, 4.0)
+        cell = 3 * 8 + 3  # centred at (21, 21)
+        target = torch.tensor([23.0, 20.0])  # two pixels right, one up
+        square = {
+            "z_where": torch.cat([torch.tensor([model.side / 48]), target / 48 * 2 - 1])[None],
+            "z_what": torch.zeros(1, model.objects.z_what_dim),
+        }
+        x = model.objects.draw(square).clamp(0, 1)
+        cells = model.propose(x, sample=False)
+        cells.u[:, cell] = 0.0  # its window at the cell's centre, its side the prior's
+        z_pres = torch.zeros_like(cells.logits)
+        z_pres[:, cell] = 1.0
+        ring = model.ring_image(x, cells.padded)
+        moved = [model.explain_away(ring, cells, z_pres, z_pres > 0, rounds) for rounds in (1, 3)]
+        centres = [model.window(m.u, 8)[2][0, cell] for m in moved]
+    step = centres[0] - torch.tensor([21.0, 21.0])  # one round: one pixel, towards the ink
+    torch.testing.assert_close(step.abs().sum(), torch.tensor(1.0))
+    assert (centres[0] - target).abs().sum() < 3.0 - 0.5
+    torch.testing.assert_close(centres[1], target)
+    torch.testing.assert_close(moved[1].z_where[0, cell, 1:], target / 48 * 2 - 1)
+    untouched = untouched_cells(cell)
+    assert torch.equal(moved[1].u[:, untouched], cells.u[:, untouched])
 
 
 def test_refining_many_images_a_few_at_a_time_changes_nothing(monkeypatch):
