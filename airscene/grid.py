@@ -543,16 +543,18 @@ class GridAIR(nn.Module):
         ``passes``, each of the ``_REFINE_CANDIDATES`` cells that are off and most likely under
         q is tried on, with its own proposal, and each of as many present cells whose centre
         lies in another present object's window (least likely first) is tried off; with each
-        try, the present objects whose patches share pixels with the tried cell's are read
-        again from what the others leave (``explain_away``). A try that gains, and gains most
-        in its neighbourhood, is made with its neighbours so read; far-apart tries are made in
-        the same pass, and where their combined ELBO is below the best single try's, that try
-        alone is made, so the score never falls. A cell switched off goes back to its own
-        proposal.
+        try, the tried cell, if on, and the present objects whose patches share pixels with
+        its patch are read again from what the others leave, ``_READ_ROUNDS`` times
+        (``read_again``: z_what, and the window moved a pixel where that explains more). A try
+        that gains, and gains most in its neighbourhood, is made with its neighbours so read;
+        far-apart tries are made in the same pass, and where their combined ELBO is below the
+        best single try's, that try alone is made, so the score never falls. A cell switched
+        off goes back to its own proposal.
 
         The switch on undoes the grid's typical miss: a thin digit touching a neighbour, drawn
-        by the neighbour's object (its window holds both), its own cell off because switching
-        it on alone would draw it twice. The switch off undoes a digit claimed by two cells.
+        by the neighbour's object (its window holds both, often centred between them), its own
+        cell off because switching it on alone would draw it twice; read again, the
+        neighbour's window moves back onto its own digit. The switch off undoes a digit claimed by two cells.
         Only a covered object may be switched off: under the model's ELBO a lone thin digit's
         object (a "1") often costs more than the ink it explains, and removing any object
         measured worse (results/many-objects/findings.md)."""
