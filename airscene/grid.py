@@ -98,8 +98,6 @@ class CellProposals:
     log_q: torch.Tensor  # (B, K) log q(u, z_what)
     log_p: torch.Tensor  # (B, K) log p(u, z_what)
     log_q_where: torch.Tensor  # (B, K) log q(u), the part of log_q that z_what does not change
-    log_p_where: torch.Tensor  # (B, K) log p(u)
-    in_patch: torch.Tensor  # (B, K, 3) the window (scale, x, y) in its cell's patch
     patches: torch.Tensor  # (B, K, P * P) each object drawn alone in its cell's patch
     padded: int  # side of the padded canvas the cells tile
 
@@ -282,8 +280,6 @@ class GridAIR(nn.Module):
             log_q=log_q,
             log_p=log_p,
             log_q_where=log_q_where,
-            log_p_where=log_p_where,
-            in_patch=in_patch,
             patches=patches.view(batch, cells, -1),
             padded=padded,
         )
@@ -309,9 +305,11 @@ class GridAIR(nn.Module):
         """The cell-local ``u`` (..., 3) of the window ``u`` moved by ``dx, dy`` px (kept just
         inside the reach of its cell)."""
         reach = self.reach * self.cell_size
-        offset = reach * torch.tanh(u[..., 1:]) + u.new_tensor([dx, dy])
+        step = u.new_tensor([dx, dy])
+        offset = reach * torch.tanh(u[..., 1:]) + step
         inside = torch.atanh((offset / reach).clamp(-1 + 1e-3, 1 - 1e-3))
-        return torch.cat([u[..., :1], inside], -1)
+        # The axis not moved keeps its u exactly (the clamp would pull a far one in).
+        return torch.cat([u[..., :1], torch.where(step != 0, inside, u[..., 1:])], -1)
 
     def paint(
         self, patches: torch.Tensor, z_pres: torch.Tensor, padded: int, ring: bool = False
@@ -454,8 +452,8 @@ class GridAIR(nn.Module):
         """The objects of cells ``cell`` of images ``image`` (each (n,)), present, read again
         at q's mode from their patch of ``ring[image]`` (the image laid out as ``ring_image``)
         less what the others draw there, ``painted[row]`` (``paint(..., ring=True)``, the
-        object itself included, as ``now`` holds it (its ``_READ_FIELDS``, by default its
-        proposal in ``cells``). Its window is read again too: of the window where it is and
+        object itself included, as ``now`` holds it: its ``_READ_FIELDS``, by default as
+        ``cells`` holds them). Its window is read again too: of the window where it is and
         that window moved by ``_WINDOW_SHIFT`` px along x or y, the one whose object best
         explains what the others leave (the patch's likelihood plus log p - log q of the
         object; q(u)'s mean moves to the chosen window). A window centred between two
@@ -466,10 +464,9 @@ class GridAIR(nn.Module):
         if now is None:
             now = {name: getattr(cells, name)[image, cell] for name in _READ_FIELDS}
         ys, xs = self.patch_pixels(cell, per_row)
-        own = now["patches"].view(-1, size, size)
-        unexplained = ring[image[:, None, None], ys, xs] - (
-            painted[row[:, None, None], ys, xs] - own
-        )
+        seen = ring[image[:, None, None], ys, xs]
+        others = painted[row[:, None, None], ys, xs] - now["patches"].view(-1, size, size)
+        unexplained = seen - others
         where_now = now["u"]
         step = _WINDOW_SHIFT
         shifts = ((step, 0.0), (-step, 0.0), (0.0, step), (0.0, -step))
@@ -477,8 +474,10 @@ class GridAIR(nn.Module):
         n, tried = u.shape[:2]
         side_px, offset = self.side_and_offset(u)
         in_patch = torch.cat([(side_px / size).unsqueeze(-1), offset / (size / 2)], -1)
-        seen = unexplained.unsqueeze(1).expand(n, tried, size, size).reshape(-1, size, size)
-        glimpse = read_glimpse(seen, in_patch.flatten(0, 1), self.objects.config.glimpse_size)
+        each = lambda t: t.unsqueeze(1).expand(n, tried, size, size).reshape(-1, size, size)  # noqa: E731
+        glimpse = read_glimpse(
+            each(unexplained), in_patch.flatten(0, 1), self.objects.config.glimpse_size
+        )
         loc, scale = self.objects.encoder(glimpse.flatten(1))
         drawn = write_glimpse(self.objects.decoder(loc), in_patch.flatten(0, 1), size)
         # q(u)'s mean moved to the chosen window, its spread kept.
@@ -486,7 +485,11 @@ class GridAIR(nn.Module):
         log_p_where = standard_normal_log_prob(u).sum(-1)
         log_q = log_q_where + normal_log_prob(loc, loc, scale).sum(-1).view(n, tried)
         log_p = log_p_where + standard_normal_log_prob(loc).sum(-1).view(n, tried)
-        fit = pixel_log_likelihood(self.config, seen, self.objects.canvas_image(drawn))
+        # The patch's log p(x | z) with the others' drawing and this one: exact for any
+        # composite and likelihood (the cap applies to the sum, not to the object alone).
+        fit = pixel_log_likelihood(
+            self.config, each(seen), self.objects.canvas_image(each(others) + drawn)
+        )
         best = (fit.flatten(1).sum(1).view(n, tried) + log_p - log_q).argmax(1)
         pick = torch.arange(n, device=u.device), best
         centre = torch.stack([cell % per_row, cell // per_row], -1).to(u.dtype)
@@ -497,13 +500,11 @@ class GridAIR(nn.Module):
         return {
             "u": u[pick],
             "z_where": z_where,
-            "in_patch": in_patch[pick],
             "z_what": loc.view(n, tried, -1)[pick],
             "patches": drawn.view(n, tried, -1)[pick],
             "log_q": log_q[pick],
             "log_p": log_p[pick],
             "log_q_where": log_q_where[pick],
-            "log_p_where": log_p_where[pick],
         }
 
     def explain_away(
@@ -561,7 +562,8 @@ class GridAIR(nn.Module):
         batch, count = z_pres.shape
         tries = min(_REFINE_CANDIDATES, count)
         # Each pass holds a copy of the canvas per try (``2 * tries`` per image), and the
-        # patches of the neighbours each try reads again: refine a few images at a time.
+        # patches of the neighbours each try reads again (five windows each; not counted in
+        # the bound, as a neighbourhood holds a few objects): refine a few images at a time.
         side = cells.padded + 2 * self.margin
         most = max(1, _REFINE_VALUES // (2 * tries * side * side))
         if batch > most:
@@ -656,12 +658,11 @@ class GridAIR(nn.Module):
             last = F.max_pool2d(order.view(-1, 1, rows, rows), **window).flatten(1)
             chosen &= order >= last
             together_z = torch.where(chosen, 1 - z_pres, z_pres)
-            together = cells
             moved_near = F.max_pool2d(chosen.to(x.dtype).view(-1, 1, rows, rows), **window).flatten(
                 1
             )
             which = (moved_near > 0) & (together_z > 0)
-            together = self.explain_away(ring, together, together_z, which, _READ_ROUNDS)
+            together = self.explain_away(ring, cells, together_z, which, _READ_ROUNDS)
             together_score = self.scene_score(x, together, together_z, z_pres_prior)
             # ... unless the best single move alone scores higher.
             best_gain, best = gain.max(1)
@@ -775,13 +776,11 @@ _REFINE_VALUES = 2**24
 _READ_FIELDS = (
     "u",
     "z_where",
-    "in_patch",
     "z_what",
     "patches",
     "log_q",
     "log_p",
     "log_q_where",
-    "log_p_where",
 )
 # How far (px) ``GridAIR.read_again`` tries moving a window, and how many times a search try
 # reads the objects around it again.

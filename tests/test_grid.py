@@ -253,35 +253,45 @@ def untouched_cells(*cells: int) -> torch.Tensor:
     return untouched
 
 
-def test_reading_again_moves_a_window_onto_what_its_object_draws():
+@pytest.mark.parametrize("side", [48, 50])
+def test_reading_again_moves_a_window_onto_what_its_object_draws(side):
     """An object whose window lies off the ink it draws moves onto it, a pixel at a time, as
-    it is read again: a window centred between two touching digits moves back onto its own
-    once the other is drawn by another object."""
+    it is read again (in ``refine``, the window of a digit's neighbour that also drew the digit
+    moves back onto the neighbour once the digit's own cell draws it). At 50 px the cells tile
+    a padded canvas of 54."""
     model = grid_model(seed=4).eval()
     with torch.no_grad():
         decoder = model.objects.decoder.net[-1]  # every glimpse a flat square of ink
         torch.nn.init.zeros_(decoder.weight)
         torch.nn.init.constant_(decoder.bias, 4.0)
-        cell = 3 * 8 + 3  # centred at (21, 21)
         target = torch.tensor([23.0, 20.0])  # two pixels right, one up
         square = {
-            "z_where": torch.cat([torch.tensor([model.side / 48]), target / 48 * 2 - 1])[None],
+            "z_where": torch.cat([torch.tensor([model.side / side]), target / side * 2 - 1])[None],
             "z_what": torch.zeros(1, model.objects.z_what_dim),
         }
-        x = model.objects.draw(square).clamp(0, 1)
+        x = model.objects.at_canvas(side).draw(square).clamp(0, 1)
         cells = model.propose(x, sample=False)
+        per_row = cells.padded // 6
+        cell = 3 * per_row + 3
         cells.u[:, cell] = 0.0  # its window at the cell's centre, its side the prior's
         z_pres = torch.zeros_like(cells.logits)
         z_pres[:, cell] = 1.0
         ring = model.ring_image(x, cells.padded)
         moved = [model.explain_away(ring, cells, z_pres, z_pres > 0, rounds) for rounds in (1, 3)]
-        centres = [model.window(m.u, 8)[2][0, cell] for m in moved]
+        centres = [model.window(m.u, per_row)[2][0, cell] for m in moved]
+        drawn = model.objects.at_canvas(cells.padded).draw(
+            {"z_where": moved[1].z_where[:, cell], "z_what": moved[1].z_what[:, cell]}
+        )
     step = centres[0] - torch.tensor([21.0, 21.0])  # one round: one pixel, towards the ink
     torch.testing.assert_close(step.abs().sum(), torch.tensor(1.0))
     assert (centres[0] - target).abs().sum() < 3.0 - 0.5
     torch.testing.assert_close(centres[1], target)
-    torch.testing.assert_close(moved[1].z_where[0, cell, 1:], target / 48 * 2 - 1)
-    untouched = untouched_cells(cell)
+    torch.testing.assert_close(moved[1].z_where[0, cell, 1:], target / cells.padded * 2 - 1)
+    # Its drawing is the object drawn at the window it moved to.
+    painted = model.paint(moved[1].patches, z_pres, cells.padded)
+    torch.testing.assert_close(painted, drawn, atol=1e-5, rtol=0)
+    untouched = torch.ones(per_row * per_row, dtype=torch.bool)
+    untouched[cell] = False
     assert torch.equal(moved[1].u[:, untouched], cells.u[:, untouched])
 
 
