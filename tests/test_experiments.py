@@ -679,8 +679,9 @@ def test_many_objects_experiment_wiring(tmp_path, monkeypatch, capsys):
 
     real_config = many_objects.scheme_config
 
-    def tiny_config(scheme, steps, seed):
-        run = real_config(scheme, steps, seed)
+    def tiny_config(scheme, steps, seed, eval_scenes):
+        assert eval_scenes == 200  # the quick sizes' (replaced below)
+        run = real_config(scheme, steps, seed, eval_scenes)
         objects = dataclasses.replace(run.model.objects, encoder_hidden=8, decoder_hidden=8)
         model = dataclasses.replace(run.model, objects=objects, lstm_size=8, predictor_hidden=8,
                                     baseline_lstm_size=8, grid_channels=8)  # fmt: skip
@@ -690,7 +691,9 @@ def test_many_objects_experiment_wiring(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(many_objects, "scheme_config", tiny_config)
     monkeypatch.setattr(
-        many_objects, "QUICK", many_objects.Sizes(2, 1, scenes=4, transfer_scenes=2, timed_steps=1)
+        many_objects,
+        "QUICK",
+        many_objects.Sizes(2, 1, scenes=4, transfer_scenes=2, timed_steps=1, eval_scenes=200),
     )
     out = tmp_path / "report"
     assert main(["experiment", "many-objects", "--quick", "--out", str(out)]) == 0

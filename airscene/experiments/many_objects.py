@@ -51,23 +51,33 @@ class Sizes:
     scenes: int = 1_000  # held-out scenes per n
     transfer_scenes: int = 1_000  # per count at 84 px; per canvas at 160 px
     timed_steps: int = 10
+    eval_scenes: int = 1_000  # held-out scenes of each evaluation during training
 
 
 QUICK = Sizes(
-    grid_steps=1_500, sequential_steps=600, scenes=200, transfer_scenes=100, timed_steps=3
+    grid_steps=1_500,
+    sequential_steps=600,
+    scenes=200,
+    transfer_scenes=100,
+    timed_steps=3,
+    eval_scenes=200,
 )
 
 
-def scheme_config(scheme: str, steps: int, seed: int) -> RunConfig:
+def scheme_config(scheme: str, steps: int, seed: int, eval_scenes: int = 1_000) -> RunConfig:
     """The scattered-digits run of ``scheme``: the family's preset (AIR; DAIR with ``--dair``)
-    or the grid's recipe over it, ``steps`` long."""
+    or the grid's recipe over it, ``steps`` long, evaluated four times on ``eval_scenes``."""
     preset = SCATTERED_DIGITS.preset()
     if scheme == "grid":
         preset = GridAIR.recipe(preset)
     elif scheme == "DAIR":
         preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, dair=True))
     train_config = dataclasses.replace(
-        preset.train, steps=steps, seed=seed, eval_every=max(steps // 4, 1), eval_scenes=1_000
+        preset.train,
+        steps=steps,
+        seed=seed,
+        eval_every=max(steps // 4, 1),
+        eval_scenes=eval_scenes,
     )
     return dataclasses.replace(preset, train=train_config)
 
@@ -160,7 +170,7 @@ def run_many_objects(
     for scheme in SCHEMES:
         steps = sizes.grid_steps if scheme == "grid" else sizes.sequential_steps
         run_dir = out / "runs" / f"{scheme.lower()}-seed{seed}"
-        trained = trained_or_reused(scheme_config(scheme, steps, seed), run_dir,
+        trained = trained_or_reused(scheme_config(scheme, steps, seed, sizes.eval_scenes), run_dir,
                                     (reuse or {}).get(scheme), "many-objects", progress)  # fmt: skip
         model, config, run, train_seconds = (
             trained.model,
