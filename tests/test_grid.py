@@ -170,6 +170,32 @@ def test_refining_the_mode_never_lowers_the_scene_score():
     assert (counts[-1] >= 4).all()
 
 
+def test_a_try_is_scored_as_the_scene_it_makes(monkeypatch):
+    """Each try of the search is scored on a copy of the canvas with its changes placed on it
+    (its cell, its neighbours read again twice); the scene the search then makes scores what
+    its try scored. One square, so one try is made: the one that gains most."""
+    model = grid_model(seed=2).eval()
+    x = torch.zeros(1, 48, 48)
+    x[:, 17:27, 19:29] = 1.0
+    calls = []
+    score_painted = model.score_painted
+
+    def recorded(*args, **kwargs):
+        calls.append(score_painted(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(model, "score_painted", recorded)
+    with torch.no_grad():
+        torch.nn.init.constant_(model.objects.decoder.net[-1].bias, 4.0)
+        cells = model.propose(x, sample=False)
+        z_pres = torch.zeros_like(cells.logits)
+        cells, z_pres = model.refine(x, cells, z_pres, None, passes=1)
+        made = model.scene_score(x, cells, z_pres)
+    tried = calls[1]  # the pass scores the scene, then every try
+    assert len(tried) == 8 and z_pres.sum() == 1
+    torch.testing.assert_close(made, tried.max().reshape(1), rtol=0, atol=1e-3)
+
+
 def test_refining_switches_off_a_digit_claimed_twice_but_not_a_lone_object(monkeypatch):
     """Cells 9 and 10 both draw the square centred between them (their windows moved to the
     same centre); cell 50 draws a square on black, which costs the scene far more than it
