@@ -251,7 +251,7 @@ class GridAIR(nn.Module):
         cells = rows * cols
         # The window: side and centre in pixels; its offset from the cell's centre.
         side_px, offset, centre = self.window(u, cols)
-        z_where = torch.cat([(side_px / padded).unsqueeze(-1), centre / padded * 2 - 1], -1)
+        z_where = _window_z_where(side_px, centre, padded)
         glimpse_size = self.objects.config.glimpse_size
         # Every cell's glimpse of an image in one sampling grid (B, K*G, G): no copy of the
         # image per cell.
@@ -264,7 +264,7 @@ class GridAIR(nn.Module):
         z_what = what_loc
         if sample:
             z_what = what_loc + what_scale * standard_normal(what_loc.shape, what_loc, generator)
-        in_patch = torch.cat([(side_px / self.patch).unsqueeze(-1), offset / (self.patch / 2)], -1)
+        in_patch = self.in_patch(side_px, offset)
         patches = write_glimpse(self.objects.decoder(z_what), in_patch.flatten(0, 1), self.patch)
         log_q_where = normal_log_prob(u, u_loc, u_scale).sum(-1)
         log_p_where = standard_normal_log_prob(u).sum(-1)
@@ -285,14 +285,16 @@ class GridAIR(nn.Module):
         )
 
     def window(
-        self, u: torch.Tensor, per_row: int
+        self, u: torch.Tensor, per_row: int, cell: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each cell's window from its cell-local ``u`` (B, K, 3), the K cells row-major,
-        ``per_row`` to a row: its side in pixels (B, K), its centre's offset from the cell's
-        centre (B, K, 2) and the centre on the padded canvas (B, K, 2), x then y."""
+        ``per_row`` to a row (or the windows ``u`` (n, 3) of the cells ``cell`` (n,)): its side
+        in pixels (B, K), its centre's offset from the cell's centre (B, K, 2) and the centre on
+        the padded canvas (B, K, 2), x then y."""
         side_px, offset = self.side_and_offset(u)
-        index = torch.arange(u.shape[-2], device=u.device)
-        centre = torch.stack([index % per_row, index // per_row], -1).to(u.dtype)
+        if cell is None:
+            cell = torch.arange(u.shape[-2], device=u.device)
+        centre = torch.stack([cell % per_row, cell // per_row], -1).to(u.dtype)
         return side_px, offset, (centre + 0.5) * self.cell_size + offset
 
     def side_and_offset(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,6 +302,11 @@ class GridAIR(nn.Module):
         (..., 2) from its cell-local ``u`` (..., 3)."""
         side_px = self.side * torch.exp(self.log_side_sd * u[..., 0])
         return side_px, self.reach * self.cell_size * torch.tanh(u[..., 1:])
+
+    def in_patch(self, side_px: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """The window (scale, x, y) (..., 3) of side ``side_px`` (...) and offset ``offset``
+        (..., 2) from its cell's centre, in its cell's patch."""
+        return torch.cat([(side_px / self.patch).unsqueeze(-1), offset / (self.patch / 2)], -1)
 
     def shifted(self, u: torch.Tensor, dx: float, dy: float) -> torch.Tensor:
         """The cell-local ``u`` (..., 3) of the window ``u`` moved by ``dx, dy`` px (kept just
@@ -462,7 +469,7 @@ class GridAIR(nn.Module):
         per_row = cells.padded // self.cell_size
         size = self.patch
         if now is None:
-            now = {name: getattr(cells, name)[image, cell] for name in _READ_FIELDS}
+            now = _fields_at(cells, image, cell)
         ys, xs = self.patch_pixels(cell, per_row)
         seen = ring[image[:, None, None], ys, xs]
         others = painted[row[:, None, None], ys, xs] - now["patches"].view(-1, size, size)
@@ -473,7 +480,7 @@ class GridAIR(nn.Module):
         u = torch.stack([where_now, *[self.shifted(where_now, *d) for d in shifts]], 1)
         n, tried = u.shape[:2]
         side_px, offset = self.side_and_offset(u)
-        in_patch = torch.cat([(side_px / size).unsqueeze(-1), offset / (size / 2)], -1)
+        in_patch = self.in_patch(side_px, offset)
         each = lambda t: t.unsqueeze(1).expand(n, tried, size, size).reshape(-1, size, size)  # noqa: E731
         glimpse = read_glimpse(
             each(unexplained), in_patch.flatten(0, 1), self.objects.config.glimpse_size
@@ -492,14 +499,10 @@ class GridAIR(nn.Module):
         )
         best = (fit.flatten(1).sum(1).view(n, tried) + log_p - log_q).argmax(1)
         pick = torch.arange(n, device=u.device), best
-        centre = torch.stack([cell % per_row, cell // per_row], -1).to(u.dtype)
-        centre = (centre + 0.5) * self.cell_size + offset[pick]
-        z_where = torch.cat(
-            [(side_px[pick] / cells.padded).unsqueeze(-1), centre / cells.padded * 2 - 1], -1
-        )
+        chosen_px, _, centre = self.window(u[pick], per_row, cell)
         return {
             "u": u[pick],
-            "z_where": z_where,
+            "z_where": _window_z_where(chosen_px, centre, cells.padded),
             "z_what": loc.view(n, tried, -1)[pick],
             "patches": drawn.view(n, tried, -1)[pick],
             "log_q": log_q[pick],
@@ -627,7 +630,7 @@ class GridAIR(nn.Module):
             pair, neighbour = (near & (tried_z > 0)).nonzero(as_tuple=True)
             owner = image[pair]
             ys, xs = self.patch_pixels(neighbour, rows)
-            read = {name: getattr(cells, name)[owner, neighbour] for name in _READ_FIELDS}
+            read = _fields_at(cells, owner, neighbour)
             for _ in range(_READ_ROUNDS):
                 drawn = read["patches"]
                 read = self.read_again(ring, canvas, owner, pair, neighbour, cells, read)
@@ -756,7 +759,7 @@ class GridAIR(nn.Module):
         if within_canvas:
             half = side_px.unsqueeze(-1) / 2
             centre = torch.minimum(torch.maximum(centre, half), side - half)
-        z_where = torch.cat([(side_px / side).unsqueeze(-1), centre / side * 2 - 1], -1)
+        z_where = _window_z_where(side_px, centre, side)
         image, cell = z_pres.nonzero(as_tuple=True)
         objects = self.objects
         drawn = objects.draw({"z_where": z_where[image, cell], "z_what": z_what[image, cell]})
@@ -786,6 +789,17 @@ _READ_FIELDS = (
 # reads the objects around it again.
 _WINDOW_SHIFT = 1.0
 _READ_ROUNDS = 2
+
+
+def _window_z_where(side_px: torch.Tensor, centre: torch.Tensor, canvas: int) -> torch.Tensor:
+    """z_where (scale, x, y) (..., 3) of the window of side ``side_px`` (...) centred at
+    ``centre`` (..., 2) px on a canvas of ``canvas`` px."""
+    return torch.cat([(side_px / canvas).unsqueeze(-1), centre / canvas * 2 - 1], -1)
+
+
+def _fields_at(cells: CellProposals, image: torch.Tensor, cell: torch.Tensor) -> dict:
+    """The ``_READ_FIELDS`` of the objects of cells ``cell`` of images ``image`` (each (n,))."""
+    return {name: getattr(cells, name)[image, cell] for name in _READ_FIELDS}
 
 
 def _tensor_fields(cells: CellProposals) -> list[str]:
