@@ -513,6 +513,13 @@ class ModelConfig:
         "their windows moved a pixel where that explains it better, and keeps the switches "
         "that gain; 0: q's mode as it is)",
     )
+    grid_aspect_spread: float = param(
+        0.0,
+        "grid: windows narrower than tall (SPAIR's separate width): a window's width is its "
+        "height times exp(-a softplus(-v)), v ~ N(0, 1) a fourth cell-local latent and a this "
+        "spread, so that a window can fit a thin digit and leave its neighbour out; 0: square "
+        "windows",
+    )
     grid_presence_bias: float = param(
         -2.0, "grid: q(z_pres)'s initial logit in every cell (-2: about one cell in eight on)"
     )
@@ -560,6 +567,10 @@ class ModelConfig:
         _check(
             self.grid_refine_passes >= 0,
             f"grid_refine_passes must be >= 0, got {self.grid_refine_passes}",
+        )
+        _check(
+            self.grid_aspect_spread >= 0,
+            f"grid_aspect_spread must be >= 0, got {self.grid_aspect_spread}",
         )
         _check(
             self.background in ("none", "learned", "smooth"),

@@ -50,15 +50,15 @@ _PATCH_SIGMAS = 2.0
 
 
 class CellNetwork(nn.Module):
-    """Image (B, 1, H, W), H and W multiples of ``cell_size`` -> per cell (B, 7, H/c, W/c): the
-    z_pres logit, q(u)'s loc (3) and q(u)'s scale before its bound (3).
+    """Image (B, 1, H, W), H and W multiples of ``cell_size`` -> per cell (B, 1 + 2d, H/c, W/c):
+    the z_pres logit, q(u)'s loc (d) and q(u)'s scale before its bound (d), d = ``where_dims``.
 
     Strided convolutions bring the image to one feature vector per cell (a cell of 8 px: three
     halvings; of 6 px: a halving and a third), then two 3x3 convolutions let each cell see its
     neighbours' features: a digit between two cells is visible to both, and each can tell
     whether the other is better placed."""
 
-    def __init__(self, cell_size: int, channels: int) -> None:
+    def __init__(self, cell_size: int, channels: int, where_dims: int = 3) -> None:
         super().__init__()
         strides = _strides(cell_size)
         layers: list[nn.Module] = []
@@ -70,7 +70,7 @@ class CellNetwork(nn.Module):
         for _ in range(2):
             layers += [nn.Conv2d(channels, channels, 3, 1, 1), nn.CELU()]
         self.features = nn.Sequential(*layers)
-        self.head = nn.Conv2d(channels, 7, 1)
+        self.head = nn.Conv2d(channels, 1 + 2 * where_dims, 1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(image))
@@ -92,8 +92,8 @@ class CellProposals:
     """Every cell's object, as q proposes it, before z_pres is drawn; K = cells per image."""
 
     logits: torch.Tensor  # (B, K) q's z_pres logits
-    u: torch.Tensor  # (B, K, 3) the cell-local z_where: log side, x, y offsets
-    z_where: torch.Tensor  # (B, K, 3) the window (scale, x, y) on the padded canvas
+    u: torch.Tensor  # (B, K, d) the cell-local z_where: log side, x, y offsets (, aspect)
+    z_where: torch.Tensor  # (B, K, 3 or 4) the window (scale, x, y (, height)) on the padded canvas
     z_what: torch.Tensor  # (B, K, D)
     log_q: torch.Tensor  # (B, K) log q(u, z_what)
     log_p: torch.Tensor  # (B, K) log p(u, z_what)
@@ -126,17 +126,21 @@ class GridAIR(nn.Module):
         self.log_side_sd = (
             objects_config.z_where_prior_scale[0] / objects_config.z_where_prior_loc[0]
         )
+        # Rectangular windows: u's fourth value narrows the width (never wider than tall, so a
+        # window fits the patch a square of its height fits).
+        self.aspect_spread = config.grid_aspect_spread
+        self.where_dims = 4 if self.aspect_spread > 0 else 3
         half = self.reach * self.cell_size + 0.5 * self.side * math.exp(
             _PATCH_SIGMAS * self.log_side_sd
         )
         self.margin = max(0, math.ceil(half - self.cell_size / 2))
         self.patch = self.cell_size + 2 * self.margin
-        self.network = CellNetwork(self.cell_size, config.grid_channels)
+        self.network = CellNetwork(self.cell_size, config.grid_channels, self.where_dims)
         with torch.no_grad():  # start near the prior: few cells on, windows at the cell centres
             self.network.head.weight.mul_(0.1)
             self.network.head.bias.zero_()
             self.network.head.bias[0] = config.grid_presence_bias
-            self.network.head.bias[4:] = -2.0
+            self.network.head.bias[1 + self.where_dims :] = -2.0
 
     @staticmethod
     def recipe(run: RunConfig) -> RunConfig:
@@ -242,16 +246,17 @@ class GridAIR(nn.Module):
             raise ValueError(f"grid inference reads square images, got {tuple(x.shape[-2:])}")
         padded = self.padded_side(side)
         canvas = F.pad(x, (0, padded - side, 0, padded - side))
-        out = self.network(canvas.unsqueeze(1))  # (B, 7, h, w)
+        out = self.network(canvas.unsqueeze(1))  # (B, 1 + 2d, h, w)
         rows, cols = out.shape[-2:]
-        out = out.permute(0, 2, 3, 1).reshape(batch, rows * cols, 7)
-        logits, u_loc = out[..., 0], out[..., 1:4]
-        u_scale = 0.5 * torch.sigmoid(out[..., 4:7]) + 1e-3
+        out = out.permute(0, 2, 3, 1).reshape(batch, rows * cols, out.shape[1])
+        dims = self.where_dims
+        logits, u_loc = out[..., 0], out[..., 1 : 1 + dims]
+        u_scale = 0.5 * torch.sigmoid(out[..., 1 + dims :]) + 1e-3
         u = u_loc + u_scale * standard_normal(u_loc.shape, u_loc, generator) if sample else u_loc
         cells = rows * cols
-        # The window: side and centre in pixels; its offset from the cell's centre.
-        side_px, offset, centre = self.window(u, cols)
-        z_where = _window_z_where(side_px, centre, padded)
+        # The window: size and centre in pixels; its offset from the cell's centre.
+        size, offset, centre = self.window(u, cols)
+        z_where = self.window_z_where(size, centre, padded)
         glimpse_size = self.objects.config.glimpse_size
         # Every cell's glimpse of an image in one sampling grid (B, K*G, G): no copy of the
         # image per cell.
@@ -264,7 +269,7 @@ class GridAIR(nn.Module):
         z_what = what_loc
         if sample:
             z_what = what_loc + what_scale * standard_normal(what_loc.shape, what_loc, generator)
-        in_patch = self.in_patch(side_px, offset)
+        in_patch = self.in_patch(size, offset)
         patches = write_glimpse(self.objects.decoder(z_what), in_patch.flatten(0, 1), self.patch)
         log_q_where = normal_log_prob(u, u_loc, u_scale).sum(-1)
         log_p_where = standard_normal_log_prob(u).sum(-1)
@@ -287,36 +292,53 @@ class GridAIR(nn.Module):
     def window(
         self, u: torch.Tensor, per_row: int, cell: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Each cell's window from its cell-local ``u`` (B, K, 3), the K cells row-major,
-        ``per_row`` to a row (or the windows ``u`` (n, 3) of the cells ``cell`` (n,)): its side
-        in pixels (B, K), its centre's offset from the cell's centre (B, K, 2) and the centre on
-        the padded canvas (B, K, 2), x then y."""
-        side_px, offset = self.side_and_offset(u)
+        """Each cell's window from its cell-local ``u`` (B, K, d), the K cells row-major,
+        ``per_row`` to a row (or the windows ``u`` (n, d) of the cells ``cell`` (n,)): its width
+        and height in pixels (B, K, 2), its centre's offset from the cell's centre (B, K, 2) and
+        the centre on the padded canvas (B, K, 2), x then y."""
+        size, offset = self.size_and_offset(u)
         if cell is None:
             cell = torch.arange(u.shape[-2], device=u.device)
         centre = torch.stack([cell % per_row, cell // per_row], -1).to(u.dtype)
-        return side_px, offset, (centre + 0.5) * self.cell_size + offset
+        return size, offset, (centre + 0.5) * self.cell_size + offset
 
-    def side_and_offset(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A window's side in pixels (...) and its centre's offset from its cell's centre
-        (..., 2) from its cell-local ``u`` (..., 3)."""
-        side_px = self.side * torch.exp(self.log_side_sd * u[..., 0])
-        return side_px, self.reach * self.cell_size * torch.tanh(u[..., 1:])
+    def size_and_offset(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A window's width and height in pixels (..., 2) and its centre's offset from its
+        cell's centre (..., 2) from its cell-local ``u`` (..., d)."""
+        height = self.side * torch.exp(self.log_side_sd * u[..., 0])
+        width = height
+        if self.where_dims == 4:
+            width = height * torch.exp(-self.aspect_spread * F.softplus(-u[..., 3]))
+        offset = self.reach * self.cell_size * torch.tanh(u[..., 1:3])
+        return torch.stack([width, height], -1), offset
 
-    def in_patch(self, side_px: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        """The window (scale, x, y) (..., 3) of side ``side_px`` (...) and offset ``offset``
-        (..., 2) from its cell's centre, in its cell's patch."""
-        return torch.cat([(side_px / self.patch).unsqueeze(-1), offset / (self.patch / 2)], -1)
+    def window_z_where(self, size: torch.Tensor, centre: torch.Tensor, canvas: int) -> torch.Tensor:
+        """z_where (..., 3) (square windows; (..., 4) with rectangular ones) of the window of
+        width and height ``size`` (..., 2) centred at ``centre`` (..., 2) px on a canvas of
+        ``canvas`` px."""
+        z_where = torch.cat([size[..., :1] / canvas, centre / canvas * 2 - 1], -1)
+        if self.where_dims == 4:
+            z_where = torch.cat([z_where, size[..., 1:] / canvas], -1)
+        return z_where
+
+    def in_patch(self, size: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """The window z_where (..., 3 or 4) of width and height ``size`` (..., 2) and offset
+        ``offset`` (..., 2) from its cell's centre, in its cell's patch (centred there)."""
+        z_where = torch.cat([size[..., :1] / self.patch, offset / (self.patch / 2)], -1)
+        if self.where_dims == 4:
+            z_where = torch.cat([z_where, size[..., 1:] / self.patch], -1)
+        return z_where
 
     def shifted(self, u: torch.Tensor, dx: float, dy: float) -> torch.Tensor:
-        """The cell-local ``u`` (..., 3) of the window ``u`` moved by ``dx, dy`` px (kept just
-        inside the reach of its cell)."""
+        """The cell-local ``u`` (..., d) of the window ``u`` moved by ``dx, dy`` px (kept just
+        inside the reach of its cell); its size kept."""
         reach = self.reach * self.cell_size
         step = u.new_tensor([dx, dy])
-        offset = reach * torch.tanh(u[..., 1:]) + step
+        offset = reach * torch.tanh(u[..., 1:3]) + step
         inside = torch.atanh((offset / reach).clamp(-1 + 1e-3, 1 - 1e-3))
         # The axis not moved keeps its u exactly (the clamp would pull a far one in).
-        return torch.cat([u[..., :1], torch.where(step != 0, inside, u[..., 1:])], -1)
+        moved = torch.where(step != 0, inside, u[..., 1:3])
+        return torch.cat([u[..., :1], moved, u[..., 3:]], -1)
 
     def paint(
         self, patches: torch.Tensor, z_pres: torch.Tensor, padded: int, ring: bool = False
@@ -421,17 +443,17 @@ class GridAIR(nn.Module):
         return ys, xs
 
     def covered(
-        self, present: torch.Tensor, centre: torch.Tensor, side: torch.Tensor, per_row: int
+        self, present: torch.Tensor, centre: torch.Tensor, size: torch.Tensor, per_row: int
     ) -> torch.Tensor:
         """Per cell (B, K), whether its window's centre ``centre`` (B, K, 2) lies inside the
-        window (centre, side ``side`` (B, K)) of another cell that is ``present``. A window
-        lies inside its cell's patch (one wider than ``_PATCH_SIGMAS`` spreads is clipped
-        there), so only cells whose patches share pixels are compared."""
+        window (centre, width and height ``size`` (B, K, 2)) of another cell that is
+        ``present``. A window lies inside its cell's patch (one taller than ``_PATCH_SIGMAS``
+        spreads is clipped there), so only cells whose patches share pixels are compared."""
         batch = present.shape[0]
         reach = (self.patch - 1) // self.cell_size
         grid = lambda t: t.reshape(batch, per_row, per_row, -1).permute(0, 3, 1, 2)  # noqa: E731
         far = 4.0 * self.patch * per_row  # a centre no window reaches
-        others = F.pad(grid(torch.cat([centre, side.unsqueeze(-1)], -1)), (reach,) * 4, value=far)
+        others = F.pad(grid(torch.cat([centre, size], -1)), (reach,) * 4, value=far)
         on = F.pad(grid(present.unsqueeze(-1).to(centre.dtype)), (reach,) * 4)
         mine = grid(centre)
         found = torch.zeros(batch, 1, per_row, per_row, dtype=torch.bool, device=centre.device)
@@ -479,8 +501,8 @@ class GridAIR(nn.Module):
         shifts = ((step, 0.0), (-step, 0.0), (0.0, step), (0.0, -step))
         u = torch.stack([where_now, *[self.shifted(where_now, *d) for d in shifts]], 1)
         n, tried = u.shape[:2]
-        side_px, offset = self.side_and_offset(u)
-        in_patch = self.in_patch(side_px, offset)
+        size_px, offset = self.size_and_offset(u)
+        in_patch = self.in_patch(size_px, offset)
         each = lambda t: t.unsqueeze(1).expand(n, tried, size, size).reshape(-1, size, size)  # noqa: E731
         glimpse = read_glimpse(
             each(unexplained), in_patch.flatten(0, 1), self.objects.config.glimpse_size
@@ -499,10 +521,10 @@ class GridAIR(nn.Module):
         )
         best = (fit.flatten(1).sum(1).view(n, tried) + log_p - log_q).argmax(1)
         pick = torch.arange(n, device=u.device), best
-        chosen_px, _, centre = self.window(u[pick], per_row, cell)
+        chosen_size, _, centre = self.window(u[pick], per_row, cell)
         return {
             "u": u[pick],
-            "z_where": _window_z_where(chosen_px, centre, cells.padded),
+            "z_where": self.window_z_where(chosen_size, centre, cells.padded),
             "z_what": loc.view(n, tried, -1)[pick],
             "patches": drawn.view(n, tried, -1)[pick],
             "log_q": log_q[pick],
@@ -589,7 +611,7 @@ class GridAIR(nn.Module):
         centred = (row < self.cells_inside(x.shape[-1])) & (col < self.cells_inside(x.shape[-1]))
         proposed = cells  # what a cell switched off goes back to
         for _ in range(passes):
-            side_px, _, centre = self.window(cells.u, rows)
+            size, _, centre = self.window(cells.u, rows)
             painted = self.paint(cells.patches, z_pres, cells.padded, ring=True)
             term = cells.log_p - cells.log_q
             objects = (z_pres * term).sum(-1)
@@ -600,7 +622,7 @@ class GridAIR(nn.Module):
             adds = key.topk(tries, dim=1).indices  # (B, M)
             valid = addable.gather(1, adds)
             # Switched off may be only an object whose centre lies in another's window.
-            covered = present & self.covered(present, centre, side_px, rows)
+            covered = present & self.covered(present, centre, size, rows)
             key = torch.where(covered, -cells.logits, torch.full_like(cells.logits, -math.inf))
             removes = key.topk(tries, dim=1).indices
             moves = torch.cat([adds, removes], 1)
@@ -701,7 +723,12 @@ class GridAIR(nn.Module):
         # z_where as a window of the image itself (the padding lies beyond its right and bottom).
         ratio = cells.padded / side
         z_where = torch.cat(
-            [cells.z_where[..., :1] * ratio, (cells.z_where[..., 1:] + 1) * ratio - 1], -1
+            [
+                cells.z_where[..., :1] * ratio,
+                (cells.z_where[..., 1:3] + 1) * ratio - 1,
+                cells.z_where[..., 3:] * ratio,
+            ],
+            -1,
         )
         return Inference(
             z_pres=z_pres,
@@ -753,13 +780,13 @@ class GridAIR(nn.Module):
             keys = torch.rand(n, cells, generator=generator, device=like.device)
             keys = torch.where(centred, keys, torch.full_like(keys, 2.0))  # never among the first
             z_pres = (keys.argsort(1).argsort(1) < count.unsqueeze(1)).to(like.dtype)
-        u = standard_normal((n, cells, 3), like, generator)
+        u = standard_normal((n, cells, self.where_dims), like, generator)
         z_what = standard_normal((n, cells, self.objects.z_what_dim), like, generator)
-        side_px, _, centre = self.window(u, padded // self.cell_size)
+        size, _, centre = self.window(u, padded // self.cell_size)
         if within_canvas:
-            half = side_px.unsqueeze(-1) / 2
+            half = size / 2
             centre = torch.minimum(torch.maximum(centre, half), side - half)
-        z_where = _window_z_where(side_px, centre, side)
+        z_where = self.window_z_where(size, centre, side)
         image, cell = z_pres.nonzero(as_tuple=True)
         objects = self.objects
         drawn = objects.draw({"z_where": z_where[image, cell], "z_what": z_what[image, cell]})
@@ -789,12 +816,6 @@ _READ_FIELDS = (
 # reads the objects around it again.
 _WINDOW_SHIFT = 1.0
 _READ_ROUNDS = 2
-
-
-def _window_z_where(side_px: torch.Tensor, centre: torch.Tensor, canvas: int) -> torch.Tensor:
-    """z_where (scale, x, y) (..., 3) of the window of side ``side_px`` (...) centred at
-    ``centre`` (..., 2) px on a canvas of ``canvas`` px."""
-    return torch.cat([(side_px / canvas).unsqueeze(-1), centre / canvas * 2 - 1], -1)
 
 
 def _fields_at(cells: CellProposals, image: torch.Tensor, cell: torch.Tensor) -> dict:

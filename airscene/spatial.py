@@ -2,10 +2,14 @@
 
 ``z_where = (s, x, y)``: the glimpse is a square window whose side is the fraction ``s`` of the
 canvas side, centred at ``(x, y)`` in normalised canvas coordinates ([-1, 1], x to the right,
-y downwards, as in ``affine_grid``). Reading and writing are the two inverse affine maps:
+y downwards, as in ``affine_grid``). A window may also be a rectangle, ``z_where = (s, x, y,
+t)``: ``s`` its width's fraction of the canvas, ``t`` its height's (SPAIR's windows; the grid
+scheme's with ``grid_aspect_spread``). Reading and writing are the two inverse affine maps:
 
     read  (canvas -> glimpse): glimpse point g samples the canvas at   s * g + (x, y)
     write (glimpse -> canvas): canvas point p samples the glimpse at  (p - (x, y)) / s
+
+(``s`` per axis: ``(s, t)`` for a rectangle).
 
 Both use ``align_corners=False``, so [-1, 1] spans the outer pixel edges and ``s`` is exactly
 the ratio of window side to canvas side, whatever the two resolutions.
@@ -47,23 +51,31 @@ def _axis_aligned_grid(grid_x: torch.Tensor, grid_y: torch.Tensor) -> torch.Tens
     return torch.stack([gx, gy], dim=-1)
 
 
+def window_scales(z_where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The window's width and height as fractions of the canvas side, each (..., 1), from
+    ``z_where`` (..., 3) (a square: both ``s``) or (..., 4) (a rectangle: ``s`` and ``t``)."""
+    width = z_where[..., 0:1]
+    return width, z_where[..., 3:4] if z_where.shape[-1] == 4 else width
+
+
 def read_grid(z_where: torch.Tensor, glimpse_size: int) -> torch.Tensor:
     """Where each glimpse pixel samples the canvas, (M, G, G, 2)."""
-    s, x, y = z_where[:, 0:1], z_where[:, 1:2], z_where[:, 2:3]  # each (M, 1)
+    (s, t), x, y = window_scales(z_where), z_where[:, 1:2], z_where[:, 2:3]  # each (M, 1)
     centres = _pixel_centres(glimpse_size, z_where)
-    return _axis_aligned_grid(s * centres + x, s * centres + y)  # g -> s * g + (x, y)
+    return _axis_aligned_grid(s * centres + x, t * centres + y)  # g -> s * g + (x, y)
 
 
 def write_grid(z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
     """Where each canvas pixel samples the glimpse, (M, H, H, 2)."""
-    s, x, y = z_where[:, 0:1], z_where[:, 1:2], z_where[:, 2:3]  # each (M, 1)
-    inv = 1.0 / safe_scale(s)
+    (s, t), x, y = window_scales(z_where), z_where[:, 1:2], z_where[:, 2:3]  # each (M, 1)
+    inv_x, inv_y = 1.0 / safe_scale(s), 1.0 / safe_scale(t)
     centres = _pixel_centres(canvas_size, z_where)
-    return _axis_aligned_grid(inv * centres - x * inv, inv * centres - y * inv)  # (p - (x, y)) / s
+    # (p - (x, y)) / s
+    return _axis_aligned_grid(inv_x * centres - x * inv_x, inv_y * centres - y * inv_y)
 
 
 def read_glimpse(image: torch.Tensor, z_where: torch.Tensor, glimpse_size: int) -> torch.Tensor:
-    """Cut the window ``z_where`` (M, 3) out of ``image`` (M, H, W) as a (M, G, G) glimpse; an
+    """Cut the window ``z_where`` (M, 3) (or (M, 4)) out of ``image`` (M, H, W) as a (M, G, G) glimpse; an
     image with channels (M, C, H, W) gives (M, C, G, G)."""
     grid = read_grid(z_where, glimpse_size)
     if image.dim() == 4:
@@ -81,13 +93,13 @@ def write_glimpse(glimpse: torch.Tensor, z_where: torch.Tensor, canvas_size: int
 
 
 def z_where_to_box(z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
-    """The window of ``z_where`` (..., 3) as a pixel box ``x0, y0, x1, y1`` (..., 4), edges as
-    in the ground truth (pixel i spans [i, i + 1])."""
-    s, x, y = z_where.unbind(-1)
+    """The window of ``z_where`` (..., 3) (or (..., 4)) as a pixel box ``x0, y0, x1, y1``
+    (..., 4), edges as in the ground truth (pixel i spans [i, i + 1])."""
+    s, t = (scale.squeeze(-1).abs() for scale in window_scales(z_where))
+    x, y = z_where[..., 1], z_where[..., 2]
     half = canvas_size / 2.0
-    s = s.abs()
     return torch.stack(
-        [(x - s + 1) * half, (y - s + 1) * half, (x + s + 1) * half, (y + s + 1) * half], -1
+        [(x - s + 1) * half, (y - t + 1) * half, (x + s + 1) * half, (y + t + 1) * half], -1
     )
 
 

@@ -37,11 +37,20 @@ def test_the_grid_grows_with_the_image_and_every_cell_is_an_entry():
         assert torch.equal(inference.z_pres, (inference.z_pres_prob > 0.5).float())
 
 
-@pytest.mark.parametrize("side", [48, 50])
-def test_painted_patches_are_the_object_model_drawing_each_window(side):
+def aspect_model(seed: int = 0, **fields) -> GridAIR:
+    """A grid model with rectangular windows, most of them narrower than tall."""
+    model = grid_model(seed, grid_aspect_spread=0.5, **fields)
+    with torch.no_grad():
+        model.network.head.bias[4] = -1.5  # q(v)'s mean: width about 0.5 of the height
+    return model
+
+
+@pytest.mark.parametrize("side, aspect", [(48, False), (50, False), (48, True), (50, True)])
+def test_painted_patches_are_the_object_model_drawing_each_window(side, aspect):
     """The canvas painted patch by patch equals the object model drawing every present object
-    at its reported z_where on the whole image: the patches, their offsets and z_where agree."""
-    model = grid_model().eval()
+    at its reported z_where on the whole image: the patches, their offsets and z_where agree
+    (square windows, and rectangular ones)."""
+    model = (aspect_model() if aspect else grid_model()).eval()
     x = torch.rand(3, side, side)
     inference = model(x, generator=torch.Generator().manual_seed(1))
     image, cell = inference.z_pres.nonzero(as_tuple=True)
@@ -141,11 +150,12 @@ def test_sequential_models_still_shrink_large_images():
     assert Pipeline(model).reading_side(np.zeros((96, 120))) == 48
 
 
-def test_refining_the_mode_never_lowers_the_scene_score():
+@pytest.mark.parametrize("aspect", [False, True])
+def test_refining_the_mode_never_lowers_the_scene_score(aspect):
     """Each pass keeps a set of switches only where the scene's ELBO (objects at q's mode) rises:
     the score never falls and far-apart cells switch on in one pass. The objects draw bright
     squares and the images hold four far apart, none found yet."""
-    model = grid_model(seed=2).eval()
+    model = (aspect_model(seed=2) if aspect else grid_model(seed=2)).eval()
     x = torch.zeros(4, 48, 48)
     for top, left in ((4, 4), (4, 30), (30, 4), (30, 30)):
         x[:, top : top + 10, left : left + 10] = 1.0
@@ -230,6 +240,39 @@ def test_refining_switches_off_a_digit_claimed_twice_but_not_a_lone_object(monke
     assert after > before
 
 
+def test_rectangular_windows_are_narrowed_never_widened():
+    """With ``grid_aspect_spread`` a, a window's width is its height times exp(-a softplus(-v)):
+    square for large v, narrower as v falls, never wider (so it fits the patch a square fits).
+    z_where carries the height fourth; boxes, sampled scenes and the search use both."""
+    model = aspect_model().eval()
+    u = torch.tensor([[[0.0, 0.0, 0.0, 30.0], [0.0, 0.0, 0.0, -3.0], [1.0, 0.5, -0.5, 0.0]]])
+    size, offset, centre = model.window(u, 8)
+    height = model.side * torch.exp(model.log_side_sd * u[0, :, 0])
+    torch.testing.assert_close(size[0, :, 1], height)
+    ratio = size[0, :, 0] / size[0, :, 1]
+    expected = torch.exp(-0.5 * torch.nn.functional.softplus(-u[0, :, 3]))
+    torch.testing.assert_close(ratio, expected)
+    assert ratio[0] > 0.999 and ratio[1] < 0.25
+    z_where = model.window_z_where(size, centre, 48)
+    assert z_where.shape == (1, 3, 4)
+    box = model.objects.windows({"z_where": z_where})  # x0, y0, x1, y1 in pixels
+    torch.testing.assert_close(box[..., 2] - box[..., 0], size[..., 0])
+    torch.testing.assert_close(box[..., 3] - box[..., 1], size[..., 1])
+    # The same cell's square model: identical heights and centres.
+    square = grid_model().eval()
+    square_size, _, square_centre = square.window(u[..., :3], 8)
+    torch.testing.assert_close(square_size[..., 1], size[..., 1])
+    torch.testing.assert_close(square_centre, centre)
+    inference = model(torch.rand(2, 48, 48), sample=False)
+    assert inference.objects["z_where"].shape == (2, 64, 4)
+    assert inference.objects["cell_where"].shape == (2, 64, 4)
+    boxes = model.objects.windows(inference.objects)
+    assert ((boxes[..., 2] - boxes[..., 0]) <= (boxes[..., 3] - boxes[..., 1]) + 1e-5).all()
+    sampled = model.sample(3, torch.Generator().manual_seed(0), counts=(2,))
+    assert sampled.objects["z_where"].shape == (3, 64, 4)
+    assert (sampled.z_pres.sum(1) == 2).all() and sampled.images.shape == (3, 48, 48)
+
+
 def test_covered_cells_are_those_centred_in_another_present_window():
     """The neighbourhood search of ``covered`` finds what comparing every pair of cells finds."""
     model = grid_model(seed=1)
@@ -238,14 +281,14 @@ def test_covered_cells_are_those_centred_in_another_present_window():
     index = torch.arange(rows * rows)
     centre = torch.stack([index % rows * 6 + 3.0, index // rows * 6 + 3.0], -1).repeat(batch, 1, 1)
     centre = centre + (torch.rand(batch, rows * rows, 2, generator=generator) - 0.5) * 6
-    side = 8 + torch.rand(batch, rows * rows, generator=generator) * 6
+    size = 4 + torch.rand(batch, rows * rows, 2, generator=generator) * 10  # width, height
     present = torch.rand(batch, rows * rows, generator=generator) < 0.4
     apart = (centre.unsqueeze(2) - centre.unsqueeze(1)).abs()  # cell i to cell j
-    inside = (apart < side.unsqueeze(1).unsqueeze(-1) / 2).all(-1)
+    inside = (apart < size.unsqueeze(1) / 2).all(-1)
     inside &= ~torch.eye(rows * rows, dtype=torch.bool)
     expected = (inside & present.unsqueeze(1)).any(2)
     assert expected.sum() > 20
-    assert torch.equal(model.covered(present, centre, side, rows), expected)
+    assert torch.equal(model.covered(present, centre, size, rows), expected)
 
 
 def test_refine_reads_a_neighbour_again_from_what_the_others_leave():

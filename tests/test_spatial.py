@@ -75,3 +75,37 @@ def test_gradient_flows_to_z_where():
     assert z_where.grad is not None and torch.all(z_where.grad.abs() > 0)
     # Moving towards the target lowers the loss: the gradient points away from it.
     assert z_where.grad[0, 1] > 0 and z_where.grad[0, 2] < 0
+
+
+def test_a_rectangular_window_places_the_glimpse_at_known_pixels():
+    """z_where (s, x, y, t): width s and height t of the canvas. A 10 px glimpse in a window
+    5 px wide and 10 px tall on a 20 px canvas: rows one to one, every other column (the
+    window's centre at x = 12.25 px puts each canvas pixel on a glimpse pixel's centre)."""
+    glimpse = torch.zeros(10, 10)
+    glimpse[:, 5] = 1.0  # a vertical bar, glimpse column 5
+    glimpse[7, :] = 1.0  # a horizontal one, row 7
+    z_where = torch.tensor([[0.25, 0.225, -0.3, 0.5]])  # centre 2.25 px right, 3 px up
+    canvas = write_glimpse(glimpse[None], z_where, 20)[0]
+    rows = slice(5 - 3, 15 - 3)
+    # Canvas columns 10..14 sample glimpse columns 1, 3, 5, 7, 9: the bar lands on column 12.
+    torch.testing.assert_close(canvas[rows, 12], torch.ones(10), atol=1e-6, rtol=0)
+    assert abs(float(canvas[rows, 11].sum()) - 1.0) < 1e-5  # where the horizontal bar crosses
+    torch.testing.assert_close(canvas[rows.start + 7, 10:15], torch.ones(5), atol=1e-6, rtol=0)
+    outside = canvas.clone()
+    outside[rows, 9:16] = 0.0
+    assert float(outside.abs().max()) < 1e-5
+    # Read back at the same window, the bar's glimpse column is whole again.
+    recovered = read_glimpse(canvas[None], z_where, 10)[0]
+    torch.testing.assert_close(recovered[:, 5], torch.ones(10), atol=1e-6, rtol=0)
+
+
+def test_a_rectangular_window_is_the_square_one_when_width_equals_height():
+    glimpse = blob(10)[None]
+    square = torch.tensor([[0.37, 0.13, -0.21]])
+    rectangle = torch.tensor([[0.37, 0.13, -0.21, 0.37]])
+    assert torch.equal(write_glimpse(glimpse, square, 20), write_glimpse(glimpse, rectangle, 20))
+    canvas = blob(20)[None]
+    assert torch.equal(read_glimpse(canvas, square, 10), read_glimpse(canvas, rectangle, 10))
+    assert torch.equal(z_where_to_box(square, 20), z_where_to_box(rectangle, 20))
+    box = z_where_to_box(torch.tensor([[0.25, 0.2, -0.3, 0.5]]), 20)
+    torch.testing.assert_close(box[0], torch.tensor([9.5, 2.0, 14.5, 12.0]))
