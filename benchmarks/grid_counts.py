@@ -31,7 +31,9 @@ def counts_of(model_name: str, scenes: int) -> dict[str, dict]:
     model, checkpoint = load_model(model_name)
     rows = {}
     for side, n in CELLS:
-        data = dataclasses.replace(checkpoint.config.data, canvas_size=side, counts=(n,))
+        data = dataclasses.replace(
+            checkpoint.config.data, canvas_size=side, counts=(n,), count_probs=None
+        )
         held_out = scene_family(data.kind).load(data, "test", n=scenes)
         row = count_row(model, held_out)
         rows[f"{side}px n={n}"] = row
