@@ -25,14 +25,17 @@ import torch
 import torch.nn.functional as F
 
 # |s| is kept away from zero inside the write transform only, where 1/s appears; the density
-# of z_where is untouched. A window a twentieth of the canvas is far below any object.
-MIN_ABS_SCALE = 0.05
+# of z_where is untouched. The floor is in pixels (a twentieth of the paper's 50 px canvas, far
+# below any object), so that a window is drawn the same size on a cell's patch and on an image
+# of any size: a floor in fractions of the canvas widened a 10 px window on a 512 px image.
+MIN_WINDOW_PX = 2.5
 
 
-def safe_scale(scale: torch.Tensor) -> torch.Tensor:
-    """``scale`` with |scale| >= MIN_ABS_SCALE, its sign kept."""
+def safe_scale(scale: torch.Tensor, canvas_size: int) -> torch.Tensor:
+    """``scale`` (a fraction of a canvas of ``canvas_size`` px) with |scale| at least
+    MIN_WINDOW_PX pixels, its sign kept."""
     sign = torch.where(scale < 0, -1.0, 1.0).to(scale.dtype)
-    return sign * scale.abs().clamp_min(MIN_ABS_SCALE)
+    return sign * scale.abs().clamp_min(MIN_WINDOW_PX / canvas_size)
 
 
 def _pixel_centres(size: int, like: torch.Tensor) -> torch.Tensor:
@@ -68,7 +71,10 @@ def read_grid(z_where: torch.Tensor, glimpse_size: int) -> torch.Tensor:
 def write_grid(z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
     """Where each canvas pixel samples the glimpse, (M, H, H, 2)."""
     (s, t), x, y = window_scales(z_where), z_where[:, 1:2], z_where[:, 2:3]  # each (M, 1)
-    inv_x, inv_y = 1.0 / safe_scale(s), 1.0 / safe_scale(t)
+    inv_x = 1.0 / safe_scale(s, canvas_size)
+    # A square's one scale inverted once: the same gradient, summed in the same order, as
+    # before rectangles (training stays bit-equal).
+    inv_y = inv_x if t is s else 1.0 / safe_scale(t, canvas_size)
     centres = _pixel_centres(canvas_size, z_where)
     # (p - (x, y)) / s
     return _axis_aligned_grid(inv_x * centres - x * inv_x, inv_y * centres - y * inv_y)

@@ -32,10 +32,11 @@ def read_theta(z_where: torch.Tensor) -> torch.Tensor:
     return torch.stack([s, zero, x, zero, s, y], dim=-1).view(-1, 2, 3)
 
 
-def write_theta(z_where: torch.Tensor) -> torch.Tensor:
-    """Affine maps (M, 2, 3) from canvas to glimpse coordinates: the inverse of ``read_theta``."""
+def write_theta(z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
+    """Affine maps (M, 2, 3) from a canvas of ``canvas_size`` px to glimpse coordinates: the
+    inverse of ``read_theta``."""
     s, x, y = z_where.unbind(-1)
-    inv = 1.0 / safe_scale(s)
+    inv = 1.0 / safe_scale(s, canvas_size)
     zero = torch.zeros_like(s)
     return torch.stack([inv, zero, -x * inv, zero, inv, -y * inv], dim=-1).view(-1, 2, 3)
 
@@ -49,7 +50,7 @@ def read_grid(z_where: torch.Tensor, glimpse_size: int) -> torch.Tensor:
 def write_grid(z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
     """``spatial.write_grid`` through ``affine_grid``, (M, H, H, 2)."""
     shape = [z_where.shape[0], 1, canvas_size, canvas_size]
-    return F.affine_grid(write_theta(z_where), shape, align_corners=False)
+    return F.affine_grid(write_theta(z_where, canvas_size), shape, align_corners=False)
 
 
 def image_gates(core: RecurrentCore, image_flat: torch.Tensor) -> torch.Tensor:

@@ -37,20 +37,24 @@ def test_the_grid_grows_with_the_image_and_every_cell_is_an_entry():
         assert torch.equal(inference.z_pres, (inference.z_pres_prob > 0.5).float())
 
 
-def aspect_model(seed: int = 0, **fields) -> GridAIR:
-    """A grid model with rectangular windows, most of them narrower than tall."""
+def aspect_model(seed: int = 0, v: float = -1.5, **fields) -> GridAIR:
+    """A grid model with rectangular windows, most of them narrower than tall (q(v)'s mean
+    ``v``: -1.5, a width about half the height; -3.5, about a fifth, some below the 2.5 px
+    floor of the write transform)."""
     model = grid_model(seed, grid_aspect_spread=0.5, **fields)
     with torch.no_grad():
-        model.network.head.bias[4] = -1.5  # q(v)'s mean: width about 0.5 of the height
+        model.network.head.bias[4] = v
     return model
 
 
-@pytest.mark.parametrize("side, aspect", [(48, False), (50, False), (48, True), (50, True)])
-def test_painted_patches_are_the_object_model_drawing_each_window(side, aspect):
+@pytest.mark.parametrize(
+    "side, v", [(48, None), (50, None), (96, None), (48, -1.5), (50, -1.5), (96, -3.5)]
+)
+def test_painted_patches_are_the_object_model_drawing_each_window(side, v):
     """The canvas painted patch by patch equals the object model drawing every present object
     at its reported z_where on the whole image: the patches, their offsets and z_where agree
-    (square windows, and rectangular ones)."""
-    model = (aspect_model() if aspect else grid_model()).eval()
+    (square windows, and rectangular ones, however narrow)."""
+    model = (grid_model() if v is None else aspect_model(v=v)).eval()
     x = torch.rand(3, side, side)
     inference = model(x, generator=torch.Generator().manual_seed(1))
     image, cell = inference.z_pres.nonzero(as_tuple=True)
@@ -271,6 +275,15 @@ def test_rectangular_windows_are_narrowed_never_widened():
     sampled = model.sample(3, torch.Generator().manual_seed(0), counts=(2,))
     assert sampled.objects["z_where"].shape == (3, 64, 4)
     assert (sampled.z_pres.sum(1) == 2).all() and sampled.images.shape == (3, 48, 48)
+    # Moved inside the canvas, each axis by its own half-size.
+    inside = model.sample(20, torch.Generator().manual_seed(1), counts=(3,), within_canvas=True)
+    present = inside.z_pres > 0
+    boxes = model.objects.windows(inside.objects)[present]
+    assert boxes.min() >= -1e-4 and boxes.max() <= 48 + 1e-4
+    assert (boxes[:, 2] - boxes[:, 0] < boxes[:, 3] - boxes[:, 1] - 0.5).any()
+    # A window moved by the search keeps its width's latent.
+    moved = model.shifted(u, 1.0, 0.0)
+    assert torch.equal(moved[..., 3], u[..., 3]) and torch.equal(moved[..., 0], u[..., 0])
 
 
 def test_covered_cells_are_those_centred_in_another_present_window():

@@ -1,5 +1,6 @@
 """The spatial transformer: exact placements at aligned scales, round trips, boxes."""
 
+import pytest
 import torch
 
 from airscene.spatial import read_glimpse, write_glimpse, z_where_to_box
@@ -109,3 +110,18 @@ def test_a_rectangular_window_is_the_square_one_when_width_equals_height():
     assert torch.equal(z_where_to_box(square, 20), z_where_to_box(rectangle, 20))
     box = z_where_to_box(torch.tensor([[0.25, 0.2, -0.3, 0.5]]), 20)
     torch.testing.assert_close(box[0], torch.tensor([9.5, 2.0, 14.5, 12.0]))
+
+
+def test_a_window_is_drawn_the_same_size_on_a_canvas_of_any_size():
+    """The write transform's floor on |s| is in pixels: a 10 px window (and a 2 px one, held at
+    the floor) is drawn identically on a 48 px canvas and on a 512 px one, whose fraction of
+    the canvas lies far below a twentieth."""
+    glimpse = blob(10)[None]
+    for width in (10.0, 2.0):
+        drawn = [
+            write_glimpse(glimpse, torch.tensor([[width / side, 0.0, 0.0]]), side)[0]
+            for side in (48, 512)
+        ]
+        small, large = drawn[0][16:32, 16:32], drawn[1][248:264, 248:264]
+        torch.testing.assert_close(small, large, atol=1e-5, rtol=0)
+        assert float(drawn[1].sum()) == pytest.approx(float(drawn[0].sum()), rel=1e-4)
