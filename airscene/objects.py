@@ -475,5 +475,5 @@ class DetectedObject:
     box: list[float]  # x0, y0, x1, y1 (end exclusive) of the object's drawn ink, in input pixels
     window: list[float]  # the attention window (glimpse) in input pixels
     presence: float  # q(z_pres = 1) at this step
-    z_where: list[float]  # scale, x, y on the model's canvas (normalised coordinates)
+    z_where: list[float]  # scale, x, y on the model's canvas (normalised); a rectangle: s, x, y, t
     z_what: list[float]  # appearance code
