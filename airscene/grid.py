@@ -316,17 +316,19 @@ class GridAIR(nn.Module):
         """z_where (..., 3) (square windows; (..., 4) with rectangular ones) of the window of
         width and height ``size`` (..., 2) centred at ``centre`` (..., 2) px on a canvas of
         ``canvas`` px."""
-        z_where = torch.cat([size[..., :1] / canvas, centre / canvas * 2 - 1], -1)
-        if self.where_dims == 4:
-            z_where = torch.cat([z_where, size[..., 1:] / canvas], -1)
-        return z_where
+        return self._z_where(size, centre / canvas * 2 - 1, canvas)
 
     def in_patch(self, size: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         """The window z_where (..., 3 or 4) of width and height ``size`` (..., 2) and offset
         ``offset`` (..., 2) from its cell's centre, in its cell's patch (centred there)."""
-        z_where = torch.cat([size[..., :1] / self.patch, offset / (self.patch / 2)], -1)
+        return self._z_where(size, offset / (self.patch / 2), self.patch)
+
+    def _z_where(self, size: torch.Tensor, position: torch.Tensor, canvas: int) -> torch.Tensor:
+        """z_where of a window of ``size`` (..., 2) px at the normalised ``position`` (..., 2)
+        on a canvas of ``canvas`` px: (s, x, y), with the height t fourth for rectangles."""
+        z_where = torch.cat([size[..., :1] / canvas, position], -1)
         if self.where_dims == 4:
-            z_where = torch.cat([z_where, size[..., 1:] / self.patch], -1)
+            z_where = torch.cat([z_where, size[..., 1:] / canvas], -1)
         return z_where
 
     def shifted(self, u: torch.Tensor, dx: float, dy: float) -> torch.Tensor:

@@ -81,8 +81,8 @@ def write_grid(z_where: torch.Tensor, canvas_size: int) -> torch.Tensor:
 
 
 def read_glimpse(image: torch.Tensor, z_where: torch.Tensor, glimpse_size: int) -> torch.Tensor:
-    """Cut the window ``z_where`` (M, 3) (or (M, 4)) out of ``image`` (M, H, W) as a (M, G, G) glimpse; an
-    image with channels (M, C, H, W) gives (M, C, G, G)."""
+    """Cut the window ``z_where`` (M, 3) (or (M, 4)) out of ``image`` (M, H, W) as a (M, G, G)
+    glimpse; an image with channels (M, C, H, W) gives (M, C, G, G)."""
     grid = read_grid(z_where, glimpse_size)
     if image.dim() == 4:
         return F.grid_sample(image, grid, align_corners=False)
