@@ -487,6 +487,12 @@ class ModelConfig:
     )
     likelihood: Literal["normal", "bernoulli"] = param("normal", "pixel likelihood p(x | z)")
     likelihood_sigma: float = param(0.3, "standard deviation of the normal pixel likelihood")
+    likelihood_power: float = param(
+        2.0,
+        "shape p of the normal likelihood, generalised: log p(x | z) = -|x - mean|^p / "
+        "(2^(p/2) sigma^p) + const per pixel, so 2 is the normal; p > 2 forgives small misfits "
+        "(a glimpse drawn a little blurred) and punishes ink left undrawn harder",
+    )
     objects: ObjectConfig = field(
         default_factory=GlimpseConfig,
         metadata={"help": "the object model", "kinds": OBJECT_CONFIGS},
@@ -605,6 +611,14 @@ class ModelConfig:
         )
         _check(
             self.likelihood_sigma > 0, f"likelihood_sigma must be > 0, got {self.likelihood_sigma}"
+        )
+        _check(
+            self.likelihood_power >= 1,
+            f"likelihood_power must be >= 1, got {self.likelihood_power}",
+        )
+        _check(
+            self.likelihood_power == 2.0 or self.likelihood == "normal",
+            "likelihood_power shapes the normal likelihood only",
         )
         _check(
             isinstance(self.objects, tuple(OBJECT_CONFIGS.values())),

@@ -17,6 +17,17 @@ def normal_log_prob(value: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor)
     return -0.5 * (z * z) - scale.log() - LOG_SQRT_2PI
 
 
+def generalised_normal_log_prob(
+    value: torch.Tensor, loc: torch.Tensor, scale: float, power: float
+) -> torch.Tensor:
+    """Elementwise log of the generalised normal density of shape ``power`` whose width is
+    that of N(loc, scale) (alpha = scale * sqrt(2)): -(|value - loc| / alpha)^power +
+    log(power / (2 alpha Gamma(1 / power))). ``power`` 2 is N(loc, scale)."""
+    alpha = scale * math.sqrt(2.0)
+    log_norm = math.log(power / (2 * alpha)) - math.lgamma(1 / power)
+    return log_norm - ((value - loc).abs() / alpha) ** power
+
+
 def standard_normal_log_prob(value: torch.Tensor) -> torch.Tensor:
     """Elementwise log N(value | 0, 1)."""
     return -0.5 * (value * value) - LOG_SQRT_2PI

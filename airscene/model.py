@@ -39,7 +39,11 @@ import torch.nn as nn
 
 from airscene.background import BackgroundDraw, build_background
 from airscene.config import ModelConfig, RunConfig
-from airscene.densities import bernoulli_log_prob, normal_log_prob
+from airscene.densities import (
+    bernoulli_log_prob,
+    generalised_normal_log_prob,
+    normal_log_prob,
+)
 from airscene.networks import PresenceHead, RecurrentCore, StepPredictor
 from airscene.objects import ObjectModel, ObjectStep
 from airscene.registry import build_objects
@@ -533,7 +537,12 @@ def draw_counts(
 
 def pixel_log_likelihood(config: ModelConfig, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     """log p(x | z) of every pixel of ``x`` given the canvas's mean image ``mean`` (same shape):
-    the model's ``likelihood`` (normal with ``likelihood_sigma``, or Bernoulli)."""
+    the model's ``likelihood`` (normal with ``likelihood_sigma``, generalised to the shape
+    ``likelihood_power``; or Bernoulli)."""
+    if config.likelihood == "normal" and config.likelihood_power != 2.0:
+        return generalised_normal_log_prob(
+            x, mean, config.likelihood_sigma, config.likelihood_power
+        )
     if config.likelihood == "normal":
         sigma = torch.as_tensor(config.likelihood_sigma, dtype=x.dtype, device=x.device)
         return normal_log_prob(x, mean, sigma)

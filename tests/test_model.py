@@ -6,8 +6,9 @@ import pytest
 import torch
 from tiny import model_config
 
-from airscene.densities import bernoulli_log_prob, normal_log_prob
-from airscene.model import AIR, build_model
+from airscene.config import ConfigError
+from airscene.densities import bernoulli_log_prob, generalised_normal_log_prob, normal_log_prob
+from airscene.model import AIR, build_model, pixel_log_likelihood
 from airscene.rows import decided_steps
 from airscene.spatial import read_glimpse
 
@@ -193,6 +194,46 @@ def test_log_probs():
     for z in (0.0, 1.0):
         expected = torch.distributions.Bernoulli(logits=logit).log_prob(torch.full_like(logit, z))
         torch.testing.assert_close(bernoulli_log_prob(torch.full_like(logit, z), logit), expected)
+
+
+def test_generalised_normal_likelihood():
+    """Shape 2 is the normal of the same sigma; every shape is a density (integrates to 1), has
+    the normal's width where |x - mean| = sigma * sqrt(2), and punishes large misfits more and
+    small ones less as the shape grows."""
+    x = torch.linspace(-4, 4, 40_001, dtype=torch.float64)
+    zero = torch.zeros((), dtype=torch.float64)
+    torch.testing.assert_close(
+        generalised_normal_log_prob(x, zero, 0.3, 2.0),
+        normal_log_prob(x, zero, torch.tensor(0.3, dtype=torch.float64)),
+    )
+    edge = torch.tensor([0.3 * 2**0.5], dtype=torch.float64)
+    for power in (1.5, 3.0, 4.0):
+        density = generalised_normal_log_prob(x, zero, 0.3, power).exp()
+        assert abs(float(density.sum() * (x[1] - x[0])) - 1) < 1e-4
+        drop = generalised_normal_log_prob(zero, zero, 0.3, power) - generalised_normal_log_prob(
+            edge, zero, 0.3, power
+        )
+        torch.testing.assert_close(drop, torch.ones_like(drop))  # down by 1 nat there
+    misfit = torch.tensor([0.05, 1.0], dtype=torch.float64)
+    cost = [
+        generalised_normal_log_prob(zero, zero, 0.3, p)
+        - generalised_normal_log_prob(misfit, zero, 0.3, p)
+        for p in (2.0, 4.0)
+    ]
+    assert cost[1][0] < cost[0][0] and cost[1][1] > cost[0][1]
+    # The model's pixel likelihood takes it; the default (shape 2) is the normal, untouched.
+    image, mean = torch.rand(2, 8, 8), torch.rand(2, 8, 8)
+    shaped = model_config(likelihood_power=4.0, likelihood_sigma=0.25)
+    torch.testing.assert_close(
+        pixel_log_likelihood(shaped, image, mean),
+        generalised_normal_log_prob(image, mean, 0.25, 4.0),
+    )
+    assert torch.equal(
+        pixel_log_likelihood(model_config(), image, mean),
+        normal_log_prob(image, mean, torch.tensor(0.3)),
+    )
+    with pytest.raises(ConfigError, match="normal likelihood only"):
+        model_config(likelihood="bernoulli", likelihood_power=3.0)
 
 
 def test_z_where_posterior_scale_is_bounded():
