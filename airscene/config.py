@@ -613,8 +613,9 @@ class ModelConfig:
             self.likelihood_sigma > 0, f"likelihood_sigma must be > 0, got {self.likelihood_sigma}"
         )
         _check(
-            self.likelihood_power >= 1,
-            f"likelihood_power must be >= 1, got {self.likelihood_power}",
+            1 <= self.likelihood_power <= 16,
+            f"likelihood_power must lie in [1, 16] (beyond, |x - mean|^p overflows), got "
+            f"{self.likelihood_power}",
         )
         _check(
             self.likelihood_power == 2.0 or self.likelihood == "normal",

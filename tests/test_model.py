@@ -234,6 +234,9 @@ def test_generalised_normal_likelihood():
     )
     with pytest.raises(ConfigError, match="normal likelihood only"):
         model_config(likelihood="bernoulli", likelihood_power=3.0)
+    for bad in (0.5, 17.0, float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="likelihood_power must lie in"):
+            model_config(likelihood_power=bad)
 
 
 def test_z_where_posterior_scale_is_bounded():

@@ -2,7 +2,9 @@
 switched off by the scene's ELBO (a present object whose centre lies in another present
 object's window is switched off when the scene's ELBO at the mode gains, greedily, as the
 digits grid's search does); the foreground ARI of the inferred masks, per count and background;
-a figure of the first 8 scenes (image with windows, reconstruction, background).
+a figure of the first 8 scenes (image with windows, reconstruction, background). What the
+over-counts are (a second object whose nearest true shape is another object's: a duplicate), the
+distance between such pairs, and the ARI with the background left out of each pixel's choice.
 
     python count.py RUN_PREFIX [key=value ...]   (the options the run was trained with)
 """
@@ -70,8 +72,28 @@ def switch_off_duplicates(model, o, x, bg, cells, z_pres, b):
         z[0, i] = 0
 
 
-def segmentation(model, cells, z_pres):
-    """Per pixel, 0 for the background or 1 + the cell whose share is largest (B, 64, 64)."""
+def duplicate_pairs(test, index, z_where, on):
+    """The distances (px) between pairs of present objects whose nearest true shape (by its
+    visible box's centre) is the same, in scene ``index``; objects ``on`` (n,), windows
+    ``z_where`` (K, 3)."""
+    n = int(test.counts[index])
+    if n == 0 or len(on) < 2:
+        return []
+    box = test.boxes[index, :n].astype(float)
+    truth = np.stack([(box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2], -1)
+    centre = ((z_where[on, 1:3] + 1) / 2 * 64).numpy()
+    nearest = np.linalg.norm(centre[:, None] - truth[None], axis=-1).argmin(1)
+    return [
+        float(np.linalg.norm(centre[a] - centre[b]))
+        for a in range(len(on))
+        for b in range(a + 1, len(on))
+        if nearest[a] == nearest[b]
+    ]
+
+
+def segmentation(model, cells, z_pres, background=True):
+    """Per pixel, 0 for the background or 1 + the cell whose share is largest (B, 64, 64); without
+    ``background``, the background takes only pixels no object's mask reaches (1e-3)."""
     batch, cells_n = z_pres.shape
     masks = torch.zeros(batch, cells_n, 64, 64)
     on = z_pres.nonzero()
@@ -81,7 +103,10 @@ def segmentation(model, cells, z_pres):
             :, 3
         ]
     coverage = masks.sum(1, keepdim=True)
-    shares = torch.cat([1 - coverage.clamp(max=1), masks / coverage.clamp(min=1)], 1)
+    if background:
+        shares = torch.cat([1 - coverage.clamp(max=1), masks / coverage.clamp(min=1)], 1)
+    else:
+        shares = torch.cat([torch.full_like(coverage, 1e-3), masks], 1)
     return shares.argmax(1).numpy()
 
 
@@ -96,7 +121,10 @@ def main() -> None:
     model.eval()
     data = DataConfig(kind="sprites", canvas_size=64, counts=(0, 1, 2, 3, 4), n_test=1000)
     test = scene_family("sprites").load(data, "test")
-    at_mode, found, aris, first = [], [], [], None
+    at_mode, found, aris, aris_objects, first = [], [], [], [], None
+    # Over-counted scenes, at the mode and after the switch: those with a duplicate pair.
+    over = {"at_mode": [0, 0], "switched": [0, 0]}  # [with a duplicate, without]
+    pair_distances = []
     with torch.no_grad():
         for start in range(0, 1000, 100):
             x = torch.from_numpy(test.images[start : start + 100]).float() / 255
@@ -105,13 +133,24 @@ def main() -> None:
             z_pres = (torch.sigmoid(cells["logits"]) > 0.5).float()
             at_mode += z_pres.sum(1).long().tolist()
             for b in range(len(x)):
-                z_pres[b] = switch_off_duplicates(model, o, x, bg, cells, z_pres, b)
+                for stage in ("at_mode", "switched"):
+                    if stage == "switched":
+                        z_pres[b] = switch_off_duplicates(model, o, x, bg, cells, z_pres, b)
+                    on = z_pres[b].nonzero().flatten()
+                    if len(on) > test.counts[start + b]:
+                        pairs = duplicate_pairs(test, start + b, cells["zw"][b], on)
+                        over[stage][0 if pairs else 1] += 1
+                        if stage == "at_mode":
+                            pair_distances += pairs
             found += z_pres.sum(1).long().tolist()
-            seg = segmentation(model, cells, z_pres)
-            for b in range(len(x)):
-                truth = test.segmentation[start + b]
-                if (truth > 0).any():
-                    aris.append(adjusted_rand_index(truth[truth > 0], seg[b][truth > 0]))
+            for scores, seg in (
+                (aris, segmentation(model, cells, z_pres)),
+                (aris_objects, segmentation(model, cells, z_pres, background=False)),
+            ):
+                for b in range(len(x)):
+                    truth = test.segmentation[start + b]
+                    if (truth > 0).any():
+                        scores.append(adjusted_rand_index(truth[truth > 0], seg[b][truth > 0]))
             if first is None:
                 mean, _ = model.full(x, bg, cells, z_pres)
                 first = (x[:8], mean[:8].clamp(0, 1), bg[:8], cells["zw"][:8], z_pres[:8])
@@ -123,6 +162,14 @@ def main() -> None:
         "over": float((found > true).mean()),
         "under": float((found < true).mean()),
         "foreground_ari": float(np.mean(aris)),
+        "foreground_ari_background_left_out": float(np.mean(aris_objects)),
+        "over_counted_scenes_with_a_duplicate_at_mode": over["at_mode"][0],
+        "over_counted_scenes_without_at_mode": over["at_mode"][1],
+        "over_counted_scenes_with_a_duplicate_switched": over["switched"][0],
+        "over_counted_scenes_without_switched": over["switched"][1],
+        "duplicate_pair_distance_px_median_p90": (
+            np.percentile(pair_distances, [50, 90]).round(2).tolist() if pair_distances else []
+        ),
         "count_by_true_count": {int(c): float((found[true == c] == c).mean()) for c in range(5)},
         "count_by_background": {
             int(k): float((found[kinds == k] == true[kinds == k]).mean()) for k in np.unique(kinds)
