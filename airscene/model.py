@@ -539,11 +539,11 @@ def pixel_log_likelihood(config: ModelConfig, x: torch.Tensor, mean: torch.Tenso
     """log p(x | z) of every pixel of ``x`` given the canvas's mean image ``mean`` (same shape):
     the model's ``likelihood`` (normal with ``likelihood_sigma``, generalised to the shape
     ``likelihood_power``; or Bernoulli)."""
-    if config.likelihood == "normal" and config.likelihood_power != 2.0:
-        return generalised_normal_log_prob(
-            x, mean, config.likelihood_sigma, config.likelihood_power
-        )
     if config.likelihood == "normal":
+        if config.likelihood_power != 2.0:
+            return generalised_normal_log_prob(
+                x, mean, config.likelihood_sigma, config.likelihood_power
+            )
         sigma = torch.as_tensor(config.likelihood_sigma, dtype=x.dtype, device=x.device)
         return normal_log_prob(x, mean, sigma)
     mean = mean.clamp(1e-4, 1 - 1e-4)
