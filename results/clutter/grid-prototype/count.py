@@ -24,10 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import train as prototype  # noqa: E402
 
 from airscene.config import DataConfig  # noqa: E402
-from airscene.densities import normal_log_prob  # noqa: E402
 from airscene.masked_objects import adjusted_rand_index  # noqa: E402
 from airscene.registry import scene_family  # noqa: E402
-from airscene.spatial import write_glimpse  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -38,8 +36,7 @@ torch.set_num_threads(1)
 
 def scene_score(model, o, x, bg, patches, z_pres, objects):
     """The scene's ELBO at q's mode with ``z_pres`` (1, K) present."""
-    mean, _ = model.full(x, bg, {"patches": patches}, z_pres)
-    log_likelihood = normal_log_prob(x, mean, torch.tensor(o["sigma"])).flatten(1).sum(1)
+    log_likelihood = model.log_likelihood(x, bg, patches, z_pres)
     rho = o["rho"]
     prior = torch.where(z_pres > 0, math.log(rho), math.log1p(-rho)).sum(1)
     return (log_likelihood + prior + (z_pres * objects).sum(1)).item()
@@ -91,31 +88,9 @@ def duplicate_pairs(test, index, z_where, on):
     ]
 
 
-def segmentation(model, cells, z_pres, background=True):
-    """Per pixel, 0 for the background or 1 + the cell whose share is largest (B, 64, 64); without
-    ``background``, the background takes only pixels no object's mask reaches (1e-3)."""
-    batch, cells_n = z_pres.shape
-    masks = torch.zeros(batch, cells_n, 64, 64)
-    on = z_pres.nonzero()
-    if len(on):
-        glimpse = model.decoder(cells["z_what"][on[:, 0], on[:, 1]])
-        masks[on[:, 0], on[:, 1]] = write_glimpse(glimpse, cells["zw"][on[:, 0], on[:, 1]], 64)[
-            :, 3
-        ]
-    coverage = masks.sum(1, keepdim=True)
-    if background:
-        shares = torch.cat([1 - coverage.clamp(max=1), masks / coverage.clamp(min=1)], 1)
-    else:
-        shares = torch.cat([torch.full_like(coverage, 1e-3), masks], 1)
-    return shares.argmax(1).numpy()
-
-
 def main() -> None:
     prefix = sys.argv[1]
-    o = dict(prototype.OPTS)
-    for arg in sys.argv[2:]:
-        key, value = arg.split("=")
-        o[key] = type(o[key])(value)
+    o = prototype.options(sys.argv[2:])
     model = prototype.SpritesGrid(o)
     model.load_state_dict(torch.load(prefix + ".pt"))
     model.eval()
@@ -144,15 +119,15 @@ def main() -> None:
                             pair_distances += pairs
             found += z_pres.sum(1).long().tolist()
             for scores, seg in (
-                (aris, segmentation(model, cells, z_pres)),
-                (aris_objects, segmentation(model, cells, z_pres, background=False)),
+                (aris, model.segmentation(cells, z_pres)),
+                (aris_objects, model.segmentation(cells, z_pres, background=False)),
             ):
                 for b in range(len(x)):
                     truth = test.segmentation[start + b]
                     if (truth > 0).any():
                         scores.append(adjusted_rand_index(truth[truth > 0], seg[b][truth > 0]))
             if first is None:
-                mean, _ = model.full(x, bg, cells, z_pres)
+                mean = model.full(bg, cells["patches"], z_pres)
                 first = (x[:8], mean[:8].clamp(0, 1), bg[:8], cells["zw"][:8], z_pres[:8])
     true, found, at_mode = test.counts[:1000], np.array(found), np.array(at_mode)
     kinds = test.backgrounds[:1000]

@@ -191,10 +191,44 @@ class SpritesGrid(nn.Module):
         ll = normal_log_prob(xp, mean, torch.tensor(self.o["sigma"]))
         return (ll * valid).flatten(1).sum(1).view(B, K)
 
-    def full(self, x, bg, cells, z_pres):
+    def full(self, bg, patches, z_pres):
+        """The mean image (B, 3, 64, 64) of the present objects' ``patches`` over ``bg``."""
         m = self.margin
-        canvas = self.fold(cells["patches"], z_pres)[:, :, m : m + self.size, m : m + self.size]
-        return self.composite(canvas, bg), canvas
+        canvas = self.fold(patches, z_pres)[:, :, m : m + self.size, m : m + self.size]
+        return self.composite(canvas, bg)
+
+    def log_likelihood(self, x, bg, patches, z_pres):
+        """log p(x | z) of each whole image (B,)."""
+        mean = self.full(bg, patches, z_pres)
+        return normal_log_prob(x, mean, torch.tensor(self.o["sigma"])).flatten(1).sum(1)
+
+    def segmentation(self, cells, z_pres, background=True):
+        """Per pixel, 0 for the background or 1 + the cell whose share is largest (B, 64, 64):
+        an object's share is its mask over the masks' sum where that exceeds 1, the
+        background's one minus the masks' sum; without ``background``, the background takes
+        only the pixels no object's mask reaches (1e-3)."""
+        batch, cells_n = z_pres.shape
+        masks = torch.zeros(batch, cells_n, 64, 64)
+        on = z_pres.nonzero()
+        if len(on):
+            glimpse = self.decoder(cells["z_what"][on[:, 0], on[:, 1]])
+            where = cells["zw"][on[:, 0], on[:, 1]]
+            masks[on[:, 0], on[:, 1]] = write_glimpse(glimpse, where, 64)[:, 3]
+        coverage = masks.sum(1, keepdim=True)
+        if background:
+            shares = torch.cat([1 - coverage.clamp(max=1), masks / coverage.clamp(min=1)], 1)
+        else:
+            shares = torch.cat([torch.full_like(coverage, 1e-3), masks], 1)
+        return shares.argmax(1).numpy()
+
+
+def options(args):
+    """The prototype's options (``OPTS``) with ``key=value`` overrides."""
+    o = dict(OPTS)
+    for arg in args:
+        key, value = arg.split("=")
+        o[key] = type(o[key])(value)
+    return o
 
 
 def train(out, steps, o):
@@ -246,8 +280,7 @@ def train(out, steps, o):
         voff = math.log1p(-rho) - log_q0
         surrogate = (probs * von + (1 - probs) * voff).sum(1)
         # The background's gradient: the whole image's likelihood, the objects as drawn (detached).
-        mean_bg, _ = model.full(x, bg, {"patches": cells["patches"].detach()}, z_pres)
-        ll_bg = normal_log_prob(x, mean_bg, torch.tensor(o["sigma"])).flatten(1).sum(1)
+        ll_bg = model.log_likelihood(x, bg, cells["patches"].detach(), z_pres)
         loss = -(surrogate + ll_bg + kl_w * bgd.log_weight).mean()
         opt.zero_grad()
         loss.backward()
@@ -281,20 +314,8 @@ def evaluate(model, te, n):
         truth = te.counts[i0 : i0 + 100]
         hits += int((counts == truth).sum())
         errs += (counts - truth).tolist()
-        # segmentation: each present object's mask on the canvas, share alpha / max(A, 1)
-        B, K = z_pres.shape
-        masks = torch.zeros(B, K, 64, 64)
-        on = z_pres.nonzero()
-        if len(on):
-            zw = cells["zw"][on[:, 0], on[:, 1]]
-            glim = model.decoder(cells["z_what"][on[:, 0], on[:, 1]])
-            drawn = write_glimpse(glim, zw, 64)[:, 3]
-            masks[on[:, 0], on[:, 1]] = drawn
-        A = masks.sum(1, keepdim=True)
-        bgshare = 1 - A.clamp(max=1)
-        shares = torch.cat([bgshare, masks / A.clamp(min=1)], 1)
-        seg = shares.argmax(1).numpy()
-        for b in range(B):
+        seg = model.segmentation(cells, z_pres)
+        for b in range(len(x)):
             t = te.segmentation[i0 + b]
             fg = t > 0
             if fg.any():
@@ -310,9 +331,4 @@ def evaluate(model, te, n):
 
 
 if __name__ == "__main__":
-    out, steps = sys.argv[1], int(sys.argv[2])
-    o = dict(OPTS)
-    for a in sys.argv[3:]:
-        k, v = a.split("=")
-        o[k] = type(o[k])(v)
-    train(out, steps, o)
+    train(sys.argv[1], int(sys.argv[2]), options(sys.argv[3:]))
