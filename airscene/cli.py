@@ -182,7 +182,7 @@ def _train_preset(args: argparse.Namespace) -> RunConfig:
     preset = scene_family(kind or DataConfig.kind).preset()
     if args.inference is None:
         return preset
-    return inference_scheme(args.inference).recipe(preset)
+    return inference_scheme(args.inference, preset.model.objects.kind).recipe(preset)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -501,7 +501,8 @@ class ModelConfig:
         "sequential",
         "how q finds the objects: sequential (the paper: one object per step, at most "
         "max_steps) or grid (spatially parallel: every cell of a grid over the image proposes "
-        "at most one object at once; reads images of any size; 2D glimpse objects only)",
+        "at most one object at once; 2D objects only: grey glimpses read images of any size, "
+        "masked objects are composited without order over the background)",
     )
     cell_size: int = param(
         8, "grid: side of a cell in pixels (at most one object is centred in each)"
@@ -627,9 +628,9 @@ class ModelConfig:
         )
         if self.inference == "grid":
             _check(
-                self.objects.kind == "glimpse",
-                f"inference grid needs the 2D glimpse objects; objects {self.objects.kind!r} are "
-                "inferred by the sequential loop only",
+                self.objects.kind in ("glimpse", "masked"),
+                f"inference grid needs 2D glimpse objects (glimpse or masked); objects "
+                f"{self.objects.kind!r} are inferred by the sequential loop only",
             )
             _check(
                 not self.dair,
@@ -651,10 +652,6 @@ class ModelConfig:
                 f"colour images need objects with a colour (--objects masked); objects "
                 f"{self.objects.kind!r} are grey",
             )
-            _check(
-                self.inference == "sequential",
-                "colour images are inferred by the sequential loop only (the default)",
-            )
         if self.background != "none":
             _check(
                 self.objects.kind in ("glimpse", "masked"),
@@ -662,9 +659,10 @@ class ModelConfig:
                 f"{self.objects.kind!r} render their own scene",
             )
             _check(
-                self.inference == "sequential",
-                f"--background {self.background} is not built for grid inference yet: use the "
-                "sequential loop (the default)",
+                self.inference == "sequential" or self.objects.kind == "masked",
+                f"--background {self.background} under grid inference needs masked objects "
+                "(--objects masked), which cover it; grey summed ink on the grid has no "
+                "background",
             )
         if self.objects.kind == "render3d":
             _check(

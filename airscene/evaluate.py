@@ -212,12 +212,12 @@ def evaluate(
     iw_samples: int = 0,
     generator: torch.Generator | None = None,
     progress: bool = False,
-    each_batch: Callable[[int, Any], None] | None = None,
+    each_batch: Callable[[int, torch.Tensor, Any], None] | None = None,
 ) -> Evaluation:
     """Count accuracy, confusion, box IoU and ELBO of ``model`` on ``scenes``; with
     ``iw_samples`` > 0 also the importance-weighted log p(x) with that many samples.
-    ``each_batch(start, mode)``, if given, also sees each batch's deterministic inference (an
-    object model's own metrics, read from the same pass)."""
+    ``each_batch(start, x, mode)``, if given, also sees each batch's images and their
+    deterministic inference (an object model's own metrics, read from the same pass)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -227,7 +227,7 @@ def evaluate(
         x = images_to_tensor(scenes.images[start : start + batch_size], device)
         mode = model(x, sample=False)  # the deterministic answer: count and boxes
         if each_batch is not None:
-            each_batch(start, mode)
+            each_batch(start, x, mode)
         counts.append(mode.count.cpu().numpy())
         residuals.append(residual(x, mode.canvas).cpu().numpy())
         window = model.objects.at_canvas(x.shape[-1]).windows(mode.objects).cpu().numpy()

@@ -36,7 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from airscene.config import ConfigError, GlimpseConfig, ModelConfig, RunConfig
+from airscene.background import BackgroundDraw
+from airscene.config import ConfigError, GlimpseConfig, ModelConfig, RunConfig, TrainConfig
 from airscene.densities import bernoulli_log_prob, normal_log_prob, standard_normal_log_prob
 from airscene.errors import AirsceneError
 from airscene.model import Inference, PriorSample, draw_counts, pixel_log_likelihood
@@ -45,24 +46,29 @@ from airscene.registry import build_objects
 from airscene.rows import standard_normal, uniform
 from airscene.spatial import read_glimpse, read_grid, write_glimpse
 
-# The window's side may grow to exp(2 sigma) of the prior's before a patch clips it.
-_PATCH_SIGMAS = 2.0
-
 
 class CellNetwork(nn.Module):
-    """Image (B, 1, H, W), H and W multiples of ``cell_size`` -> per cell (B, 1 + 2d, H/c, W/c):
-    the z_pres logit, q(u)'s loc (d) and q(u)'s scale before its bound (d), d = ``where_dims``.
+    """Image (B, ``inputs``, H, W), H and W multiples of ``cell_size`` -> per cell (B, 1 + 2d,
+    H/c, W/c): the z_pres logit, q(u)'s loc (d) and q(u)'s scale before its bound (d), d =
+    ``where_dims``; the first convolution ``first_width`` channels wide, each next one twice.
 
     Strided convolutions bring the image to one feature vector per cell (a cell of 8 px: three
     halvings; of 6 px: a halving and a third), then two 3x3 convolutions let each cell see its
     neighbours' features: a digit between two cells is visible to both, and each can tell
     whether the other is better placed."""
 
-    def __init__(self, cell_size: int, channels: int, where_dims: int = 3) -> None:
+    def __init__(
+        self,
+        cell_size: int,
+        channels: int,
+        where_dims: int = 3,
+        inputs: int = 1,
+        first_width: int = 16,
+    ) -> None:
         super().__init__()
         strides = _strides(cell_size)
         layers: list[nn.Module] = []
-        width = [1, *[min(channels, 16 * 2**i) for i in range(len(strides))]]
+        width = [inputs, *[min(channels, first_width * 2**i) for i in range(len(strides))]]
         width[-1] = channels
         for i, stride in enumerate(strides):
             kernel, padding = (4, 1) if stride == 2 else (stride, 0)
@@ -74,6 +80,20 @@ class CellNetwork(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(image))
+
+
+def grid_schedule(train: TrainConfig, **fields) -> TrainConfig:
+    """The grid's training schedule over a family's ``train``: 32 images a step, rho annealed
+    from 1/2 over the first 1,000 steps while the objects' KL warms up (without both, every cell
+    switches off in the first hundred steps), and ``fields`` as each recipe sets them."""
+    return dataclasses.replace(
+        train,
+        batch_size=32,
+        z_pres_prior_start=0.5,
+        z_pres_prior_anneal_steps=1_000,
+        kl_warmup_steps=1_000,
+        **fields,
+    )
 
 
 def _strides(cell_size: int) -> list[int]:
@@ -98,8 +118,11 @@ class CellProposals:
     log_q: torch.Tensor  # (B, K) log q(u, z_what)
     log_p: torch.Tensor  # (B, K) log p(u, z_what)
     log_q_where: torch.Tensor  # (B, K) log q(u), the part of log_q that z_what does not change
-    patches: torch.Tensor  # (B, K, P * P) each object drawn alone in its cell's patch
+    patches: torch.Tensor  # (B, K, P * P) each object drawn alone in its cell's patch (its
+    # C + 1 planes, (B, K, (C + 1) * P * P), for masked objects)
     padded: int  # side of the padded canvas the cells tile
+    background: torch.Tensor | None = None  # (B, C, H, W) the background drawn under them
+    background_log_weight: torch.Tensor | None = None  # (B,) its log p(z_bg) - log q(z_bg | x)
 
 
 class GridAIR(nn.Module):
@@ -109,6 +132,10 @@ class GridAIR(nn.Module):
 
     estimator = "cellwise"  # each cell's z_pres summed out (``objective.cellwise_objective``)
     reads_any_size = True  # convolutional: the grid grows with the image
+    # The window's side may grow to exp(patch_sigmas sigma) of the prior's before a patch clips
+    # it; the cell network's first convolution is this wide.
+    patch_sigmas = 2.0
+    network_width = 16
 
     def __init__(self, config: ModelConfig, objects: GlimpseObjects | None = None) -> None:
         super().__init__()
@@ -131,11 +158,17 @@ class GridAIR(nn.Module):
         self.aspect_spread = config.grid_aspect_spread
         self.where_dims = 4 if self.aspect_spread > 0 else 3
         half = self.reach * self.cell_size + 0.5 * self.side * math.exp(
-            _PATCH_SIGMAS * self.log_side_sd
+            self.patch_sigmas * self.log_side_sd
         )
         self.margin = max(0, math.ceil(half - self.cell_size / 2))
         self.patch = self.cell_size + 2 * self.margin
-        self.network = CellNetwork(self.cell_size, config.grid_channels, self.where_dims)
+        self.network = CellNetwork(
+            self.cell_size,
+            config.grid_channels,
+            self.where_dims,
+            self.network_inputs(config),
+            self.network_width,
+        )
         with torch.no_grad():  # start near the prior: few cells on, windows at the cell centres
             self.network.head.weight.mul_(0.1)
             self.network.head.bias.zero_()
@@ -177,13 +210,9 @@ class GridAIR(nn.Module):
             grid_refine_passes=4,
             objects=objects,
         )
-        train = dataclasses.replace(
+        train = grid_schedule(
             run.train,
             steps=15_000,
-            batch_size=32,
-            z_pres_prior_start=0.5,
-            z_pres_prior_anneal_steps=1_000,
-            kl_warmup_steps=1_000,
             eval_every=2_500,
         )
         return dataclasses.replace(run, model=model, train=train)
@@ -245,8 +274,8 @@ class GridAIR(nn.Module):
         if x.shape[-2] != side:
             raise ValueError(f"grid inference reads square images, got {tuple(x.shape[-2:])}")
         padded = self.padded_side(side)
-        canvas = F.pad(x, (0, padded - side, 0, padded - side))
-        out = self.network(canvas.unsqueeze(1))  # (B, 1 + 2d, h, w)
+        canvas, read, background = self.cell_inputs(x, padded, generator, sample)
+        out = self.network(read)  # (B, 1 + 2d, h, w)
         rows, cols = out.shape[-2:]
         out = out.permute(0, 2, 3, 1).reshape(batch, rows * cols, out.shape[1])
         dims = self.where_dims
@@ -263,9 +292,9 @@ class GridAIR(nn.Module):
         where = read_grid(z_where.flatten(0, 1), glimpse_size).view(
             batch, cells * glimpse_size, glimpse_size, 2
         )
-        glimpse = F.grid_sample(canvas.unsqueeze(1), where, align_corners=False)
-        glimpse = glimpse.view(batch * cells, glimpse_size, glimpse_size)
-        what_loc, what_scale = self.objects.encoder(glimpse.flatten(1))
+        glimpse = F.grid_sample(canvas, where, align_corners=False)  # (B, C, K*G, G)
+        glimpse = glimpse.view(batch, -1, cells, glimpse_size * glimpse_size).transpose(1, 2)
+        what_loc, what_scale = self.objects.encoder(glimpse.reshape(batch * cells, -1))
         z_what = what_loc
         if sample:
             z_what = what_loc + what_scale * standard_normal(what_loc.shape, what_loc, generator)
@@ -287,7 +316,26 @@ class GridAIR(nn.Module):
             log_q_where=log_q_where,
             patches=patches.view(batch, cells, -1),
             padded=padded,
+            background=None if background is None else background.image,
+            background_log_weight=None if background is None else background.log_weight,
         )
+
+    def network_inputs(self, config: ModelConfig) -> int:
+        """Channels of what the cell network reads (``cell_inputs``): the grey image."""
+        return 1
+
+    def cell_inputs(
+        self,
+        x: torch.Tensor,
+        padded: int,
+        generator: torch.Generator | None = None,
+        sample: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, BackgroundDraw | None]:
+        """Images ``x`` (B, H, H) padded to ``padded`` px as glimpses read them (B, 1, padded,
+        padded), what the cell network reads (the same), and the background drawn under them
+        (none: the paper's black canvas)."""
+        canvas = F.pad(x, (0, padded - x.shape[-1], 0, padded - x.shape[-1])).unsqueeze(1)
+        return canvas, canvas, None
 
     def window(
         self, u: torch.Tensor, per_row: int, cell: torch.Tensor | None = None
@@ -346,17 +394,20 @@ class GridAIR(nn.Module):
         self, patches: torch.Tensor, z_pres: torch.Tensor, padded: int, ring: bool = False
     ) -> torch.Tensor:
         """The canvas (B, padded, padded): every present cell's patch added in place; with
-        ``ring``, with the ``margin`` px around it that patches reach (B, padded + 2m, ...)."""
+        ``ring``, with the ``margin`` px around it that patches reach (B, padded + 2m, ...).
+        Patches of several planes (masked objects') give (B, planes, padded, padded)."""
         side = padded + 2 * self.margin
         canvas = F.fold(
             (z_pres.unsqueeze(-1) * patches).transpose(1, 2),
             (side, side),
             self.patch,
             stride=self.cell_size,
-        )[:, 0]
+        )
+        if canvas.shape[1] == 1:
+            canvas = canvas[:, 0]
         if ring:
             return canvas
-        return canvas[:, self.margin : side - self.margin, self.margin : side - self.margin]
+        return canvas[..., self.margin : side - self.margin, self.margin : side - self.margin]
 
     def ring_image(self, x: torch.Tensor, padded: int) -> torch.Tensor:
         """Images ``x`` (B, H, H) laid out as ``paint(..., ring=True)`` lays out the canvas:
@@ -365,8 +416,11 @@ class GridAIR(nn.Module):
         return F.pad(x, (self.margin, pad + self.margin, self.margin, pad + self.margin))
 
     def cell_patches(self, images: torch.Tensor) -> torch.Tensor:
-        """Each cell's patch of ``images`` (B, padded, padded), (B, K, P * P)."""
-        padded = F.pad(images.unsqueeze(1), (self.margin,) * 4)
+        """Each cell's patch of ``images`` (B, padded, padded), (B, K, P * P); of images of
+        several planes (B, C, padded, padded), (B, K, C * P * P), plane by plane."""
+        if images.dim() == 3:
+            images = images.unsqueeze(1)
+        padded = F.pad(images, (self.margin,) * 4)
         return F.unfold(padded, self.patch, stride=self.cell_size).transpose(1, 2)
 
     def forward(
@@ -416,10 +470,15 @@ class GridAIR(nn.Module):
     ) -> torch.Tensor:
         """``scene_score`` from the canvas ``painted`` (``paint(..., ring=True)`` of the
         present objects) and the present objects' summed log p - log q ``objects`` (B,)."""
-        rho = self.config.z_pres_prior if z_pres_prior is None else z_pres_prior
-        prior = torch.where(z_pres > 0, math.log(rho), math.log1p(-rho)).sum(-1)
         drawn = self.objects.canvas_image(painted)
+        prior = self.z_pres_log_prior(z_pres, z_pres_prior)
         return self.log_likelihood_beyond(x, drawn) + prior + objects
+
+    def z_pres_log_prior(self, z_pres: torch.Tensor, z_pres_prior: float | None = None):
+        """log p(z_pres) of each scene's cells (B,): Bernoulli(rho) each, rho the model's or
+        ``z_pres_prior``."""
+        rho = self.config.z_pres_prior if z_pres_prior is None else z_pres_prior
+        return torch.where(z_pres > 0, math.log(rho), math.log1p(-rho)).sum(-1)
 
     def patch_log_likelihoods(
         self, x: torch.Tensor, cells: CellProposals, z_pres: torch.Tensor
@@ -449,7 +508,7 @@ class GridAIR(nn.Module):
     ) -> torch.Tensor:
         """Per cell (B, K), whether its window's centre ``centre`` (B, K, 2) lies inside the
         window (centre, width and height ``size`` (B, K, 2)) of another cell that is
-        ``present``. A window lies inside its cell's patch (one taller than ``_PATCH_SIGMAS``
+        ``present``. A window lies inside its cell's patch (one taller than ``patch_sigmas``
         spreads is clipped there), so only cells whose patches share pixels are compared."""
         batch = present.shape[0]
         reach = (self.patch - 1) // self.cell_size
@@ -717,10 +776,9 @@ class GridAIR(nn.Module):
         z_pres_prior: float | None = None,
     ) -> Inference:
         """The ``Inference`` of proposals ``cells`` with the cells ``z_pres`` (B, K) present."""
-        side, margin = x.shape[-1], self.margin
+        side = x.shape[-1]
         rho = self.config.z_pres_prior if z_pres_prior is None else z_pres_prior
-        whole = self.objects.canvas_image(self.paint(cells.patches, z_pres, cells.padded, True))
-        canvas = whole[:, margin : margin + side, margin : margin + side]
+        log_likelihood, canvas, scene = self.reconstruction(x, cells, z_pres)
         log_rho = x.new_tensor([math.log(rho), math.log1p(-rho)])
         # z_where as a window of the image itself (the padding lies beyond its right and bottom).
         ratio = cells.padded / side
@@ -742,10 +800,28 @@ class GridAIR(nn.Module):
             log_q_object=z_pres * cells.log_q,
             log_p_object=z_pres * cells.log_p,
             log_q_discrete=None,
-            log_likelihood=self.log_likelihood_beyond(x, whole),
+            log_likelihood=log_likelihood,
             canvas=canvas,
-            scene=canvas,
+            scene=scene,
+            background_log_weight=cells.background_log_weight,
+            background=cells.background,
         )
+
+    def reconstruction(
+        self, x: torch.Tensor, cells: CellProposals, z_pres: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log p(x | z) (B,) of the cells ``z_pres`` present, their image (B, H, H) and the
+        object model's canvas it is the image of (for summed grey objects the image itself)."""
+        side, margin = x.shape[-1], self.margin
+        whole = self.objects.canvas_image(self.paint(cells.patches, z_pres, cells.padded, True))
+        canvas = whole[:, margin : margin + side, margin : margin + side]
+        return self.log_likelihood_beyond(x, whole), canvas, canvas
+
+    def segmentation(self, x: torch.Tensor, inference: Inference) -> torch.Tensor | None:
+        """Per pixel of images ``x``, which object of ``inference`` is seen there (B, H, W), 0
+        the background; None where objects have no masks (``ObjectModel.segmentation``)."""
+        objects = self.objects.at_canvas(x.shape[-1])
+        return objects.segmentation(inference.objects, inference.z_pres)
 
     # -- sampling ---------------------------------------------------------------------------
 
@@ -789,15 +865,23 @@ class GridAIR(nn.Module):
             half = size / 2
             centre = torch.minimum(torch.maximum(centre, half), side - half)
         z_where = self.window_z_where(size, centre, side)
+        objects = {"z_where": z_where, "z_what": z_what}
+        images = self.draw_scenes(objects, z_pres, generator)
+        return PriorSample(images=images, z_pres=z_pres, objects=objects)
+
+    def draw_scenes(
+        self,
+        objects: dict[str, torch.Tensor],
+        z_pres: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The mean images (B, H, H) of scenes of ``objects`` (B, K, ...) on the model's canvas,
+        the cells ``z_pres`` present: their ink summed, clipped to [0, 1]."""
         image, cell = z_pres.nonzero(as_tuple=True)
-        objects = self.objects
-        drawn = objects.draw({"z_where": z_where[image, cell], "z_what": z_what[image, cell]})
-        canvas = like.new_zeros(n, side, side).index_add(0, image, drawn)
-        return PriorSample(
-            images=canvas.clamp(0, 1),
-            z_pres=z_pres,
-            objects={"z_where": z_where, "z_what": z_what},
-        )
+        drawn = self.objects.draw({name: value[image, cell] for name, value in objects.items()})
+        side = self.config.canvas_size
+        canvas = z_pres.new_zeros(len(z_pres), side, side).index_add(0, image, drawn)
+        return canvas.clamp(0, 1)
 
 
 # Cells tried on, and tried off, per image in each pass of ``GridAIR.refine``.

@@ -44,6 +44,9 @@ class MaskedObjects(GlimpseObjects):
     an appearance and a mask."""
 
     default_data = "sprites"
+    # Cells have no order: on the grid, objects are composited without one
+    # (``composite_summed``).
+    inference_schemes = {"grid": "airscene.masked_grid:MaskedGridAIR"}
 
     def __init__(self, config: MaskedConfig, canvas_size: int, channels: int) -> None:
         ObjectModel.__init__(self)
@@ -115,15 +118,33 @@ class MaskedObjects(GlimpseObjects):
             canvas = canvas.index_add(0, rows, uncovered * drawn[at])
         return canvas
 
-    def _image(self, planes: torch.Tensor) -> torch.Tensor:
+    def image_of(self, planes: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) planes as the model's images: grey ones lose their channel axis."""
         return planes.squeeze(1) if self.channels == 1 else planes
 
     def canvas_image(self, canvas):
-        return self._image(canvas[:, : self.channels])
+        return self.image_of(canvas[:, : self.channels])
 
     def coverage(self, canvas):
-        return self._image(canvas[:, self.channels :])
+        return self.image_of(canvas[:, self.channels :])
+
+    def planes(self, image: torch.Tensor) -> torch.Tensor:
+        """Images (B, H, W) or (B, C, H, W) as planes (B, C, H, W): grey ones gain a channel."""
+        return image.unsqueeze(1) if image.dim() == 3 else image
+
+    def composite_summed(
+        self, summed: torch.Tensor, background: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The mean planes (B, C, H, W) of objects composited without an order: ``summed``
+        (B, C + 1, H, W) holds their premultiplied colours and masks added up. Where the masks
+        sum over 1 the colour is their mask-weighted mean; ``background`` (the model's images,
+        None: black) shows through by one minus the masks' sum, clipped to [0, 1]. Where
+        objects do not overlap, this is ``composite`` exactly."""
+        colour, cover = summed[:, : self.channels], summed[:, self.channels :]
+        planes = colour / cover.clamp(min=1.0)
+        if background is None:
+            return planes
+        return planes + (1 - cover.clamp(max=1.0)) * self.planes(background)
 
     def unexplained(self, read, canvas, background):
         """The image less the composite of the objects so far over the background."""
@@ -166,8 +187,8 @@ class MaskedObjects(GlimpseObjects):
         truth = getattr(scenes, "segmentation", None)
         scores = []
 
-        def score_masks(start: int, mode) -> None:  # on evaluate's own pass over the scenes
-            found = self.segmentation(mode.objects, mode.z_pres).cpu().numpy()
+        def score_masks(start: int, x, mode) -> None:  # on evaluate's own pass over the scenes
+            found = model.segmentation(x, mode).cpu().numpy()
             for true, inferred in zip(truth[start : start + len(found)], found, strict=True):
                 foreground = true > 0
                 if foreground.any():

@@ -480,6 +480,12 @@ class AIR(nn.Module):
             background=None if background is None else background.image,
         )
 
+    def segmentation(self, x: torch.Tensor, inference: Inference) -> torch.Tensor | None:
+        """Per pixel of images ``x``, which object of ``inference`` is seen there (B, H, W), 0
+        the background; None where objects have no masks (``ObjectModel.segmentation``)."""
+        objects = self.objects.at_canvas(x.shape[-1])
+        return objects.segmentation(inference.objects, inference.z_pres)
+
     # -- what an objective may ask for beyond the ELBO ---------------------------------------
 
     def enumerate_choices(
@@ -557,4 +563,5 @@ def build_model(config: ModelConfig) -> nn.Module:
     loading, evaluation and the experiments use."""
     from airscene.registry import inference_scheme
 
-    return inference_scheme(config.inference)(config, build_objects(config))
+    scheme = inference_scheme(config.inference, config.objects.kind)
+    return scheme(config, build_objects(config))

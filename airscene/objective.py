@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -293,7 +293,14 @@ def cellwise_objective(
     value_on = present - absent + math.log(rho) + kl_weight * (cells.log_p - cells.log_q) - log_q1
     value_off = math.log1p(-rho) - log_q0
     surrogate = (probs * value_on + (1 - probs) * value_off).sum(1)
-    inference = model.inference_of(x, cells, z_pres, z_pres_prior)
+    # The objects as drawn, held fixed: their gradient is the surrogate's alone.
+    drawn = replace(cells, patches=cells.patches.detach())
+    inference = model.inference_of(x, drawn, z_pres, z_pres_prior)
     elbo = inference.elbo.detach()
     loss = -surrogate.mean()
+    if inference.background_log_weight is not None:
+        # A background (``airscene.masked_grid``) learns from the whole image's likelihood with
+        # the objects as drawn, and its own log p / q, warmed up as the objects' is.
+        background = inference.log_likelihood + kl_weight * inference.background_log_weight
+        loss = loss - background.mean()
     return inference, Objective(loss=loss, baseline_loss=None, elbo=elbo)

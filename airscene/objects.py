@@ -81,6 +81,9 @@ class ObjectModel(nn.Module):
     feedback_dim: int  # size of ``feedback``'s last dimension
     canvas_size: int
     default_data = "multi-mnist"  # the ``DataConfig.kind`` it trains on unless told otherwise
+    # Inference schemes of its own, by ``ModelConfig.inference``, where the registry's
+    # (``airscene.registry.INFERENCE_SCHEMES``) do not fit its objects: "module:name" strings.
+    inference_schemes: dict[str, str] = {}
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> ObjectModel:

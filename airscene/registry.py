@@ -67,8 +67,11 @@ def build_objects(config: ModelConfig) -> ObjectModel:
     return object_model_class(config.objects.kind).from_config(config)
 
 
-def inference_scheme(name: str) -> Any:
-    """The model class of inference scheme ``name``."""
+def inference_scheme(name: str, objects: str | None = None) -> Any:
+    """The model class of inference scheme ``name``: for objects of kind ``objects``, the object
+    model's own one where it has one (``ObjectModel.inference_schemes``)."""
+    if objects is not None and name in object_model_class(objects).inference_schemes:
+        return _entry(object_model_class(objects).inference_schemes, name, "inference scheme")
     return _entry(INFERENCE_SCHEMES, name, "inference scheme")
 
 

@@ -131,14 +131,14 @@ def mask_image(segmentation: np.ndarray, colour: bool = True) -> np.ndarray:
 def show_inference(model, images, path: str | Path, true_counts: np.ndarray | None = None) -> Path:
     """``inference_figure`` of ``model``'s deterministic inference on ``images`` (B, H, W) or
     (B, C, H, W), a tensor, with the boxes its object model draws (``ObjectModel.figure_boxes``)
-    and, where it draws masks, its segmentation (``ObjectModel.segmentation``)."""
+    and, where it draws masks, its segmentation (the scheme's ``segmentation``)."""
     import torch
 
     with torch.no_grad():
         inference = model(images, sample=False)
         objects = model.objects.at_canvas(images.shape[-1])
         boxes = objects.figure_boxes(inference.objects)
-        segmentation = objects.segmentation(inference.objects, inference.z_pres)
+        segmentation = model.segmentation(images, inference)
     return inference_figure(
         images.cpu().numpy(),
         inference.canvas.cpu().numpy(),

@@ -156,7 +156,7 @@ def test_the_background_learns_what_every_image_shares():
 @pytest.mark.parametrize(
     "flags, words",
     [
-        (["--inference", "grid"], "not built for grid inference"),
+        (["--inference", "grid"], "needs masked objects"),
         (["--kind", "scenes3d"], "render their own scene"),
     ],
 )

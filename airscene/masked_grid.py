@@ -1,0 +1,307 @@
+"""The grid scheme (``airscene.grid``) over coloured objects with masks and a background: SPACE's
+route (Lin et al. 2020) with AIR's objects (``airscene.masked_objects``).
+
+What differs from the grey grid, and why:
+
+  * Cells have no order, so objects are composited without one: each cell's patch holds its
+    object's premultiplied colour and mask, the patches are added up as grey ink is, and the
+    colour is normalised where the masks sum over 1 (``MaskedObjects.composite_summed``); the
+    background shows through by one minus the masks' sum. Where objects do not overlap this is
+    the ordered composite exactly; where they do, their colours mix instead of one covering the
+    other (an order would need cells decided in turn, SPAIR's sequential cells).
+  * The background (``ModelConfig.background``) is drawn first, and the cell network reads the
+    image and the image less the background (2C channels); glimpses read the image in colour.
+  * p(x | z) scores the image's own pixels: beyond a coloured image there is no black plane, so
+    an object's drawing beyond the edge is neither paid for nor rewarded.
+  * The background learns from the whole image's likelihood with the objects as drawn, held
+    fixed, and its own log p / q (``objective.cellwise_objective``); the cells score their
+    patches over it detached, so an object cannot pull the background under it.
+  * q's mode is refined by switching duplicates off: two neighbouring cells often both claim
+    one shape, about a pixel apart (each cell's q is trained against the other as drawn, and
+    neither can say "exactly one of us"); an object centred in another's window is switched
+    off while the scene's ELBO gains.
+  * The segmentation (which object each pixel shows) is the posterior of the pixel's owner:
+    masks decoded through a window are soft at a shape's rim, where the image's colour still
+    says whose the pixel is.
+
+What each choice measured: results/clutter/findings.md ("Sprites on the grid").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+
+from airscene.background import BackgroundDraw, build_background
+from airscene.config import ConfigError, MaskedConfig, ModelConfig, RunConfig
+from airscene.errors import AirsceneError
+from airscene.grid import CellProposals, GridAIR, _index, grid_schedule
+from airscene.masked_objects import MaskedObjects
+from airscene.model import Inference, pixel_log_likelihood
+from airscene.registry import build_objects
+
+# Objects tried off per image in each pass of ``MaskedGridAIR.refine``.
+_SWITCH_CANDIDATES = 8
+
+
+class MaskedGridAIR(GridAIR):
+    """Spatially parallel inference of masked objects over a background (see the module):
+    ``model(x)`` on images ``x`` (B, C, H, H), or (B, H, H) for grey ones, returns an
+    ``Inference`` with one entry per cell, its canvas the composite over the background."""
+
+    reads_any_size = False  # the background is drawn at the canvas's size
+    # Windows grow to exp(1.5 sigma) of the prior's side before a patch clips them (the sprites'
+    # largest shapes fit at the prior's side 16 px), and the cell network starts wider than the
+    # grey grid's: it reads colour and the image less its background.
+    patch_sigmas = 1.5
+    network_width = 32
+    switch_on = True
+
+    def __init__(self, config: ModelConfig, objects: MaskedObjects | None = None) -> None:
+        objects = build_objects(config) if objects is None else objects
+        if not isinstance(objects, MaskedObjects):
+            raise AirsceneError(
+                f"MaskedGridAIR infers masked objects; objects {config.objects.kind!r} are "
+                "inferred by GridAIR or the sequential loop"
+            )
+        super().__init__(config, objects)
+        self.channels = config.channels
+        self.background = build_background(config)
+
+    @staticmethod
+    def recipe(run: RunConfig) -> RunConfig:
+        """A masked-objects run (``train --kind sprites``) as the grid trains it: cells of 8 px,
+        each object's window centred inside its cell, its side the family's prior size times
+        exp(0.25 u); rho = 0.01 per cell, annealed from 1/2 over the first 1,000 steps while
+        the objects' KL warms up (as the digits grid); 5,000 steps of 32 images, the learning
+        rate's cosine ending at a tenth, and q's mode refined by up to 4 passes of the
+        duplicate switch. What each choice measured: results/clutter/findings.md."""
+        objects = run.model.objects
+        if not isinstance(objects, MaskedConfig):
+            raise ConfigError(
+                f"the masked grid infers masked objects; objects {objects.kind!r} are not"
+            )
+        scale = objects.z_where_prior_loc[0]
+        objects = dataclasses.replace(
+            objects, z_where_prior_loc=(scale, 0.0, 0.0), z_where_prior_scale=(0.25 * scale, 1, 1)
+        )
+        model = dataclasses.replace(
+            run.model,
+            inference="grid",
+            cell_size=8,
+            cell_reach=0.5,
+            z_pres_prior=0.01,
+            grid_refine_passes=4,
+            dair=False,
+            core_pool=1,
+            objects=objects,
+        )
+        train = grid_schedule(
+            run.train,
+            steps=5_000,
+            final_lr_fraction=0.1,
+            grad_clip=1e4,
+            z_pres_baseline="learned",  # the sequential loop's; the grid has none
+            eval_every=1_000,
+        )
+        return dataclasses.replace(run, model=model, train=train)
+
+    # -- what the cells read ------------------------------------------------------------------
+
+    def network_inputs(self, config: ModelConfig) -> int:
+        """The image and the image less its background, C channels each."""
+        return 2 * config.channels
+
+    def cell_inputs(
+        self,
+        x: torch.Tensor,
+        padded: int,
+        generator: torch.Generator | None = None,
+        sample: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, BackgroundDraw | None]:
+        """Images ``x`` padded to ``padded`` px as glimpses read them (B, C, padded, padded),
+        what the cell network reads (the same and it less the background, detached: the
+        objects do not train the background), and the background drawn (q's mode without
+        ``sample``), None without one."""
+        planes = self.objects.planes(x)
+        background = None if self.background is None else self.background(x, generator, sample)
+        under = 0.0 if background is None else self.objects.planes(background.image.detach())
+        padding = (0, padded - x.shape[-1], 0, padded - x.shape[-1])
+        canvas = F.pad(planes, padding)
+        return canvas, torch.cat([canvas, F.pad(planes - under, padding)], 1), background
+
+    # -- p(x | z) -----------------------------------------------------------------------------
+
+    def under(self, x: torch.Tensor, cells: CellProposals) -> torch.Tensor:
+        """The background under images ``x`` as planes (B, C, H, H): the one drawn, or black."""
+        planes = self.objects.planes(x)
+        if cells.background is None:
+            return torch.zeros_like(planes)
+        return self.objects.planes(cells.background)
+
+    def reconstruction(
+        self, x: torch.Tensor, cells: CellProposals, z_pres: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log p(x | z) (B,) of the image's pixels, the composite (the model's images) and the
+        objects' summed planes (B, C + 1, H, H) it composites."""
+        side = x.shape[-1]
+        summed = self.paint(cells.patches, z_pres, cells.padded)[..., :side, :side]
+        planes = self.objects.composite_summed(summed, self.under(x, cells))
+        log_p = pixel_log_likelihood(self.config, self.objects.planes(x), planes)
+        return log_p.flatten(1).sum(1), self.objects.image_of(planes), summed
+
+    def patch_log_likelihoods(
+        self, x: torch.Tensor, cells: CellProposals, z_pres: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per cell (B, K), log p(x | z) of its patch's pixels inside the image with its object
+        drawn and without it, the other cells as ``z_pres`` says (detached), over the
+        background (detached); the first keeps the gradient of the cell's own drawing."""
+        with torch.no_grad():
+            pad = cells.padded - x.shape[-1]
+            padding = (0, pad, 0, pad)
+            seen = self.cell_patches(F.pad(self.objects.planes(x), padding))
+            under = self.cell_patches(F.pad(self.under(x, cells).detach(), padding))
+            inside = self.cell_patches(F.pad(x.new_ones(1, 1, *x.shape[-2:]), padding))
+            others = self.cell_patches(self.paint(cells.patches, z_pres, cells.padded))
+            others = others - z_pres.unsqueeze(-1) * cells.patches
+            absent = self.patch_scores(seen, under, others, inside)
+        return self.patch_scores(seen, under, others + cells.patches, inside), absent
+
+    def patch_scores(
+        self, seen: torch.Tensor, under: torch.Tensor, drawn: torch.Tensor, inside: torch.Tensor
+    ) -> torch.Tensor:
+        """log p of the patches ``seen`` (B, K, C * P * P) over the background's ``under``
+        given the objects' summed planes ``drawn`` (B, K, (C + 1) * P * P), counting the pixels
+        ``inside`` (1, K, P * P) the image, (B, K)."""
+        batch, cells = drawn.shape[:2]
+        c, p = self.channels, self.patch
+        planes = self.objects.composite_summed(
+            drawn.reshape(-1, c + 1, p, p), under.reshape(-1, c, p, p)
+        )
+        log_p = pixel_log_likelihood(self.config, seen.reshape(-1, c, p, p), planes)
+        return (log_p.sum(1).view(batch, cells, -1) * inside).sum(-1)
+
+    def scene_score(
+        self,
+        x: torch.Tensor,
+        cells: CellProposals,
+        z_pres: torch.Tensor,
+        z_pres_prior: float | None = None,
+    ) -> torch.Tensor:
+        """The ELBO of each scene (B,) with its z_pres held as given and its objects and
+        background as ``cells`` holds them (the background's own log p / q left out: no move of
+        the search changes it)."""
+        log_likelihood = self.reconstruction(x, cells, z_pres)[0]
+        objects = (z_pres * (cells.log_p - cells.log_q)).sum(-1)
+        return log_likelihood + self.z_pres_log_prior(z_pres, z_pres_prior) + objects
+
+    # -- q's mode, refined --------------------------------------------------------------------
+
+    def refine(
+        self,
+        x: torch.Tensor,
+        cells: CellProposals,
+        z_pres: torch.Tensor,
+        z_pres_prior: float | None = None,
+        passes: int = 1,
+    ) -> tuple[CellProposals, torch.Tensor]:
+        """q's mode ``z_pres`` refined on the scene's ELBO: in each of ``passes``, of the
+        objects centred in another present object's window (the most doubtful
+        ``_SWITCH_CANDIDATES``) each is tried off, and of the absent cells centred in the image
+        the ``_SWITCH_CANDIDATES`` q most nearly found each tried on (as q proposes its object);
+        the try that gains most is kept, if any gains. An object alone is never switched off
+        (a lone shape's object may cost more than the pixels it explains, and is still the
+        shape)."""
+        z_pres = z_pres.clone()
+        rows = cells.padded // self.cell_size
+        inside = self.cells_inside(x.shape[-1])
+        index = torch.arange(z_pres.shape[1], device=x.device)
+        centred = ((index // rows) < inside) & ((index % rows) < inside)
+        tries_each = min(_SWITCH_CANDIDATES, z_pres.shape[1])
+        never = torch.full_like(cells.logits, -math.inf)
+        score = self.scene_score(x, cells, z_pres, z_pres_prior)
+        for _ in range(passes):
+            size, _, centre = self.window(cells.u, rows)
+            present = z_pres > 0
+            covered = present & self.covered(present, centre, size, rows)
+            addable = ~present & centred if self.switch_on else torch.zeros_like(present)
+            offs = torch.where(covered, -cells.logits, never).topk(tries_each, dim=1).indices
+            ons = torch.where(addable, cells.logits, never).topk(tries_each, dim=1).indices
+            tries = torch.cat([offs, ons], 1)
+            valid = torch.cat([covered.gather(1, offs), addable.gather(1, ons)], 1)
+            image, slot = valid.nonzero(as_tuple=True)
+            if len(image) == 0:
+                break
+            move = tries[image, slot]
+            tried = z_pres[image].clone()
+            row = torch.arange(len(image), device=x.device)
+            tried[row, move] = 1 - tried[row, move]
+            tried_score = self.scene_score(x[image], _index(cells, image), tried, z_pres_prior)
+            gain = torch.full(tries.shape, -math.inf, dtype=score.dtype, device=x.device)
+            gain[image, slot] = tried_score - score[image]
+            best_gain, best = gain.max(1)
+            better = (best_gain > 0).nonzero().flatten()
+            if len(better) == 0:
+                break
+            chosen = tries[better, best[better]]
+            z_pres[better, chosen] = 1 - z_pres[better, chosen]
+            score[better] += best_gain[better]
+        return cells, z_pres
+
+    # -- what the verbs and evaluations read ----------------------------------------------------
+
+    @torch.no_grad()
+    def segmentation(self, x: torch.Tensor, inference: Inference) -> torch.Tensor:
+        """Per pixel of images ``x``, whose it is (B, H, W): 0 the background, k + 1 the object
+        of cell k. The pixel's owner under its posterior, reading the composite as a mixture:
+        each component's weight in the pixel's mean (an object's mask, over the masks' sum
+        where that is over 1; the background's one minus the masks' sum, clipped) times the
+        likelihood of the pixel under that component's own colour. A decoded mask is soft at a
+        shape's rim, where by the masks alone the background would take the pixel."""
+        objects = self.objects.at_canvas(x.shape[-1])
+        planes = self.objects.planes(x)
+        batch, cells = inference.z_pres.shape
+        image, cell = inference.z_pres.nonzero(as_tuple=True)
+        drawn = objects.draw({k: inference.objects[k][image, cell] for k in ("z_where", "z_what")})
+        c = self.channels
+        mask = drawn[:, c:]  # (M, 1, H, W)
+        cover = torch.zeros_like(planes[:, :1]).index_add(0, image, mask)
+        share = mask / cover[image].clamp(min=1.0)
+        colour = drawn[:, :c] / mask.clamp(min=1e-6)
+
+        def owner_log_score(weight: torch.Tensor, seen: torch.Tensor, mean: torch.Tensor):
+            fit = pixel_log_likelihood(self.config, seen, mean).sum(1, keepdim=True)
+            return torch.log(weight) + fit
+
+        if inference.background is None:
+            background = torch.zeros_like(planes)
+        else:
+            background = self.objects.planes(inference.background)
+        score = planes.new_full((batch, cells + 1, *x.shape[-2:]), -math.inf)
+        score[:, :1] = owner_log_score(1 - cover.clamp(max=1.0), planes, background)
+        score[image, cell + 1] = owner_log_score(share, planes[image], colour)[:, 0]
+        return score.argmax(1)
+
+    # -- sampling -------------------------------------------------------------------------------
+
+    def draw_scenes(
+        self,
+        objects: dict[str, torch.Tensor],
+        z_pres: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The mean images of scenes of ``objects`` (B, K, ...), the cells ``z_pres`` present,
+        composited without order over backgrounds drawn from the prior."""
+        image, cell = z_pres.nonzero(as_tuple=True)
+        drawn = self.objects.draw({name: value[image, cell] for name, value in objects.items()})
+        side = self.config.canvas_size
+        summed = z_pres.new_zeros(len(z_pres), self.channels + 1, side, side)
+        summed = summed.index_add(0, image, drawn)
+        background = None
+        if self.background is not None:
+            background = self.background.sample(len(z_pres), z_pres, generator)
+        planes = self.objects.composite_summed(summed, background)
+        return self.objects.image_of(planes).clamp(0, 1)

@@ -1,0 +1,185 @@
+"""The grid over coloured objects with masks and a background (``airscene.masked_grid``)."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from airscene.cli import main
+from airscene.config import ConfigError, MaskedConfig, ModelConfig, sprites_run
+from airscene.masked_grid import MaskedGridAIR
+from airscene.masked_objects import MaskedObjects
+from airscene.model import build_model
+from airscene.objective import cellwise_objective
+from airscene.registry import inference_scheme
+
+
+def masked_grid(seed: int = 0, **fields) -> MaskedGridAIR:
+    run = inference_scheme("grid", "masked").recipe(sprites_run())
+    objects = dataclasses.replace(run.model.objects, encoder_hidden=16, decoder_hidden=16)
+    model = dataclasses.replace(run.model, objects=objects, grid_channels=8, **fields)
+    torch.manual_seed(seed)
+    return build_model(model)
+
+
+def opaque(model: MaskedGridAIR, colour: float = 4.0) -> None:
+    """Every object an opaque square of its window (colour logits ``colour``)."""
+    with torch.no_grad():
+        model.objects.decoder.net[0][-1].weight.zero_()
+        model.objects.decoder.net[0][-1].bias.fill_(colour)
+        model.objects.decoder.net[0][-1].bias[-(16 * 16) :] = 8.0  # the mask
+
+
+def test_the_grid_of_masked_objects_is_its_own_scheme_and_its_recipe_is_valid():
+    assert inference_scheme("grid", "masked") is MaskedGridAIR
+    run = MaskedGridAIR.recipe(sprites_run())
+    assert run.model.inference == "grid" and not run.model.dair and run.model.core_pool == 1
+    assert run.model.background == "smooth" and run.model.channels == 3
+    assert isinstance(build_model(run.model), MaskedGridAIR)
+    with pytest.raises(ConfigError, match="masked objects"):
+        ModelConfig(inference="grid", background="smooth")  # grey summed ink has none
+
+
+def test_summed_composite_is_the_ordered_one_apart_and_mixes_colours_where_objects_overlap():
+    objects = MaskedObjects(MaskedConfig(), canvas_size=8, channels=3)
+    red, blue = torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8)
+    red[0, [0, 3], :4, :4] = 1.0  # opaque red (premultiplied colour, then the mask)
+    blue[0, 2:, 4:, 4:] = 0.5  # blue, half transparent
+    background = torch.full((1, 3, 8, 8), 0.2)
+    ordered = red + (1 - red[:, 3:]) * blue  # apart, painting in order adds them
+    torch.testing.assert_close(
+        objects.composite_summed(red + blue, background), objects.composite(ordered, background)
+    )
+    over = red.clone()
+    over[0, 2:, :4, :4] += 1.0  # an opaque blue object on the red one
+    mixed = objects.composite_summed(over, background)
+    torch.testing.assert_close(mixed[0, :, 0, 0], torch.tensor([0.5, 0.0, 0.5]))  # their mean
+    torch.testing.assert_close(mixed[0, :, 7, 0], torch.full((3,), 0.2))  # background alone
+
+
+def test_each_cells_patch_scores_are_the_scene_likelihood_with_it_and_without_it():
+    """What a cell's z_pres changes in log p(x | z), scored in its patch (the image's pixels
+    only, the background under them), equals the change of the whole image's likelihood; cells
+    on the edge included, whose windows reach beyond the image."""
+    model = masked_grid(seed=1).train()
+    opaque(model, colour=0.5)
+    x = torch.rand(2, 3, 64, 64)
+    cells = model.propose(x, torch.Generator().manual_seed(2))
+    z_pres = torch.rand(cells.logits.shape, generator=torch.Generator().manual_seed(3)) < 0.3
+    z_pres = z_pres.float()
+    present, absent = model.patch_log_likelihoods(x, cells, z_pres)
+    for cell in (0, 7, 27, 63):
+        on, off = z_pres.clone(), z_pres.clone()
+        on[:, cell], off[:, cell] = 1.0, 0.0
+        whole_on = model.reconstruction(x, cells, on)[0]
+        whole_off = model.reconstruction(x, cells, off)[0]
+        torch.testing.assert_close(
+            present[:, cell] - absent[:, cell], whole_on - whole_off, rtol=1e-4, atol=2e-2
+        )
+
+
+def test_the_objects_do_not_train_the_background_and_it_learns_from_the_image():
+    model = masked_grid(seed=3).train()
+    x = torch.rand(3, 3, 64, 64)
+    inference, objective = cellwise_objective(model, x, torch.Generator().manual_seed(0), 0.3)
+    background = list(model.background.parameters())
+    decoder = list(model.objects.decoder.parameters())
+    whole = inference.log_likelihood.sum()  # the background's term: the objects held fixed
+    assert all(g is None for g in torch.autograd.grad(whole, decoder, allow_unused=True,
+                                                      retain_graph=True))  # fmt: skip
+    cells = model.propose(x, torch.Generator().manual_seed(0))
+    z_pres = torch.ones_like(cells.logits)
+    present, _ = model.patch_log_likelihoods(x, cells, z_pres)  # what the objects learn from
+    assert all(g is None for g in torch.autograd.grad(present.sum(), background,
+                                                      allow_unused=True))  # fmt: skip
+    objective.loss.backward()
+    assert sum(p.grad.abs().sum() for p in background if p.grad is not None) > 0
+
+
+def test_refining_switches_off_a_shape_claimed_twice_but_not_a_lone_object(monkeypatch):
+    """Cells 9 and 10 draw the same opaque square centred between them; cell 50 draws a square
+    where the image is black. Only an object centred in another's window may go: one claim
+    of the two is switched off (the image is the same, one object fewer), cell 50 stays."""
+    model = masked_grid(seed=2, background="none").eval()
+    opaque(model)
+    x = torch.zeros(1, 3, 64, 64)
+    x[:, :, 1:17, 8:24] = 1.0  # a white square centred at (16, 9), between cells 9 and 10
+    window = model.window
+
+    def meeting(u, per_row, cell=None):
+        side, offset, centre = window(u, per_row, cell)
+        offset, centre = offset.clone(), centre.clone()
+        for cell, shift in ((9, 3.9), (10, -3.9)):
+            offset[:, cell] = torch.tensor([shift, 0.0])
+            centre[:, cell] = torch.tensor([16.0, 9.0])
+        return side, offset, centre
+
+    monkeypatch.setattr(model, "window", meeting)
+    with torch.no_grad():
+        cells = model.propose(x, sample=False)
+        z_pres = torch.zeros_like(cells.logits)
+        z_pres[:, [9, 10, 50]] = 1.0
+        before = model.scene_score(x, cells, z_pres)
+        cells, refined = model.refine(x, cells, z_pres, None, passes=3)
+        after = model.scene_score(x, cells, refined)
+    assert refined[0, 9] + refined[0, 10] == 1
+    assert refined[0, 50] == 1 and refined.sum() == 2
+    assert after > before
+
+
+def test_segmentation_gives_a_soft_rim_to_the_object_whose_colour_it_shows(monkeypatch):
+    """A red square whose decoded mask is 0.9 inside and 0.3 on its outermost ring, over blue:
+    by the masks alone the ring would be the background's (0.3 < 0.7); by the pixel's owner
+    under the posterior it is the square's, and nothing beyond it is."""
+    model = masked_grid(background="none").eval()
+    drawing = torch.zeros(1, 4, 64, 64)
+    drawing[0, 3, 20:30, 20:30] = 0.3
+    drawing[0, 3, 21:29, 21:29] = 0.9
+    drawing[0, 0] = drawing[0, 3]  # red, premultiplied
+    monkeypatch.setattr(
+        MaskedObjects,
+        "draw",
+        lambda self, values: drawing.expand(len(values["z_what"]), -1, -1, -1),
+    )  # noqa: E501
+    x = torch.zeros(1, 3, 64, 64)
+    x[0, 2] = 1.0
+    x[0, :, 20:30, 20:30] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
+    inference = model(x, sample=False)
+    inference.z_pres.zero_()
+    inference.z_pres[0, 27] = 1.0
+    found = model.segmentation(x, inference)[0]
+    truth = torch.zeros(64, 64, dtype=torch.long)
+    truth[20:30, 20:30] = 28
+    assert torch.equal(found, truth)
+
+
+def test_sampled_scenes_are_coloured_composites_holding_their_count():
+    model = masked_grid(seed=4).eval()
+    sample = model.sample(5, torch.Generator().manual_seed(0), counts=(2, 3))
+    assert sample.images.shape == (5, 3, 64, 64)
+    assert 0 <= sample.images.min() and sample.images.max() <= 1
+    assert set(sample.z_pres.sum(1).tolist()) <= {2.0, 3.0}
+
+
+def test_sprites_train_on_the_grid_and_every_verb_reads_the_model(tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", "--kind", "sprites", "--inference", "grid", "--run-dir", str(run),
+            "--steps", "2", "--batch-size", "4", "--n-train", "16", "--n-test", "8",
+            "--eval-every", "2", "--eval-scenes", "8", "--encoder-hidden", "8",
+            "--decoder-hidden", "8", "--grid-channels", "8"]  # fmt: skip
+    assert main(argv) == 0
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["model"]["inference"] == "grid" and config["model"]["background"] == "smooth"
+    assert config["train"]["steps"] == 2 and config["model"]["cell_size"] == 8
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(run), "--n", "8", "--quiet", "--out", str(out)]) == 0
+    assert "foreground_ari" in json.loads(out.read_text())
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.full((64, 64, 3), 90, dtype=np.uint8)).save(image)
+    records = tmp_path / "found.jsonl"
+    assert main(["infer", "--model", str(run), str(image), "--out", str(records)]) == 0
+    assert json.loads(records.read_text().splitlines()[0])["count"] >= 0
+    assert main(["sample", "--model", str(run), "--n", "2", "--out", str(tmp_path / "s.png")]) == 0
