@@ -182,7 +182,8 @@ def _train_preset(args: argparse.Namespace) -> RunConfig:
     preset = scene_family(kind or DataConfig.kind).preset()
     if args.inference is None:
         return preset
-    return inference_scheme(args.inference, preset.model.objects.kind).recipe(preset)
+    objects = args.objects or preset.model.objects.kind
+    return inference_scheme(args.inference, objects).recipe(preset)
 
 
 def _eval(args: argparse.Namespace) -> int:

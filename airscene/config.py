@@ -400,6 +400,12 @@ class MaskedConfig:
     z_where_max_scale: float | None = param(
         0.1, "upper bound on q(z_where)'s standard deviation (None: unbounded softplus)"
     )
+    mask_writing: Literal["mask", "logit"] = param(
+        "mask",
+        "how a decoded glimpse is written onto the canvas: mask (resampled as it is, its mask's "
+        "edge soft over a glimpse pixel) or logit (the mask's logits resampled, then squashed: "
+        "an edge as sharp as the decoder makes it at any window size)",
+    )
     window_range: tuple[float, float] = param(
         (0.1, 0.45),
         "the least and most a window's side may be, as a fraction of the canvas (q's mean of "
@@ -419,6 +425,10 @@ class MaskedConfig:
             0 < low < self.z_where_prior_loc[0] < high <= 1,
             f"window_range {self.window_range} must hold the prior's scale "
             f"{self.z_where_prior_loc[0]} strictly inside, within (0, 1]",
+        )
+        _check(
+            self.mask_writing in ("mask", "logit"),
+            f"unknown mask_writing {self.mask_writing!r} (mask or logit)",
         )
         _check(self.glimpse_size >= 4, f"glimpse_size must be >= 4, got {self.glimpse_size}")
         for name in ("z_what_dim", "encoder_hidden", "decoder_hidden"):

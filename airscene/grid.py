@@ -24,6 +24,11 @@ the others already explain pays for drawing it twice.
 
 An object is drawn into a patch around its cell (it cannot reach farther), so drawing every
 cell's object and scoring it costs a patch per cell, not a canvas per cell.
+
+``GridAIR`` draws the paper's grey glimpses, summed. Coloured objects with masks over a
+background are the same scheme with another composite and a background: ``MaskedGridAIR``
+(``airscene.masked_grid``), built through the hooks marked here as such (``cell_inputs``,
+``reconstruction``, ``draw_scenes``, ``segmentation``).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from airscene.model import Inference, PriorSample, draw_counts, pixel_log_likeli
 from airscene.objects import GlimpseObjects
 from airscene.registry import build_objects
 from airscene.rows import standard_normal, uniform
-from airscene.spatial import read_glimpse, read_grid, write_glimpse
+from airscene.spatial import read_glimpse, read_grid
 
 
 class CellNetwork(nn.Module):
@@ -146,6 +151,11 @@ class GridAIR(nn.Module):
                 f"inference 'grid' needs the 2D glimpse objects; objects "
                 f"{config.objects.kind!r} infer with the sequential loop only"
             )
+        own = self.objects.inference_schemes.get("grid")
+        if own is not None and type(self) is GridAIR:  # drawn otherwise than summed grey ink
+            raise AirsceneError(
+                f"objects {config.objects.kind!r} are inferred on the grid by {own}, not GridAIR"
+            )
         objects_config = self.objects.config
         self.cell_size, self.reach = config.cell_size, config.cell_reach
         # The window's side in pixels at the prior's mean, and the spread of its log.
@@ -190,8 +200,8 @@ class GridAIR(nn.Module):
         objects = run.model.objects
         if not isinstance(objects, GlimpseConfig):
             raise ConfigError(
-                f"inference grid needs the 2D glimpse objects; objects {objects.kind!r} are "
-                "inferred by the sequential loop only"
+                f"inference grid needs 2D glimpse objects (glimpse or masked); objects "
+                f"{objects.kind!r} are inferred by the sequential loop only"
             )
         scale = objects.z_where_prior_loc[0]
         objects = dataclasses.replace(
@@ -299,7 +309,7 @@ class GridAIR(nn.Module):
         if sample:
             z_what = what_loc + what_scale * standard_normal(what_loc.shape, what_loc, generator)
         in_patch = self.in_patch(size, offset)
-        patches = write_glimpse(self.objects.decoder(z_what), in_patch.flatten(0, 1), self.patch)
+        patches = self.objects.write(z_what, in_patch.flatten(0, 1), self.patch)
         log_q_where = normal_log_prob(u, u_loc, u_scale).sum(-1)
         log_p_where = standard_normal_log_prob(u).sum(-1)
         log_q = log_q_where + normal_log_prob(z_what, what_loc, what_scale).sum(-1).view(
@@ -569,7 +579,7 @@ class GridAIR(nn.Module):
             each(unexplained), in_patch.flatten(0, 1), self.objects.config.glimpse_size
         )
         loc, scale = self.objects.encoder(glimpse.flatten(1))
-        drawn = write_glimpse(self.objects.decoder(loc), in_patch.flatten(0, 1), size)
+        drawn = self.objects.write(loc, in_patch.flatten(0, 1), size)
         # q(u)'s mean moved to the chosen window, its spread kept.
         log_q_where = now["log_q_where"].unsqueeze(1).expand(n, tried)
         log_p_where = standard_normal_log_prob(u).sum(-1)
@@ -653,16 +663,7 @@ class GridAIR(nn.Module):
         side = cells.padded + 2 * self.margin
         most = max(1, _REFINE_VALUES // (2 * tries * side * side))
         if batch > most:
-            parts = [
-                self.refine(
-                    x[i : i + most],
-                    _index(cells, slice(i, i + most)),
-                    z_pres[i : i + most],
-                    z_pres_prior,
-                    passes,
-                )
-                for i in range(0, batch, most)
-            ]
+            parts = self.refine_in_parts(x, cells, z_pres, z_pres_prior, passes, most)
             return _concatenate([c for c, _ in parts]), torch.cat([z for _, z in parts])
         rows = cells.padded // self.cell_size
         reach = (self.patch - 1) // self.cell_size  # cells this far apart share patch pixels
@@ -767,6 +768,27 @@ class GridAIR(nn.Module):
             cells = _choose(gained, moved, cells)
             z_pres = torch.where(gained.unsqueeze(1), moved_z, z_pres)
         return cells, z_pres
+
+    def refine_in_parts(
+        self,
+        x: torch.Tensor,
+        cells: CellProposals,
+        z_pres: torch.Tensor,
+        z_pres_prior: float | None,
+        passes: int,
+        most: int,
+    ) -> list[tuple[CellProposals, torch.Tensor]]:
+        """``refine`` of images ``x`` ``most`` at a time: each part's cells and z_pres."""
+        return [
+            self.refine(
+                x[i : i + most],
+                _index(cells, slice(i, i + most)),
+                z_pres[i : i + most],
+                z_pres_prior,
+                passes,
+            )
+            for i in range(0, len(x), most)
+        ]
 
     def inference_of(
         self,

@@ -16,10 +16,11 @@ What differs from the grey grid, and why:
   * The background learns from the whole image's likelihood with the objects as drawn, held
     fixed, and its own log p / q (``objective.cellwise_objective``); the cells score their
     patches over it detached, so an object cannot pull the background under it.
-  * q's mode is refined by switching duplicates off: two neighbouring cells often both claim
-    one shape, about a pixel apart (each cell's q is trained against the other as drawn, and
-    neither can say "exactly one of us"); an object centred in another's window is switched
-    off while the scene's ELBO gains.
+  * q's mode is refined on the scene's ELBO: two neighbouring cells often both claim one shape,
+    about a pixel apart (each cell's q is trained against the other as drawn, and neither can
+    say "exactly one of us"), so an object centred in another's window is tried off; a shape
+    partly under another is often missed at q's mode, so the cells q most nearly found are
+    tried on; the try that gains most is kept, pass by pass.
   * The segmentation (which object each pixel shows) is the posterior of the pixel's owner:
     masks decoded through a window are soft at a shape's rim, where the image's colour still
     says whose the pixel is.
@@ -38,13 +39,15 @@ import torch.nn.functional as F
 from airscene.background import BackgroundDraw, build_background
 from airscene.config import ConfigError, MaskedConfig, ModelConfig, RunConfig
 from airscene.errors import AirsceneError
-from airscene.grid import CellProposals, GridAIR, _index, grid_schedule
+from airscene.grid import CellProposals, GridAIR, grid_schedule
 from airscene.masked_objects import MaskedObjects
 from airscene.model import Inference, pixel_log_likelihood
 from airscene.registry import build_objects
 
-# Objects tried off per image in each pass of ``MaskedGridAIR.refine``.
+# Objects tried off, and cells tried on, per image in each pass of ``MaskedGridAIR.refine``.
 _SWITCH_CANDIDATES = 8
+# At most this many values in the copies of the canvas that one pass of ``refine`` holds.
+_TRY_VALUES = 2**24
 
 
 class MaskedGridAIR(GridAIR):
@@ -58,7 +61,6 @@ class MaskedGridAIR(GridAIR):
     # grey grid's: it reads colour and the image less its background.
     patch_sigmas = 1.5
     network_width = 32
-    switch_on = True
 
     def __init__(self, config: ModelConfig, objects: MaskedObjects | None = None) -> None:
         objects = build_objects(config) if objects is None else objects
@@ -74,19 +76,26 @@ class MaskedGridAIR(GridAIR):
     @staticmethod
     def recipe(run: RunConfig) -> RunConfig:
         """A masked-objects run (``train --kind sprites``) as the grid trains it: cells of 8 px,
-        each object's window centred inside its cell, its side the family's prior size times
-        exp(0.25 u); rho = 0.01 per cell, annealed from 1/2 over the first 1,000 steps while
-        the objects' KL warms up (as the digits grid); 5,000 steps of 32 images, the learning
-        rate's cosine ending at a tenth, and q's mode refined by up to 4 passes of the
-        duplicate switch. What each choice measured: results/clutter/findings.md."""
+        each object's window centred inside its cell, its side 7/8 of the family's prior size
+        times exp(0.25 u), its mask's logits written (``MaskedConfig.mask_writing``); rho =
+        0.01 per cell, annealed from 1/2 over the first 1,000 steps while the objects' KL warms
+        up (as the digits grid); 5,000 steps of 32 images, the learning rate's cosine ending at
+        a tenth, and q's mode refined by up to 4 passes of switches (``refine``). What each
+        choice measured: results/clutter/findings.md."""
         objects = run.model.objects
         if not isinstance(objects, MaskedConfig):
             raise ConfigError(
                 f"the masked grid infers masked objects; objects {objects.kind!r} are not"
             )
-        scale = objects.z_where_prior_loc[0]
+        # The window at the prior's mean 7/8 of the family's object size (14 px for the sprites'
+        # 16), its log-side's spread 0.25: the prototype's measured window (16 px lagged it by
+        # 7 points of count at 2,000 steps); the mask's logits written, not its values.
+        scale = 0.875 * objects.z_where_prior_loc[0]
         objects = dataclasses.replace(
-            objects, z_where_prior_loc=(scale, 0.0, 0.0), z_where_prior_scale=(0.25 * scale, 1, 1)
+            objects,
+            z_where_prior_loc=(scale, 0.0, 0.0),
+            z_where_prior_scale=(0.25 * scale, 1, 1),
+            mask_writing="logit",
         )
         model = dataclasses.replace(
             run.model,
@@ -126,6 +135,11 @@ class MaskedGridAIR(GridAIR):
         what the cell network reads (the same and it less the background, detached: the
         objects do not train the background), and the background drawn (q's mode without
         ``sample``), None without one."""
+        if x.shape[-1] != self.config.canvas_size:
+            raise AirsceneError(
+                f"this grid model reads {self.config.canvas_size} px images (its background is "
+                f"drawn at that size), got {x.shape[-1]} px"
+            )
         planes = self.objects.planes(x)
         background = None if self.background is None else self.background(x, generator, sample)
         under = 0.0 if background is None else self.objects.planes(background.image.detach())
@@ -194,12 +208,31 @@ class MaskedGridAIR(GridAIR):
         """The ELBO of each scene (B,) with its z_pres held as given and its objects and
         background as ``cells`` holds them (the background's own log p / q left out: no move of
         the search changes it)."""
-        log_likelihood = self.reconstruction(x, cells, z_pres)[0]
+        painted = self.paint(cells.patches, z_pres, cells.padded, ring=True)
         objects = (z_pres * (cells.log_p - cells.log_q)).sum(-1)
-        return log_likelihood + self.z_pres_log_prior(z_pres, z_pres_prior) + objects
+        return self.score_painted(x, self.under(x, cells), painted, z_pres, objects, z_pres_prior)
+
+    def score_painted(
+        self,
+        x: torch.Tensor,
+        under: torch.Tensor,
+        painted: torch.Tensor,
+        z_pres: torch.Tensor,
+        objects: torch.Tensor,
+        z_pres_prior: float | None = None,
+    ) -> torch.Tensor:
+        """``scene_score`` from the objects' summed planes ``painted`` (``paint(..., ring=True)``
+        of the cells ``z_pres`` present) over the background ``under`` (planes), and the
+        present objects' summed log p - log q ``objects`` (B,)."""
+        side, margin = x.shape[-1], self.margin
+        summed = painted[..., margin : margin + side, margin : margin + side]
+        planes = self.objects.composite_summed(summed, under)
+        log_p = pixel_log_likelihood(self.config, self.objects.planes(x), planes)
+        return log_p.flatten(1).sum(1) + self.z_pres_log_prior(z_pres, z_pres_prior) + objects
 
     # -- q's mode, refined --------------------------------------------------------------------
 
+    @torch.no_grad()
     def refine(
         self,
         x: torch.Tensor,
@@ -211,10 +244,17 @@ class MaskedGridAIR(GridAIR):
         """q's mode ``z_pres`` refined on the scene's ELBO: in each of ``passes``, of the
         objects centred in another present object's window (the most doubtful
         ``_SWITCH_CANDIDATES``) each is tried off, and of the absent cells centred in the image
-        the ``_SWITCH_CANDIDATES`` q most nearly found each tried on (as q proposes its object);
-        the try that gains most is kept, if any gains. An object alone is never switched off
-        (a lone shape's object may cost more than the pixels it explains, and is still the
-        shape)."""
+        the ``_SWITCH_CANDIDATES`` q most nearly found each tried on (its object as q proposes
+        it); the try that gains most is kept, if any gains. Duplicates are the grid's typical
+        over-count (two cells claiming one shape), a shape under another's edge its typical
+        miss. An object alone is never switched off (a lone shape's object may cost more than
+        the pixels it explains, and is still the shape). Each try is scored on a copy of the
+        painted canvas with its cell's patch added or taken away, a few images at a time."""
+        side = cells.padded + 2 * self.margin
+        most = max(1, _TRY_VALUES // (2 * _SWITCH_CANDIDATES * (self.channels + 1) * side**2))
+        if len(x) > most:  # the cells as they are: only z_pres changes
+            parts = self.refine_in_parts(x, cells, z_pres, z_pres_prior, passes, most)
+            return cells, torch.cat([z for _, z in parts])
         z_pres = z_pres.clone()
         rows = cells.padded // self.cell_size
         inside = self.cells_inside(x.shape[-1])
@@ -222,12 +262,17 @@ class MaskedGridAIR(GridAIR):
         centred = ((index // rows) < inside) & ((index % rows) < inside)
         tries_each = min(_SWITCH_CANDIDATES, z_pres.shape[1])
         never = torch.full_like(cells.logits, -math.inf)
-        score = self.scene_score(x, cells, z_pres, z_pres_prior)
+        term = cells.log_p - cells.log_q
+        under = self.under(x, cells)
         for _ in range(passes):
+            painted = self.paint(cells.patches, z_pres, cells.padded, ring=True)
+            score = self.score_painted(
+                x, under, painted, z_pres, (z_pres * term).sum(-1), z_pres_prior
+            )
             size, _, centre = self.window(cells.u, rows)
             present = z_pres > 0
             covered = present & self.covered(present, centre, size, rows)
-            addable = ~present & centred if self.switch_on else torch.zeros_like(present)
+            addable = ~present & centred
             offs = torch.where(covered, -cells.logits, never).topk(tries_each, dim=1).indices
             ons = torch.where(addable, cells.logits, never).topk(tries_each, dim=1).indices
             tries = torch.cat([offs, ons], 1)
@@ -236,10 +281,24 @@ class MaskedGridAIR(GridAIR):
             if len(image) == 0:
                 break
             move = tries[image, slot]
+            trial = torch.arange(len(image), device=x.device)
             tried = z_pres[image].clone()
-            row = torch.arange(len(image), device=x.device)
-            tried[row, move] = 1 - tried[row, move]
-            tried_score = self.scene_score(x[image], _index(cells, image), tried, z_pres_prior)
+            tried[trial, move] = 1 - tried[trial, move]
+            sign = tried[trial, move] - z_pres[image, move]  # +1 switched on, -1 off
+            # The try's canvas: the scene's, its cell's patch added or taken away.
+            canvas = painted[image].permute(0, 2, 3, 1).contiguous()  # (T, S, S, planes)
+            ys, xs = self.patch_pixels(move, rows)
+            patch = cells.patches[image, move].view(len(image), -1, self.patch, self.patch)
+            change = (sign.view(-1, 1, 1, 1) * patch).permute(0, 2, 3, 1)
+            canvas.index_put_((trial[:, None, None], ys, xs), change, accumulate=True)
+            tried_score = self.score_painted(
+                x[image],
+                under[image],
+                canvas.permute(0, 3, 1, 2),
+                tried,
+                (tried * term[image]).sum(-1),
+                z_pres_prior,
+            )
             gain = torch.full(tries.shape, -math.inf, dtype=score.dtype, device=x.device)
             gain[image, slot] = tried_score - score[image]
             best_gain, best = gain.max(1)
@@ -248,7 +307,6 @@ class MaskedGridAIR(GridAIR):
                 break
             chosen = tries[better, best[better]]
             z_pres[better, chosen] = 1 - z_pres[better, chosen]
-            score[better] += best_gain[better]
         return cells, z_pres
 
     # -- what the verbs and evaluations read ----------------------------------------------------

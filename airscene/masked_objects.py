@@ -27,6 +27,10 @@ from airscene.networks import AppearanceMaskDecoder, ConvGlimpseEncoder, Glimpse
 from airscene.objects import GlimpseObjects, ObjectModel
 from airscene.spatial import write_glimpse
 
+# The mask logit of the canvas beyond a window, where ``write`` resamples logits (a mask of
+# about 6e-6).
+_OUTSIDE = -12.0
+
 
 def occurrence_rank(image: torch.Tensor) -> torch.Tensor:
     """For a sequence of image indices (M,), how many earlier entries name the same image."""
@@ -102,8 +106,21 @@ class MaskedObjects(GlimpseObjects):
 
     def draw(self, values):
         """Each of M objects alone, (M, C + 1, H, W): its premultiplied colour and its mask."""
-        glimpse = self.decoder(values["z_what"])
-        return write_glimpse(glimpse, values["z_where"], self.canvas_size)
+        return self.write(values["z_what"], values["z_where"], self.canvas_size)
+
+    def write(self, z_what, z_where, size):
+        """Objects ``z_what`` written into windows ``z_where`` of canvases of ``size`` px,
+        (M, C + 1, size, size). The decoded glimpse is resampled onto the canvas as it is
+        (``mask_writing`` mask), or its mask's logits are resampled and squashed there
+        (``logit``): interpolating a mask softens its edge over a glimpse pixel however
+        confident the decoder is, interpolating logits keeps it as sharp as they are steep."""
+        if self.config.mask_writing == "mask":
+            return write_glimpse(self.decoder(z_what), z_where, size)
+        appearance, logit = self.decoder.appearance_and_logit(z_what)
+        # Beyond the window the resampling reads zeros: logits offset so that zero is far out.
+        written = write_glimpse(torch.cat([appearance, logit - _OUTSIDE], 1), z_where, size)
+        mask = torch.sigmoid(written[:, self.channels :] + _OUTSIDE)
+        return torch.cat([written[:, : self.channels] * mask, mask], 1)
 
     def paint(self, canvas, image, values):
         """Each object behind the ones already painted into its image (front to back)."""

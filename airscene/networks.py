@@ -276,9 +276,13 @@ class ConvGlimpseDecoder(nn.Module):
         nn.init.constant_(self.upsample[-1].bias, output_bias)
 
     def forward(self, z_what: torch.Tensor) -> torch.Tensor:
-        grid = self.project(z_what).view(-1, 32, self.quarter, self.quarter)
-        glimpse = torch.sigmoid(self.upsample(grid))
+        glimpse = torch.sigmoid(self.logits(z_what))
         return glimpse.squeeze(1) if self.channels == 1 else glimpse
+
+    def logits(self, z_what: torch.Tensor) -> torch.Tensor:
+        """The glimpse's logits, before the sigmoid, (B, channels, G, G)."""
+        grid = self.project(z_what).view(-1, 32, self.quarter, self.quarter)
+        return self.upsample(grid)
 
 
 class AppearanceMaskDecoder(nn.Module):
@@ -317,6 +321,15 @@ class AppearanceMaskDecoder(nn.Module):
         out = self.net(z_what)
         mask = out[:, self.channels :]
         return torch.cat([out[:, : self.channels] * mask, mask], dim=1)
+
+    def appearance_and_logit(self, z_what: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The appearance (B, C, G, G) in [0, 1], not premultiplied, and the mask's logits
+        (B, 1, G, G)."""
+        if isinstance(self.net, ConvGlimpseDecoder):
+            out = self.net.logits(z_what)
+        else:
+            out = self.net[2](self.net[0](z_what))
+        return torch.sigmoid(out[:, : self.channels]), out[:, self.channels :]
 
 
 class BaselineNetwork(nn.Module):

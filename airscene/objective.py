@@ -283,7 +283,12 @@ def cellwise_objective(
     cell's patch, so only patches are scored.
 
     ``kl_weight`` scales the objects' log p/q (a warm-up below 1 lets the glimpses learn to
-    draw before an object must pay its full cost)."""
+    draw before an object must pay its full cost), and a background's.
+
+    The returned inference is scored with the objects' patches detached. Where it has a
+    background (``airscene.masked_grid``), the loss adds that background's own term: the whole
+    image's log p(x | z) with the objects held as drawn, plus ``kl_weight`` times its log p / q
+    (its only gradient: the cells read it detached)."""
     cells = model.propose(x, generator)
     probs = torch.sigmoid(cells.logits)
     z_pres = (uniform(probs.shape, probs, generator) < probs).to(x.dtype).detach()

@@ -371,8 +371,12 @@ class GlimpseObjects(ObjectModel):
         return canvas.clamp(max=1.0) if self.config.composite == "capped" else canvas
 
     def draw(self, values):
-        glimpse = self.decoder(values["z_what"])  # (M, G, G)
-        return write_glimpse(glimpse, values["z_where"], self.canvas_size)
+        return self.write(values["z_what"], values["z_where"], self.canvas_size)
+
+    def write(self, z_what: torch.Tensor, z_where: torch.Tensor, size: int) -> torch.Tensor:
+        """Objects ``z_what`` (M, D) decoded and written into windows ``z_where`` (M, 3) of
+        canvases of ``size`` px, each alone, (M, size, size)."""
+        return write_glimpse(self.decoder(z_what), z_where, size)
 
     def at_canvas(self, side):
         if side == self.canvas_size:

@@ -10,6 +10,8 @@ from PIL import Image
 
 from airscene.cli import main
 from airscene.config import ConfigError, MaskedConfig, ModelConfig, sprites_run
+from airscene.errors import AirsceneError
+from airscene.grid import GridAIR
 from airscene.masked_grid import MaskedGridAIR
 from airscene.masked_objects import MaskedObjects
 from airscene.model import build_model
@@ -43,6 +45,18 @@ def test_the_grid_of_masked_objects_is_its_own_scheme_and_its_recipe_is_valid():
         ModelConfig(inference="grid", background="smooth")  # grey summed ink has none
 
 
+def test_the_grey_grid_refuses_objects_that_have_their_own(tmp_path, capsys):
+    config = MaskedGridAIR.recipe(sprites_run()).model
+    with pytest.raises(AirsceneError, match="masked_grid:MaskedGridAIR"):
+        GridAIR(config)
+    run = tmp_path / "run"
+    argv = ["train", "--kind", "multi-mnist", "--objects", "masked", "--inference", "grid",
+            "--run-dir", str(run)]  # fmt: skip
+    assert main(argv) == 2  # the digits' preset has no masked objects for the recipe to fit
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "masked" in err[0] and not run.exists()
+
+
 def test_summed_composite_is_the_ordered_one_apart_and_mixes_colours_where_objects_overlap():
     objects = MaskedObjects(MaskedConfig(), canvas_size=8, channels=3)
     red, blue = torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8)
@@ -60,24 +74,26 @@ def test_summed_composite_is_the_ordered_one_apart_and_mixes_colours_where_objec
     torch.testing.assert_close(mixed[0, :, 7, 0], torch.full((3,), 0.2))  # background alone
 
 
-def test_each_cells_patch_scores_are_the_scene_likelihood_with_it_and_without_it():
+@pytest.mark.parametrize("side", [64, 60])
+def test_each_cells_patch_scores_are_the_scene_likelihood_with_it_and_without_it(side):
     """What a cell's z_pres changes in log p(x | z), scored in its patch (the image's pixels
     only, the background under them), equals the change of the whole image's likelihood; cells
-    on the edge included, whose windows reach beyond the image."""
-    model = masked_grid(seed=1).train()
+    on the edge included, whose windows reach beyond the image, and on a canvas the cells pad
+    (60 px: 8 cells of 8 px)."""
+    model = masked_grid(seed=1, canvas_size=side).train().double()
     opaque(model, colour=0.5)
-    x = torch.rand(2, 3, 64, 64)
+    x = torch.rand(2, 3, side, side, dtype=torch.float64)
     cells = model.propose(x, torch.Generator().manual_seed(2))
     z_pres = torch.rand(cells.logits.shape, generator=torch.Generator().manual_seed(3)) < 0.3
-    z_pres = z_pres.float()
+    z_pres = z_pres.double()
     present, absent = model.patch_log_likelihoods(x, cells, z_pres)
-    for cell in (0, 7, 27, 63):
+    for cell in range(z_pres.shape[1]):
         on, off = z_pres.clone(), z_pres.clone()
         on[:, cell], off[:, cell] = 1.0, 0.0
         whole_on = model.reconstruction(x, cells, on)[0]
         whole_off = model.reconstruction(x, cells, off)[0]
         torch.testing.assert_close(
-            present[:, cell] - absent[:, cell], whole_on - whole_off, rtol=1e-4, atol=2e-2
+            present[:, cell] - absent[:, cell], whole_on - whole_off, rtol=0, atol=1e-8
         )
 
 
@@ -113,7 +129,7 @@ def test_refining_switches_off_a_shape_claimed_twice_but_not_a_lone_object(monke
         side, offset, centre = window(u, per_row, cell)
         offset, centre = offset.clone(), centre.clone()
         for cell, shift in ((9, 3.9), (10, -3.9)):
-            offset[:, cell] = torch.tensor([shift, 0.0])
+            offset[:, cell] = torch.tensor([shift, -3.0])  # both drawn where they are centred
             centre[:, cell] = torch.tensor([16.0, 9.0])
         return side, offset, centre
 
@@ -130,38 +146,73 @@ def test_refining_switches_off_a_shape_claimed_twice_but_not_a_lone_object(monke
     assert after > before
 
 
-def test_segmentation_gives_a_soft_rim_to_the_object_whose_colour_it_shows(monkeypatch):
-    """A red square whose decoded mask is 0.9 inside and 0.3 on its outermost ring, over blue:
-    by the masks alone the ring would be the background's (0.3 < 0.7); by the pixel's owner
-    under the posterior it is the square's, and nothing beyond it is."""
+def test_refining_switches_on_a_shape_q_missed_and_nothing_else():
+    """A white square on black exactly where cell 27's window lies, every cell off at q's mode
+    and cell 27 the one q most nearly found: the search switches it on and no other (any other
+    window draws white where the image is black)."""
+    model = masked_grid(seed=5, background="none").eval()
+    opaque(model)
+    with torch.no_grad():
+        model.network.head.weight.zero_()  # every window at its cell's centre, its prior size
+        model.network.head.bias[1:4] = 0.0
+    x = torch.zeros(1, 3, 64, 64)
+    x[:, :, 20:36, 20:36] = 1.0  # cell 27's window: centred at (28, 28), 16 px
+    with torch.no_grad():
+        cells = model.propose(x, sample=False)
+        cells.logits[0, 27] += 1.0  # still below 1/2 (-1 against the others' -2)
+        before = model.scene_score(x, cells, torch.zeros_like(cells.logits))
+        cells, refined = model.refine(x, cells, torch.zeros_like(cells.logits), None, passes=3)
+        after = model.scene_score(x, cells, refined)
+    assert refined.nonzero()[:, 1].tolist() == [27]
+    assert after > before
+
+
+def test_segmentation_gives_each_pixel_to_the_object_whose_colour_it_shows(monkeypatch):
+    """A red square whose decoded mask is 0.9 inside and 0.3 on its outermost ring, and a green
+    one (mask 0.9) overlapping its corner, over blue; the image shows the red one in front. By
+    the masks alone the ring would be the background's (0.3 < 0.7) and the overlap anyone's;
+    by each pixel's owner under the posterior the ring and the overlap are red's, the rest of
+    the green square green's, and nothing beyond them is either's."""
     model = masked_grid(background="none").eval()
-    drawing = torch.zeros(1, 4, 64, 64)
-    drawing[0, 3, 20:30, 20:30] = 0.3
-    drawing[0, 3, 21:29, 21:29] = 0.9
-    drawing[0, 0] = drawing[0, 3]  # red, premultiplied
-    monkeypatch.setattr(
-        MaskedObjects,
-        "draw",
-        lambda self, values: drawing.expand(len(values["z_what"]), -1, -1, -1),
-    )  # noqa: E501
+    drawings = torch.zeros(2, 4, 64, 64)
+    drawings[0, 3, 20:30, 20:30] = 0.3
+    drawings[0, 3, 21:29, 21:29] = 0.9
+    drawings[1, 3, 26:36, 26:36] = 0.9
+    drawings[0, 0] = drawings[0, 3]  # red, premultiplied
+    drawings[1, 1] = drawings[1, 3]  # green
+    monkeypatch.setattr(MaskedObjects, "draw", lambda self, values: drawings)
     x = torch.zeros(1, 3, 64, 64)
     x[0, 2] = 1.0
+    x[0, :, 26:36, 26:36] = torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1)
     x[0, :, 20:30, 20:30] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
     inference = model(x, sample=False)
     inference.z_pres.zero_()
-    inference.z_pres[0, 27] = 1.0
+    inference.z_pres[0, [27, 28]] = 1.0
+    inference.background = x.new_zeros(1, 3, 64, 64)
+    inference.background[0, 2] = 1.0
     found = model.segmentation(x, inference)[0]
     truth = torch.zeros(64, 64, dtype=torch.long)
+    truth[26:36, 26:36] = 29
     truth[20:30, 20:30] = 28
     assert torch.equal(found, truth)
 
 
-def test_sampled_scenes_are_coloured_composites_holding_their_count():
+def test_sampled_scenes_are_their_objects_over_a_background_from_its_prior(monkeypatch):
+    """Opaque objects over a background the prior draws as a flat 0.25: each scene holds its
+    count's objects, the background shows exactly where no object lies, and objects show."""
     model = masked_grid(seed=4).eval()
+    opaque(model)
+    flat = lambda n, like, generator=None: like.new_full((n, 3, 64, 64), 0.25)  # noqa: E731
+    monkeypatch.setattr(model.background, "sample", flat)
     sample = model.sample(5, torch.Generator().manual_seed(0), counts=(2, 3))
     assert sample.images.shape == (5, 3, 64, 64)
-    assert 0 <= sample.images.min() and sample.images.max() <= 1
     assert set(sample.z_pres.sum(1).tolist()) <= {2.0, 3.0}
+    image, cell = sample.z_pres.nonzero(as_tuple=True)
+    objects = {k: v[image, cell] for k, v in sample.objects.items()}
+    covered = torch.zeros(5, 64, 64).index_add(0, image, model.objects.draw(objects)[:, 3])
+    shown = (sample.images != 0.25).any(1)
+    assert torch.equal(shown, covered > 0)
+    assert shown.flatten(1).any(1).all()
 
 
 def test_sprites_train_on_the_grid_and_every_verb_reads_the_model(tmp_path):
