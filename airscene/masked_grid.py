@@ -163,9 +163,17 @@ class MaskedGridAIR(GridAIR):
         objects' summed planes (B, C + 1, H, H) it composites."""
         side = x.shape[-1]
         summed = self.paint(cells.patches, z_pres, cells.padded)[..., :side, :side]
-        planes = self.objects.composite_summed(summed, self.under(x, cells))
+        log_likelihood, planes = self.image_fit(x, summed, self.under(x, cells))
+        return log_likelihood, self.objects.image_of(planes), summed
+
+    def image_fit(
+        self, x: torch.Tensor, summed: torch.Tensor, under: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(x | z) (B,) of images ``x`` given the objects' summed planes ``summed`` (B,
+        C + 1, H, H) over the background's planes ``under``, and the composite's planes."""
+        planes = self.objects.composite_summed(summed, under)
         log_p = pixel_log_likelihood(self.config, self.objects.planes(x), planes)
-        return log_p.flatten(1).sum(1), self.objects.image_of(planes), summed
+        return log_p.flatten(1).sum(1), planes
 
     def patch_log_likelihoods(
         self, x: torch.Tensor, cells: CellProposals, z_pres: torch.Tensor
@@ -226,9 +234,8 @@ class MaskedGridAIR(GridAIR):
         present objects' summed log p - log q ``objects`` (B,)."""
         side, margin = x.shape[-1], self.margin
         summed = painted[..., margin : margin + side, margin : margin + side]
-        planes = self.objects.composite_summed(summed, under)
-        log_p = pixel_log_likelihood(self.config, self.objects.planes(x), planes)
-        return log_p.flatten(1).sum(1) + self.z_pres_log_prior(z_pres, z_pres_prior) + objects
+        log_likelihood = self.image_fit(x, summed, under)[0]
+        return log_likelihood + self.z_pres_log_prior(z_pres, z_pres_prior) + objects
 
     # -- q's mode, refined --------------------------------------------------------------------
 
