@@ -405,10 +405,10 @@ def _experiment_scenes3d(args: argparse.Namespace) -> int:
 
 
 def _experiment_clutter(args: argparse.Namespace) -> int:
-    from airscene.experiments.clutter import ARMS, KINDS, run_clutter
+    from airscene.experiments.clutter import ARMS, KINDS, arms_of, run_clutter
 
     out = _experiment_out(args)
-    keys = [f"{kind}/{arm}" for kind in KINDS for arm in ARMS]
+    keys = [f"{kind}/{arm}" for kind in KINDS for arm in arms_of(kind, tuple(ARMS))]
     reuse = _reused_runs(args.reuse, keys, "KIND/MODEL")
     summary = run_clutter(out, quick=args.quick, seed=args.seed, reuse=reuse)
     for key, row in summary["results"].items():
@@ -817,8 +817,9 @@ def _add_experiment_parser(verbs) -> None:
         "clutter": names.add_parser(
             "clutter",
             help="AIR without and with a learned background, and DAIR with it, on Multi-MNIST "
-            "with noise and over grid lines (SuPAIR's variants): count accuracy against "
-            "SuPAIR's figures",
+            "with noise and over grid lines (SuPAIR's variants) and on coloured sprites (there "
+            "also the grid): count accuracy against SuPAIR's figures, the sprites' foreground "
+            "ARI",
         ),
         "scenes3d": names.add_parser(
             "scenes3d",
@@ -831,8 +832,7 @@ def _add_experiment_parser(verbs) -> None:
         "downstream": "up to 1,000 labels",
         "count": "1,500 steps",
         "many-objects": "grid 1,500 steps, AIR and DAIR 600, 200 scenes per count",
-        "clutter": "noisy and grid scenes, AIR and DAIR+background only, 700 steps each, 300 "
-        "scenes per kind",
+        "clutter": "AIR and DAIR+background only, 400 steps each, 300 scenes per kind",
         "scenes3d": "AIR 1,000 steps, its finite-difference twin 300, the CNN 1,000",
     }
     for name, parser in parsers.items():
@@ -892,8 +892,8 @@ def _add_experiment_parser(verbs) -> None:
     _reuse_flag(
         parsers["clutter"],
         "KIND/MODEL=RUN",
-        "noisy-mnist/DAIR+background=runs/noisy (repeatable; MODEL: AIR, AIR+background or "
-        "DAIR+background)",
+        "noisy-mnist/DAIR+background=runs/noisy (repeatable; MODEL: AIR, AIR+background, "
+        "DAIR+background or, on sprites, grid+background)",
     )
     parsers["clutter"].set_defaults(handler=_experiment_clutter)
 

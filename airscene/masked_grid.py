@@ -61,6 +61,12 @@ class MaskedGridAIR(GridAIR):
     # grey grid's: it reads colour and the image less its background.
     patch_sigmas = 1.5
     network_width = 32
+    # How far beyond its drawn mask an object may claim pixels by their colour in
+    # ``segmentation``: on the sprites' held-out scenes 0 px left 30% of single triangles
+    # a pixel or two short at the apex (foreground ARI 0.898, seed 1), 1 px gave 0.963, 2 px
+    # 0.988, with the masks' IoU against the true ones rising too (0.967, 0.981, 0.984): the
+    # rim takes object pixels, not the background's (results/clutter/findings.md).
+    segmentation_rim = 2
 
     def __init__(self, config: ModelConfig, objects: MaskedObjects | None = None) -> None:
         objects = build_objects(config) if objects is None else objects
@@ -325,7 +331,11 @@ class MaskedGridAIR(GridAIR):
         each component's weight in the pixel's mean (an object's mask, over the masks' sum
         where that is over 1; the background's one minus the masks' sum, clipped) times the
         likelihood of the pixel under that component's own colour. A decoded mask is soft at a
-        shape's rim, where by the masks alone the background would take the pixel."""
+        shape's rim, where by the masks alone the background would take the pixel; and it is
+        drawn smooth from a glimpse of about the object's side, where the data's rims are
+        judged at pixel centres, so it may stop a pixel or two short of a shape's corner (a
+        triangle's apex): within ``segmentation_rim`` px of its mask an object may claim a pixel
+        its colour explains better than the background's and the others' do."""
         objects = self.objects.at_canvas(x.shape[-1])
         planes = self.objects.planes(x)
         batch, cells = inference.z_pres.shape
@@ -334,8 +344,15 @@ class MaskedGridAIR(GridAIR):
         c = self.channels
         mask = drawn[:, c:]  # (M, 1, H, W)
         cover = torch.zeros_like(planes[:, :1]).index_add(0, image, mask)
-        share = mask / cover[image].clamp(min=1.0)
         colour = drawn[:, :c] / mask.clamp(min=1e-6)
+        # The rim: within ``segmentation_rim`` px of its drawn mask an object weighs as its
+        # largest mask there, in that pixel's colour (beyond its mask the decoded colour means
+        # nothing), so the pixel's colour decides between it, the background and the others.
+        reach = self.segmentation_rim
+        mask, nearest = F.max_pool2d(mask, 2 * reach + 1, 1, reach, return_indices=True)
+        colour = colour.flatten(2).gather(2, nearest.flatten(2).expand(-1, c, -1))
+        colour = colour.view_as(drawn[:, :c])
+        share = mask / cover[image].clamp(min=1.0)
 
         def owner_log_score(weight: torch.Tensor, seen: torch.Tensor, mean: torch.Tensor):
             fit = pixel_log_likelihood(self.config, seen, mean).sum(1, keepdim=True)

@@ -746,13 +746,16 @@ def test_clutter_experiment_wiring(tmp_path, monkeypatch, capsys):
         return dataclasses.replace(run, model=model, data=data, train=train)
 
     monkeypatch.setattr(clutter, "clutter_config", tiny_config)
-    quick = clutter.Sizes(steps=2, scenes=8, kinds=clutter.KINDS, arms=("AIR", "DAIR+background"))
+    arms = ("AIR", "DAIR+background", "grid+background")
+    quick = clutter.Sizes(steps=2, scenes=8, kinds=clutter.KINDS, arms=arms)
     monkeypatch.setattr(clutter, "QUICK", quick)
     out = tmp_path / "report"
     assert main(["experiment", "clutter", "--quick", "--out", str(out)]) == 0
     summary = json.loads((out / "results.json").read_text())
+    # The grid arm on the sprites only: grey ink on the grid has no background to cover.
     keys = ["noisy-mnist/AIR", "noisy-mnist/DAIR+background", "grid-mnist/AIR",
-            "grid-mnist/DAIR+background", "sprites/AIR", "sprites/DAIR+background"]  # fmt: skip
+            "grid-mnist/DAIR+background", "sprites/AIR", "sprites/DAIR+background",
+            "sprites/grid+background"]  # fmt: skip
     assert list(summary["results"]) == keys
     backgrounds = {"noisy-mnist": "learned", "grid-mnist": "learned", "sprites": "smooth"}
     for key, row in summary["results"].items():
@@ -760,6 +763,7 @@ def test_clutter_experiment_wiring(tmp_path, monkeypatch, capsys):
         model, data = row["config"]["model"], row["config"]["data"]
         assert row["scenes"] == 8 and model["dair"] == ("DAIR" in key)
         assert model["background"] == (backgrounds[kind] if "background" in key else "none")
+        assert model["inference"] == ("grid" if "grid+" in key else "sequential")
         assert data["kind"] == kind
         if kind == "sprites":  # colour objects with masks, their ARI measured
             assert model["channels"] == 3 and model["objects"]["kind"] == "masked"
@@ -769,6 +773,8 @@ def test_clutter_experiment_wiring(tmp_path, monkeypatch, capsys):
             assert "foreground_ari" not in row
     report = (out / "report.md").read_text()
     assert "| noisy-mnist | DAIR+background |" in report and "~0.93 (SuPAIR)" in report
+    assert "| sprites | grid+background |" in report and "![sprites: grid+background's" in report
+    assert "![grid-mnist: DAIR+background's" in report
     assert "| sprites | DAIR+background |" in report and "0.91 (Slot Attention)" in report
     for figure in ("noisy-mnist.png", "grid-mnist.png", "sprites.png"):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
@@ -784,3 +790,4 @@ def test_clutter_experiment_wiring(tmp_path, monkeypatch, capsys):
     rerun = json.loads((again / "results.json").read_text())
     assert rerun["results"]["grid-mnist/AIR"]["run"] == str(runs / "grid-mnist-air-seed0")
     assert main(["experiment", "clutter", "--reuse", "shapes/AIR=x"]) == 2
+    assert main(["experiment", "clutter", "--reuse", "noisy-mnist/grid+background=x"]) == 2

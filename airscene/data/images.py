@@ -145,7 +145,8 @@ def as_channels(image, channels: int) -> np.ndarray:
     if _colour_spread(image) > GREY_SPREAD:
         raise ImageError(
             "a colour image, and this model reads grey images: convert it to grey first, or use "
-            "a colour model (one trained with --channels 3)"
+            "a colour model (to train one: airscene train --kind sprites --inference grid "
+            "--data DIR)"
         )
     return to_grey(image)
 
