@@ -17,6 +17,7 @@ PRETRAINED = {
     "scenes3d": "air-scenes3d",
     "many-digits": "air-many-digits",
     "cluttered-digits": "air-cluttered-digits",
+    "sprites": "air-sprites",
 }
 NAMES = ", ".join(f"'{name}'" for name in PRETRAINED)
 

@@ -116,7 +116,7 @@ def test_a_misspelt_model_name_suggests_the_nearest(capsys):
 
 def test_models_lists_the_shipped_models(capsys):
     code, said, _ = run(["models"], capsys)
-    names = {"default", "conv-dair", "scenes3d", "many-digits", "cluttered-digits"}
+    names = {"default", "conv-dair", "scenes3d", "many-digits", "cluttered-digits", "sprites"}
     assert code == 0 and all(name in said for name in names)
     assert "AIR with grid inference, glimpse objects, on scattered-digits" in said
     code, said, _ = run(["models", "--json"], capsys)
