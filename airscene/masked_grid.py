@@ -62,10 +62,10 @@ class MaskedGridAIR(GridAIR):
     patch_sigmas = 1.5
     network_width = 32
     # How far beyond its drawn mask an object may claim pixels by their colour in
-    # ``segmentation``: on the sprites' held-out scenes 0 px left 30% of single triangles
-    # a pixel or two short at the apex (foreground ARI 0.898, seed 1), 1 px gave 0.963, 2 px
-    # 0.988, with the masks' IoU against the true ones rising too (0.967, 0.981, 0.984): the
-    # rim takes object pixels, not the background's (results/clutter/findings.md).
+    # ``segmentation``: on the sprites' held-out scenes no rim left single triangles a pixel
+    # or two short at the apex (foreground ARI 0.898, seed 1), 1 px gave 0.963, 2 px 0.988,
+    # with the masks' IoU against the true ones rising too (0.967, 0.981, 0.984): the rim
+    # takes object pixels, not the background's (results/clutter/findings.md).
     segmentation_rim = 2
 
     def __init__(self, config: ModelConfig, objects: MaskedObjects | None = None) -> None:
@@ -345,14 +345,18 @@ class MaskedGridAIR(GridAIR):
         mask = drawn[:, c:]  # (M, 1, H, W)
         cover = torch.zeros_like(planes[:, :1]).index_add(0, image, mask)
         colour = drawn[:, :c] / mask.clamp(min=1e-6)
-        # The rim: within ``segmentation_rim`` px of its drawn mask an object weighs as its
-        # largest mask there, in that pixel's colour (beyond its mask the decoded colour means
-        # nothing), so the pixel's colour decides between it, the background and the others.
+        # The rim: within ``segmentation_rim`` px of its drawn mask, where its own mask is
+        # below its largest nearby, an object weighs as that largest mask, in that neighbour's
+        # colour (beyond its mask the decoded colour means nothing), so the pixel's colour
+        # decides between it, the background and the others. A claim by the rim weighs a
+        # thousandth less, so that a tie with what another object draws itself there (a
+        # neighbour of the same colour) goes to the one that draws it.
         reach = self.segmentation_rim
-        mask, nearest = F.max_pool2d(mask, 2 * reach + 1, 1, reach, return_indices=True)
-        colour = colour.flatten(2).gather(2, nearest.flatten(2).expand(-1, c, -1))
-        colour = colour.view_as(drawn[:, :c])
-        share = mask / cover[image].clamp(min=1.0)
+        nearby, nearest = F.max_pool2d(mask, 2 * reach + 1, 1, reach, return_indices=True)
+        rim = mask < nearby
+        near_colour = colour.flatten(2).gather(2, nearest.flatten(2).expand(-1, c, -1))
+        colour = torch.where(rim, near_colour.view_as(colour), colour)
+        share = torch.where(rim, 0.999 * nearby, mask) / cover[image].clamp(min=1.0)
 
         def owner_log_score(weight: torch.Tensor, seen: torch.Tensor, mean: torch.Tensor):
             fit = pixel_log_likelihood(self.config, seen, mean).sum(1, keepdim=True)

@@ -8,7 +8,8 @@ images (issue 31, item 5).
 
 ``make`` writes ``OUT/train`` and ``OUT/test``: 64x64 RGB PNGs and ``counts.csv`` (file,count),
 nothing else, as a user's folder has no masks, boxes or kinds (the test scenes' background
-kinds go to ``OUT/test-backgrounds.json``, beside the folder, for ``count``). Each scene holds
+kinds go to ``OUT/test-backgrounds.json`` and what was made to ``OUT/made.json``, beside the
+folders, for ``count``). Each scene holds
 0-4 objects of five kinds the package's sprites do not have (a five-pointed star, a plus, a
 hexagon, a ring and an ellipse), each turned by a random angle, 10-18 px across, in a saturated
 colour, drawn at four times the size and box-filtered down (soft, anti-aliased rims, as in
@@ -159,6 +160,9 @@ def make(args: argparse.Namespace) -> None:
     names = [f"{index:05d}.png" for index in range(args.test)]
     record = {name: BACKGROUNDS[kind] for name, kind in zip(names, kinds, strict=True)}
     (args.out / "test-backgrounds.json").write_text(json.dumps(record, indent=0) + "\n")
+    made = {"seed": args.seed, "train": args.train, "test": args.test, "canvas": CANVAS,
+            "sizes": SIZES, "counts": COUNTS, "kinds": KINDS}  # fmt: skip
+    (args.out / "made.json").write_text(json.dumps(made) + "\n")
     print(f"wrote {args.train} + {args.test} scenes to {args.out}")
 
 
@@ -174,6 +178,8 @@ def count(args: argparse.Namespace) -> None:
     kinds = np.array([backgrounds[name] for name in names])
     report = {"date": datetime.date.today().isoformat(), "git_revision": git_revision(),
               "hardware": hardware(), "data": str(args.data), "models": {}}  # fmt: skip
+    if (args.data / "made.json").is_file():
+        report["made"] = json.loads((args.data / "made.json").read_text())
     for run in args.runs:
         results = airscene.load(run).infer([folder / name for name in names])
         found = np.array([result.count for result in results])
@@ -184,9 +190,13 @@ def count(args: argparse.Namespace) -> None:
             "under": float((found < true).mean()),
             "warned": float(np.mean([result.warning is not None for result in results])),
             "count_by_true_count": {int(n): float(right[true == n].mean()) for n in set(true)},
-            "count_by_background": {k: float(right[kinds == k].mean()) for k in BACKGROUNDS},
+            "count_by_background": {
+                k: float(right[kinds == k].mean()) for k in BACKGROUNDS if (kinds == k).any()
+            },
             "over_by_background": {
-                k: float((found > true)[kinds == k].mean()) for k in BACKGROUNDS
+                k: float((found > true)[kinds == k].mean())
+                for k in BACKGROUNDS
+                if (kinds == k).any()
             },
         }
         report["models"][run] = row

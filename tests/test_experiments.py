@@ -775,6 +775,8 @@ def test_clutter_experiment_wiring(tmp_path, monkeypatch, capsys):
     assert "| noisy-mnist | DAIR+background |" in report and "~0.93 (SuPAIR)" in report
     assert "| sprites | grid+background |" in report and "![sprites: grid+background's" in report
     assert "![grid-mnist: DAIR+background's" in report
+    assert "refuses them" in report and "noisy-mnist/grid+background" in report
+    assert set(summary["skipped"]) == {"noisy-mnist/grid+background", "grid-mnist/grid+background"}
     assert "| sprites | DAIR+background |" in report and "0.91 (Slot Attention)" in report
     for figure in ("noisy-mnist.png", "grid-mnist.png", "sprites.png"):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"

@@ -197,34 +197,60 @@ def test_segmentation_gives_each_pixel_to_the_object_whose_colour_it_shows(monke
     assert torch.equal(found, truth)
 
 
+def segment_drawn(model, drawings, x, background, cells, monkeypatch):
+    """``model``'s segmentation of images ``x`` where the cells ``cells`` are present and draw
+    ``drawings`` (M, 4, H, W), over ``background``."""
+    monkeypatch.setattr(MaskedObjects, "draw", lambda self, values: drawings)
+    inference = model(x, sample=False)
+    inference.z_pres.zero_()
+    inference.z_pres[0, cells] = 1.0
+    inference.background = background
+    return model.segmentation(x, inference)[0]
+
+
 def test_segmentation_lets_colour_decide_a_rim_of_two_pixels_round_each_drawn_mask(monkeypatch):
     """A red square drawn with mask 0.95 over rows and columns 20-29, the decoder's colour
-    beyond it black (meaningless there), on blue; the image's red reaches one pixel above it
-    and two to its left (a corner the decoder drew short) and, three pixels below it, one red
-    pixel stands apart. The rim's red pixels are the square's, the lone one three pixels away
-    is not, and no blue pixel is."""
+    beyond it black (meaningless there), on a dark grey that black is nearer than red is: the
+    image's red reaches one pixel above it and two to its left (a corner the decoder drew
+    short) and, three pixels below it, one red pixel stands apart. The rim's red pixels are the
+    square's (by its own colour: by the decoder's black there the background would keep them),
+    the lone one three pixels away is not, and no grey pixel is."""
     model = masked_grid(background="none").eval()
     drawings = torch.zeros(1, 4, 64, 64)
     drawings[0, 3, 20:30, 20:30] = 0.95
     drawings[0, 0] = drawings[0, 3]  # red, premultiplied; black beyond the mask
-    monkeypatch.setattr(MaskedObjects, "draw", lambda self, values: drawings)
-    x = torch.zeros(1, 3, 64, 64)
-    x[0, 2] = 1.0
+    x = torch.full((1, 3, 64, 64), 0.1)
     red = torch.tensor([1.0, 0.0, 0.0]).view(3, 1)
     x[0, :, 20:30, 20:30] = red[..., None]
     x[0, :, 19, 24] = red[:, 0]  # a pixel above the drawn top edge
     x[0, :, 25, 18:20] = red  # two to the left of the drawn left edge
     x[0, :, 32, 24] = red[:, 0]  # three below the bottom edge: beyond the rim
-    inference = model(x, sample=False)
-    inference.z_pres.zero_()
-    inference.z_pres[0, 27] = 1.0
-    inference.background = x.new_zeros(1, 3, 64, 64)
-    inference.background[0, 2] = 1.0
-    found = model.segmentation(x, inference)[0]
+    found = segment_drawn(model, drawings, x, torch.full_like(x, 0.1), [27], monkeypatch)
     truth = torch.zeros(64, 64, dtype=torch.long)
     truth[20:30, 20:30] = 28
     truth[19, 24] = truth[25, 18] = truth[25, 19] = 28
     assert model.segmentation_rim == 2
+    assert torch.equal(found, truth)
+
+
+def test_segmentation_keeps_to_each_object_what_it_draws_against_a_neighbours_rim(monkeypatch):
+    """Two red squares side by side, each drawn with mask 0.95 over its own columns (20-29 for
+    cell 28, 30-39 for cell 27), over blue: each keeps its own pixels, though the other's rim
+    reaches two columns into them in the same colour (a tie the lower cell would win)."""
+    model = masked_grid(background="none").eval()
+    drawings = torch.zeros(2, 4, 64, 64)
+    drawings[0, 3, 20:30, 30:40] = 0.95  # cell 27
+    drawings[1, 3, 20:30, 20:30] = 0.95  # cell 28
+    drawings[:, 0] = drawings[:, 3]
+    x = torch.zeros(1, 3, 64, 64)
+    x[0, 2] = 1.0
+    x[0, :, 20:30, 20:40] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
+    blue = torch.zeros_like(x)
+    blue[0, 2] = 1.0
+    found = segment_drawn(model, drawings, x, blue, [27, 28], monkeypatch)
+    truth = torch.zeros(64, 64, dtype=torch.long)
+    truth[20:30, 30:40] = 28
+    truth[20:30, 20:30] = 29
     assert torch.equal(found, truth)
 
 
