@@ -60,13 +60,12 @@ def outline(kind: str, side: float, angle: float, centre: np.ndarray) -> list[np
         return points @ np.array([[c, s], [-s, c]]) + centre
 
     r = side / 2
-    around = lambda n, radius: np.stack(  # noqa: E731
-        [
-            radius * np.cos(2 * np.pi * np.arange(n) / n),
-            radius * np.sin(2 * np.pi * np.arange(n) / n),
-        ],
-        axis=1,
-    )
+
+    def around(n: int, radius: float) -> np.ndarray:
+        """``n`` points evenly round a circle of ``radius``, (n, 2)."""
+        angles = 2 * np.pi * np.arange(n) / n
+        return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
     if kind == "star":
         radii = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
         t = 2 * np.pi * np.arange(10) / 10 - np.pi / 2

@@ -167,6 +167,17 @@ def test_refining_switches_on_a_shape_q_missed_and_nothing_else():
     assert after > before
 
 
+def segment_drawn(model, drawings, x, background, cells, monkeypatch):
+    """``model``'s segmentation of images ``x`` where the cells ``cells`` are present and draw
+    ``drawings`` (M, 4, H, W), over ``background``."""
+    monkeypatch.setattr(MaskedObjects, "draw", lambda self, values: drawings)
+    inference = model(x, sample=False)
+    inference.z_pres.zero_()
+    inference.z_pres[0, cells] = 1.0
+    inference.background = background
+    return model.segmentation(x, inference)[0]
+
+
 def test_segmentation_gives_each_pixel_to_the_object_whose_colour_it_shows(monkeypatch):
     """A red square whose decoded mask is 0.9 inside and 0.3 on its outermost ring, and a green
     one (mask 0.9) overlapping its corner, over blue; the image shows the red one in front. By
@@ -180,32 +191,17 @@ def test_segmentation_gives_each_pixel_to_the_object_whose_colour_it_shows(monke
     drawings[1, 3, 26:36, 26:36] = 0.9
     drawings[0, 0] = drawings[0, 3]  # red, premultiplied
     drawings[1, 1] = drawings[1, 3]  # green
-    monkeypatch.setattr(MaskedObjects, "draw", lambda self, values: drawings)
     x = torch.zeros(1, 3, 64, 64)
     x[0, 2] = 1.0
     x[0, :, 26:36, 26:36] = torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1)
     x[0, :, 20:30, 20:30] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
-    inference = model(x, sample=False)
-    inference.z_pres.zero_()
-    inference.z_pres[0, [27, 28]] = 1.0
-    inference.background = x.new_zeros(1, 3, 64, 64)
-    inference.background[0, 2] = 1.0
-    found = model.segmentation(x, inference)[0]
+    blue = torch.zeros_like(x)
+    blue[0, 2] = 1.0
+    found = segment_drawn(model, drawings, x, blue, [27, 28], monkeypatch)
     truth = torch.zeros(64, 64, dtype=torch.long)
     truth[26:36, 26:36] = 29
     truth[20:30, 20:30] = 28
     assert torch.equal(found, truth)
-
-
-def segment_drawn(model, drawings, x, background, cells, monkeypatch):
-    """``model``'s segmentation of images ``x`` where the cells ``cells`` are present and draw
-    ``drawings`` (M, 4, H, W), over ``background``."""
-    monkeypatch.setattr(MaskedObjects, "draw", lambda self, values: drawings)
-    inference = model(x, sample=False)
-    inference.z_pres.zero_()
-    inference.z_pres[0, cells] = 1.0
-    inference.background = background
-    return model.segmentation(x, inference)[0]
 
 
 def test_segmentation_lets_colour_decide_a_rim_of_two_pixels_round_each_drawn_mask(monkeypatch):
