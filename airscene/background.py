@@ -102,7 +102,11 @@ class SmoothBackground(LearnedBackground):
     sprites' backgrounds are of this kind. The linear basis of ``LearnedBackground`` learned
     their levels but after 1,000 steps still left their colours to the objects, so every step
     found one; the grid with independent N(0, 1) colours painted small objects as blurred
-    blobs and objects were missed (results/clutter/findings.md)."""
+    blobs and objects were missed (results/clutter/findings.md).
+
+    With ``background_smoothness`` > 0 the departures are correlated over that many pixels
+    (``grid_correlation``): a finer grid can then hold broad patches of colour that a 4x4 grid
+    cannot, while a blob of an object's size stays dear."""
 
     def __init__(self, config: ModelConfig) -> None:
         grid, channels = config.background_grid, config.channels
@@ -112,15 +116,39 @@ class SmoothBackground(LearnedBackground):
         # all of it once trained, and wherever a model is loaded.
         self.detail_fraction = 1.0
         del self.decoder  # no learned decoder: the grid is the image
+        self.correlated = config.background_smoothness > 0
+        if self.correlated:
+            # Fixed by the config, so not saved with the weights.
+            factor = grid_correlation(grid, self.size, config.background_smoothness)
+            self.register_buffer("correlation", factor, persistent=False)
 
     def decode(self, z_bg: torch.Tensor) -> torch.Tensor:
         mean = z_bg[:, : self.channels, None, None]
-        detail = z_bg[:, self.channels :].view(-1, self.channels, self.grid, self.grid)
+        detail = z_bg[:, self.channels :]
+        if self.correlated:
+            detail = detail.view(-1, self.channels, self.grid**2) @ self.correlation.T
+        detail = detail.reshape(-1, self.channels, self.grid, self.grid)
         colours = torch.sigmoid(mean + self.detail * self.detail_fraction * detail)
         image = nn.functional.interpolate(
             colours, size=(self.size, self.size), mode="bilinear", align_corners=True
         )
         return image.squeeze(1) if self.channels == 1 else image
+
+
+def grid_correlation(grid: int, canvas: int, length: float) -> torch.Tensor:
+    """A lower-triangular factor L (grid², grid²) of the squared-exponential correlation, with
+    length scale ``length`` pixels, between the points of a ``grid``-sided grid whose corners lie
+    on the canvas's corners: departures L @ z with z ~ N(0, I) are a smooth field whose every
+    point still has unit variance. A field that varies over a few grid points is a few
+    directions of z and costs little KL; one that rises and falls within ``length`` needs many
+    and costs much."""
+    points = torch.linspace(0, canvas - 1, grid, dtype=torch.float64)
+    y, x = torch.meshgrid(points, points, indexing="ij")
+    where = torch.stack([y.flatten(), x.flatten()], dim=1)
+    squared = ((where[:, None] - where[None]) ** 2).sum(-1)
+    # The jitter keeps the factorisation stable where neighbouring points correlate ~1.
+    kernel = torch.exp(-squared / (2 * length**2)) + 1e-4 * torch.eye(grid**2, dtype=torch.float64)
+    return torch.linalg.cholesky(kernel).float()
 
 
 def over(objects: torch.Tensor, coverage: torch.Tensor, background: torch.Tensor) -> torch.Tensor:

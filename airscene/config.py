@@ -561,6 +561,12 @@ class ModelConfig:
         "departure from the image's mean background colour (small: a grid cell cannot take an "
         "object's colour cheaply)",
     )
+    background_smoothness: float = param(
+        0.0,
+        "smooth background: length scale in pixels over which the prior correlates the grid "
+        "colours' departures (a squared-exponential kernel; 0: independent): broad colour "
+        "fields cost little, a blob of an object's size much",
+    )
 
     @property
     def image_size(self) -> int:
@@ -595,6 +601,7 @@ class ModelConfig:
         )
         _check(1 <= self.background_dim <= 64, "background_dim must lie in 1..64")
         _check(self.background_detail > 0, "background_detail must be > 0")
+        _check(self.background_smoothness >= 0, "background_smoothness must be >= 0")
         _check(
             2 <= self.background_grid <= self.canvas_size,
             f"background_grid must lie in 2..{self.canvas_size} (the canvas)",

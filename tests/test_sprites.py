@@ -296,6 +296,43 @@ def test_a_smooth_background_holds_every_sprites_background_and_nothing_sharp():
     assert (closest - square)[:, :, 20:34, 20:34].abs().mean() > 0.4  # it cannot draw it
 
 
+def test_a_smoothness_prior_makes_broad_colour_cheap_and_an_objects_blob_dear():
+    from airscene.background import SmoothBackground, grid_correlation
+    from airscene.masked_grid import MaskedGridAIR
+
+    factor = grid_correlation(8, 64, 20.0)
+    correlation = factor @ factor.T
+    assert torch.allclose(correlation.diagonal(), torch.ones(64), atol=1e-3)  # unit variance
+    assert 0.88 < correlation[0, 1] < 0.92  # neighbours 9 px apart: exp(-81 / 800)
+    points = torch.linspace(0, 63, 8)
+    y, x = torch.meshgrid(points, points, indexing="ij")
+
+    def kl_of(field: torch.Tensor, smoothness: float) -> float:
+        """½|z|² of the z that draws ``field`` (the departures at the grid's points)."""
+        factor = grid_correlation(8, 64, smoothness) if smoothness else torch.eye(64)
+        z = torch.linalg.solve_triangular(factor, field.reshape(64, 1), upper=False)
+        return 0.5 * float((z**2).sum())
+
+    def bump(width: float) -> torch.Tensor:  # one logit at the canvas's centre
+        return torch.exp(-((y - 31.5) ** 2 + (x - 31.5) ** 2) / (2 * width**2))
+
+    broad, blob = bump(20.0), bump(8.0)  # a patch of colour; an object of ~18 px
+    assert kl_of(blob, 20.0) > 100 * kl_of(broad, 20.0)
+    assert kl_of(blob, 0.0) < kl_of(broad, 0.0)  # independent colours: the blob costs less
+    # The colour recipe's background is this prior on an 8x8 grid.
+    model = build_model(MaskedGridAIR.recipe(sprites_run()).model)
+    assert isinstance(model.background, SmoothBackground)
+    assert torch.equal(model.background.correlation, factor)
+    assert not any("correlation" in name for name in model.state_dict())  # fixed by the config
+    z_bg = torch.zeros(1, 3 + 3 * 64)
+    z_bg[0, 3 : 3 + 64] = torch.linalg.solve_triangular(
+        factor, broad.reshape(64, 1), upper=False
+    ).flatten()
+    drawn = model.background.decode(z_bg)  # red departs by the broad bump, the rest stays grey
+    assert drawn[0, 0, 32, 32] == pytest.approx(float(torch.sigmoid(torch.tensor(1.0))), abs=0.01)
+    assert drawn[0, 1:].sub(0.5).abs().max() < 1e-6
+
+
 @pytest.mark.parametrize("networks", ["dense", "conv"])
 def test_masked_objects_start_nearly_transparent_with_either_glimpse_networks(networks):
     torch.manual_seed(0)
