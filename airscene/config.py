@@ -553,9 +553,7 @@ class ModelConfig:
         "learned background: dimensions of z_bg, the number of basis images it mixes",
     )
     background_grid: int = param(
-        4,
-        "smooth background: side of the grid of colours z_bg holds (4: 4x4 per channel; the "
-        "colour recipe, the masked grid's, 8)",
+        4, "smooth background: side of the grid of colours z_bg holds (4: 4x4 per channel)"
     )
     background_detail: float = param(
         0.3,

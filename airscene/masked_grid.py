@@ -86,9 +86,8 @@ class MaskedGridAIR(GridAIR):
         times exp(0.25 u), its mask's logits written (``MaskedConfig.mask_writing``); rho =
         0.01 per cell, annealed from 1/2 over the first 1,000 steps while the objects' KL warms
         up (as the digits grid); 5,000 steps of 32 images, the learning rate's cosine ending at
-        a tenth, and q's mode refined by up to 4 passes of switches (``refine``); a smooth
-        background (``--background smooth``) on an 8x8 grid of colours correlated over 20 px.
-        What each choice measured: results/clutter/findings.md."""
+        a tenth, and q's mode refined by up to 4 passes of switches (``refine``). What each
+        choice measured: results/clutter/findings.md."""
         objects = run.model.objects
         if not isinstance(objects, MaskedConfig):
             raise ConfigError(
@@ -114,12 +113,6 @@ class MaskedGridAIR(GridAIR):
             dair=False,
             core_pool=1,
             objects=objects,
-            # The smooth background on an 8x8 grid whose colours' departures correlate over 20
-            # px: it holds patches of colour a third of the canvas wide that a 4x4 grid cannot
-            # (the objects then explained them), while a blob of an object's size stays dear.
-            background_grid=8,
-            background_detail=1.0,
-            background_smoothness=20.0,
         )
         train = grid_schedule(
             run.train,

@@ -298,7 +298,6 @@ def test_a_smooth_background_holds_every_sprites_background_and_nothing_sharp():
 
 def test_a_smoothness_prior_makes_broad_colour_cheap_and_an_objects_blob_dear():
     from airscene.background import SmoothBackground, grid_correlation
-    from airscene.masked_grid import MaskedGridAIR
 
     factor = grid_correlation(8, 64, 20.0)
     correlation = factor @ factor.T
@@ -319,8 +318,7 @@ def test_a_smoothness_prior_makes_broad_colour_cheap_and_an_objects_blob_dear():
     broad, blob = bump(20.0), bump(8.0)  # a patch of colour; an object of ~18 px
     assert kl_of(blob, 20.0) > 100 * kl_of(broad, 20.0)
     assert kl_of(blob, 0.0) < kl_of(broad, 0.0)  # independent colours: the blob costs less
-    # The colour recipe's background is this prior on an 8x8 grid.
-    model = build_model(MaskedGridAIR.recipe(sprites_run()).model)
+    model = colour_model(background_grid=8, background_detail=1.0, background_smoothness=20.0)
     assert isinstance(model.background, SmoothBackground)
     assert torch.equal(model.background.correlation, factor)
     assert not any("correlation" in name for name in model.state_dict())  # fixed by the config
