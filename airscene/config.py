@@ -603,6 +603,11 @@ class ModelConfig:
         _check(self.background_detail > 0, "background_detail must be > 0")
         _check(self.background_smoothness >= 0, "background_smoothness must be >= 0")
         _check(
+            self.background_smoothness == 0 or self.background == "smooth",
+            "background_smoothness correlates the smooth background's colours: it needs "
+            "--background smooth",
+        )
+        _check(
             2 <= self.background_grid <= self.canvas_size,
             f"background_grid must lie in 2..{self.canvas_size} (the canvas)",
         )
