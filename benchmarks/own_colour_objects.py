@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from airscene.data.sprites import hsv_to_rgb
+
 CANVAS = 64
 SUPER = 4  # drawn at this many times the size, then box-filtered down
 SIZES = (10, 18)  # an object's side (its extent before turning), px
@@ -46,9 +48,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def hsv(hue: float, saturation: float, value: float) -> np.ndarray:
-    """RGB in [0, 1] of one colour given in HSV."""
-    k = (np.array([5.0, 3.0, 1.0]) + hue * 6) % 6
-    return value * (1 - saturation * np.clip(np.minimum(k, 4 - k), 0, 1))
+    """RGB in [0, 1] of one colour given in HSV (the sprites' conversion, for one colour)."""
+    return hsv_to_rgb(np.asarray(hue), np.asarray(saturation), np.asarray(value))
 
 
 def outline(kind: str, side: float, angle: float, centre: np.ndarray) -> list[np.ndarray]:

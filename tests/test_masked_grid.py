@@ -167,6 +167,13 @@ def test_refining_switches_on_a_shape_q_missed_and_nothing_else():
     assert after > before
 
 
+def blue_canvas() -> torch.Tensor:
+    """A plain blue image (1, 3, 64, 64): the segmentation tests' background."""
+    canvas = torch.zeros(1, 3, 64, 64)
+    canvas[0, 2] = 1.0
+    return canvas
+
+
 def segment_drawn(model, drawings, x, background, cells, monkeypatch):
     """``model``'s segmentation of images ``x`` where the cells ``cells`` are present and draw
     ``drawings`` (M, 4, H, W), over ``background``."""
@@ -191,13 +198,10 @@ def test_segmentation_gives_each_pixel_to_the_object_whose_colour_it_shows(monke
     drawings[1, 3, 26:36, 26:36] = 0.9
     drawings[0, 0] = drawings[0, 3]  # red, premultiplied
     drawings[1, 1] = drawings[1, 3]  # green
-    x = torch.zeros(1, 3, 64, 64)
-    x[0, 2] = 1.0
+    x = blue_canvas()
     x[0, :, 26:36, 26:36] = torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1)
     x[0, :, 20:30, 20:30] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
-    blue = torch.zeros_like(x)
-    blue[0, 2] = 1.0
-    found = segment_drawn(model, drawings, x, blue, [27, 28], monkeypatch)
+    found = segment_drawn(model, drawings, x, blue_canvas(), [27, 28], monkeypatch)
     truth = torch.zeros(64, 64, dtype=torch.long)
     truth[26:36, 26:36] = 29
     truth[20:30, 20:30] = 28
@@ -238,12 +242,9 @@ def test_segmentation_keeps_to_each_object_what_it_draws_against_a_neighbours_ri
     drawings[0, 3, 20:30, 30:40] = 0.95  # cell 27
     drawings[1, 3, 20:30, 20:30] = 0.95  # cell 28
     drawings[:, 0] = drawings[:, 3]
-    x = torch.zeros(1, 3, 64, 64)
-    x[0, 2] = 1.0
+    x = blue_canvas()
     x[0, :, 20:30, 20:40] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
-    blue = torch.zeros_like(x)
-    blue[0, 2] = 1.0
-    found = segment_drawn(model, drawings, x, blue, [27, 28], monkeypatch)
+    found = segment_drawn(model, drawings, x, blue_canvas(), [27, 28], monkeypatch)
     truth = torch.zeros(64, 64, dtype=torch.long)
     truth[20:30, 30:40] = 28
     truth[20:30, 20:30] = 29

@@ -306,11 +306,14 @@ def test_a_smoothness_prior_makes_broad_colour_cheap_and_an_objects_blob_dear():
     points = torch.linspace(0, 63, 8)
     y, x = torch.meshgrid(points, points, indexing="ij")
 
+    def z_drawing(field: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        """The z (64,) whose departures factor @ z are ``field`` at the grid's points."""
+        return torch.linalg.solve_triangular(factor, field.reshape(64, 1), upper=False).flatten()
+
     def kl_of(field: torch.Tensor, smoothness: float) -> float:
-        """½|z|² of the z that draws ``field`` (the departures at the grid's points)."""
+        """½|z|² of the z that draws ``field``."""
         factor = grid_correlation(8, 64, smoothness) if smoothness else torch.eye(64)
-        z = torch.linalg.solve_triangular(factor, field.reshape(64, 1), upper=False)
-        return 0.5 * float((z**2).sum())
+        return 0.5 * float((z_drawing(field, factor) ** 2).sum())
 
     def bump(width: float) -> torch.Tensor:  # one logit at the canvas's centre
         return torch.exp(-((y - 31.5) ** 2 + (x - 31.5) ** 2) / (2 * width**2))
@@ -325,9 +328,7 @@ def test_a_smoothness_prior_makes_broad_colour_cheap_and_an_objects_blob_dear():
     assert torch.equal(model.background.correlation, factor)
     assert not any("correlation" in name for name in model.state_dict())  # fixed by the config
     z_bg = torch.zeros(1, 3 + 3 * 64)
-    z_bg[0, 3 : 3 + 64] = torch.linalg.solve_triangular(
-        factor, broad.reshape(64, 1), upper=False
-    ).flatten()
+    z_bg[0, 3 : 3 + 64] = z_drawing(broad, factor)
     drawn = model.background.decode(z_bg)  # red departs by the broad bump, the rest stays grey
     expected = torch.nn.functional.interpolate(
         torch.sigmoid(broad)[None, None], size=(64, 64), mode="bilinear", align_corners=True
