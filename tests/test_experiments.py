@@ -773,6 +773,7 @@ def test_clutter_experiment_wiring(tmp_path, monkeypatch, capsys):
             assert "foreground_ari" not in row
     report = (out / "report.md").read_text()
     assert "| noisy-mnist | DAIR+background |" in report and "~0.93 (SuPAIR)" in report
+    assert "| 2 steps, seed 0" in report  # each row's own steps and seed (a reused run's differ)
     assert "| sprites | grid+background |" in report and "![sprites: grid+background's" in report
     assert "![grid-mnist: DAIR+background's" in report
     assert "refuses them" in report and "noisy-mnist/grid+background" in report

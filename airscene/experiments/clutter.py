@@ -188,7 +188,7 @@ def report(summary: dict[str, Any]) -> str:
         f"`airscene experiment clutter{' --quick' if summary['quick'] else ''}` at "
         f"{summary['git_revision']} on {machine}; seed {summary['seed']}, "
         f"{summary['sizes']['steps']:,} training steps of each family's recipe per model "
-        "(a reused run: its own), "
+        "(a reused run: its own steps and seed, in the table), "
         f"{summary['sizes']['scenes']:,} held-out scenes per kind (0-2 MNIST test digits; "
         "sprites: 0-4 shapes). "
         "Models (trained here, or the runs given with --reuse): "
@@ -201,8 +201,10 @@ def report(summary: dict[str, Any]) -> str:
     ]
     for key, row in summary["results"].items():
         kind, arm = key.split("/")
-        seconds, steps = row["train_seconds"], row["config"]["train"]["steps"]
-        trained = f"{steps:,} steps" + (f", {seconds / 60:.1f} min" if seconds else "")
+        seconds, train = row["train_seconds"], row["config"]["train"]
+        trained = f"{train['steps']:,} steps, seed {train['seed']}" + (
+            f", {seconds / 60:.1f} min" if seconds else ""
+        )
         ari = row.get("foreground_ari")
         lines.append(
             f"| {kind} | {arm} | {_percent(row['count_accuracy'])} | "
