@@ -738,6 +738,12 @@ class TrainConfig:
         "linearly from 0 over this many steps, so the objects learn to draw before the "
         "background can paint them as blobs (0: from the start)",
     )
+    normal_likelihood_steps: int = param(
+        0,
+        "a Bernoulli model trains its first this many steps under the normal pixel likelihood "
+        "(sd likelihood-sigma), then under its own: the normal's gentle misfit while glimpses "
+        "learn to draw, the Bernoulli's dear undrawn ink once they do (0: its own throughout)",
+    )
     kl_warmup_steps: int = param(
         0,
         "grid inference: the objects' KL term rises linearly from 0 to its full weight over "
@@ -791,6 +797,10 @@ class TrainConfig:
             _check(0 < self.z_pres_prior_start < 1, "z_pres_prior_start must lie in (0, 1)")
         _check(self.z_pres_prior_anneal_steps >= 0, "z_pres_prior_anneal_steps must be >= 0")
         _check(
+            self.normal_likelihood_steps >= 0,
+            f"normal_likelihood_steps must be >= 0, got {self.normal_likelihood_steps}",
+        )
+        _check(
             self.kl_warmup_steps >= 0,
             f"kl_warmup_steps must be >= 0, got {self.kl_warmup_steps}",
         )
@@ -833,6 +843,11 @@ class RunConfig:
         _check(
             self.data.canvas_size == self.model.canvas_size,
             f"data canvas_size {self.data.canvas_size} != model canvas_size {self.model.canvas_size}",
+        )
+        _check(
+            self.train.normal_likelihood_steps == 0 or self.model.likelihood == "bernoulli",
+            "--normal-likelihood-steps warms up a Bernoulli model (--likelihood bernoulli) "
+            "under the normal likelihood; this model's is already the normal",
         )
         _check(
             self.train.z_pres_baseline == "learned" or self.model.inference == "sequential",

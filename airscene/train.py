@@ -112,6 +112,12 @@ def background_detail_at(step: int, config: TrainConfig) -> float:
     return linear_ramp(step, config.background_detail_steps)
 
 
+def likelihood_at(step: int, config: RunConfig) -> str:
+    """The pixel likelihood that scores step ``step``: the normal for the first
+    ``normal_likelihood_steps`` steps, the model's own after them."""
+    return "normal" if step <= config.train.normal_likelihood_steps else config.model.likelihood
+
+
 def kl_weight_at(step: int, config: TrainConfig) -> float:
     """The weight of the objects' log p/q in the grid scheme's objective at ``step``: rising
     linearly from 0 to 1 over ``kl_warmup_steps`` (1 throughout without a warm-up)."""
@@ -273,6 +279,9 @@ class Trainer:
         background = getattr(self.model, "background", None)
         if background is not None:
             background.detail_fraction = background_detail_at(self.step, tc)
+        likelihood = likelihood_at(self.step, self.config)
+        if self.model.config.likelihood != likelihood:  # the model scores pixels by its config
+            self.model.config = dataclasses.replace(self.model.config, likelihood=likelihood)
 
         inference, objective = self.objective(x, rho)
         optimisers = [o for o in (self.model_optimiser, self.baseline_optimiser) if o is not None]

@@ -125,6 +125,38 @@ def test_grid_trains_checkpoints_and_resumes(tmp_path):
     assert main(["eval", "--model", str(run), "--n", "8", "--quiet"]) == 0
 
 
+def test_a_bernoulli_model_warms_up_under_the_normal_likelihood(tmp_path, capsys):
+    """--normal-likelihood-steps N: a Bernoulli model's first N steps are a normal model's
+    steps exactly (the same losses), the ones after them its own; the run stays Bernoulli."""
+    tiny = ["--kind", "scattered-digits", "--inference", "grid", "--steps", "3",
+            "--batch-size", "4", "--n-train", "16", "--n-test", "8", "--eval-every", "0",
+            "--log-every", "1", "--encoder-hidden", "8", "--decoder-hidden", "8",
+            "--grid-channels", "8"]  # fmt: skip
+
+    def losses(name: str, *flags: str) -> list[float]:
+        run = tmp_path / name
+        assert main(["train", "--run-dir", str(run), *tiny, *flags]) == 0
+        rows = (run / "metrics.csv").read_text().splitlines()
+        column = rows[0].split(",").index("loss")
+        return [float(row.split(",")[column]) for row in rows[1:]]
+
+    normal = losses("normal")
+    bernoulli = losses("bernoulli", "--likelihood", "bernoulli")
+    warmed = losses("warmed", "--likelihood", "bernoulli", "--normal-likelihood-steps", "2")
+    assert len(warmed) == 3
+    assert warmed[:2] == normal[:2] and warmed[0] != bernoulli[0]
+    assert warmed[2] != normal[2]  # step 3 is scored under the Bernoulli
+    config = json.loads((tmp_path / "warmed" / "config.json").read_text())["config"]
+    assert config["model"]["likelihood"] == "bernoulli"
+    assert config["train"]["normal_likelihood_steps"] == 2
+    capsys.readouterr()
+    refused = tmp_path / "refused"
+    code = main(["train", "--run-dir", str(refused), *tiny, "--normal-likelihood-steps", "2"])
+    assert code == 2 and not refused.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--likelihood bernoulli" in err[0]
+
+
 def test_infer_reads_a_large_image_whole_and_maps_boxes_to_its_pixels(tmp_path):
     """A grid model reads a 120x96 image at its own pixels (no shrinking): every box lies in
     the image, and the canvas the model explained is the image's own size."""
