@@ -742,7 +742,8 @@ class TrainConfig:
         0,
         "a Bernoulli model trains its first this many steps under the normal pixel likelihood "
         "(sd likelihood-sigma), then under its own: the normal's gentle misfit while glimpses "
-        "learn to draw, the Bernoulli's dear undrawn ink once they do (0: its own throughout)",
+        "learn to draw, the Bernoulli's dear undrawn ink once they do; evaluations always score "
+        "under its own (0: no warm-up)",
     )
     kl_warmup_steps: int = param(
         0,

@@ -279,11 +279,15 @@ class Trainer:
         background = getattr(self.model, "background", None)
         if background is not None:
             background.detail_fraction = background_detail_at(self.step, tc)
+        # The model scores pixels by its config: the step's likelihood for the objective only,
+        # so evaluations and the search between steps score under the model's own.
         likelihood = likelihood_at(self.step, self.config)
-        if self.model.config.likelihood != likelihood:  # the model scores pixels by its config
-            self.model.config = dataclasses.replace(self.model.config, likelihood=likelihood)
-
-        inference, objective = self.objective(x, rho)
+        if likelihood != self.config.model.likelihood:
+            self.model.config = dataclasses.replace(self.config.model, likelihood=likelihood)
+        try:
+            inference, objective = self.objective(x, rho)
+        finally:
+            self.model.config = self.config.model
         optimisers = [o for o in (self.model_optimiser, self.baseline_optimiser) if o is not None]
         losses = [loss for loss in (objective.loss, objective.baseline_loss) if loss is not None]
         for optimiser in optimisers:

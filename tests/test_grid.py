@@ -1,6 +1,7 @@
 """Spatially parallel (grid) inference: the same generative model, every cell at once."""
 
 import dataclasses
+import importlib
 import json
 
 import numpy as np
@@ -146,6 +147,16 @@ def test_a_bernoulli_model_warms_up_under_the_normal_likelihood(tmp_path, capsys
     assert len(warmed) == 3
     assert warmed[:2] == normal[:2] and warmed[0] != bernoulli[0]
     assert warmed[2] != normal[2]  # step 3 is scored under the Bernoulli
+    # Between steps (evaluations, the search) the model scores under its own, the Bernoulli.
+    from airscene.checkpoint import read_checkpoint
+    from airscene.train import likelihood_at
+
+    run = read_checkpoint(tmp_path / "warmed").config
+    assert [likelihood_at(step, run) for step in (1, 2, 3)] == ["normal", "normal", "bernoulli"]
+    trainer = importlib.import_module("airscene.train").Trainer(run, torch.device("cpu"))
+    images = torch.randint(0, 256, (8, 48, 48), dtype=torch.uint8)
+    assert trainer.train_step(images, None) and trainer.step == 1
+    assert trainer.model.config.likelihood == "bernoulli"
     config = json.loads((tmp_path / "warmed" / "config.json").read_text())["config"]
     assert config["model"]["likelihood"] == "bernoulli"
     assert config["train"]["normal_likelihood_steps"] == 2
