@@ -1,7 +1,6 @@
 """Spatially parallel (grid) inference: the same generative model, every cell at once."""
 
 import dataclasses
-import importlib
 import json
 
 import numpy as np
@@ -149,11 +148,11 @@ def test_a_bernoulli_model_warms_up_under_the_normal_likelihood(tmp_path, capsys
     assert warmed[2] != normal[2]  # step 3 is scored under the Bernoulli
     # Between steps (evaluations, the search) the model scores under its own, the Bernoulli.
     from airscene.checkpoint import read_checkpoint
-    from airscene.train import likelihood_at
+    from airscene.train import Trainer, likelihood_at
 
     run = read_checkpoint(tmp_path / "warmed").config
     assert [likelihood_at(step, run) for step in (1, 2, 3)] == ["normal", "normal", "bernoulli"]
-    trainer = importlib.import_module("airscene.train").Trainer(run, torch.device("cpu"))
+    trainer = Trainer(run, torch.device("cpu"))
     images = torch.randint(0, 256, (8, 48, 48), dtype=torch.uint8)
     assert trainer.train_step(images, None) and trainer.step == 1
     assert trainer.model.config.likelihood == "bernoulli"
