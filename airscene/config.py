@@ -743,7 +743,8 @@ class TrainConfig:
         "a Bernoulli model trains its first this many steps under the normal pixel likelihood "
         "(sd likelihood-sigma), then under its own: the normal's gentle misfit while glimpses "
         "learn to draw, the Bernoulli's dear undrawn ink once they do; evaluations always score "
-        "under its own (0: no warm-up)",
+        "under its own (0: no warm-up; a normal model, or a run no longer than this, trains "
+        "under the normal throughout)",
     )
     kl_warmup_steps: int = param(
         0,
@@ -844,11 +845,6 @@ class RunConfig:
         _check(
             self.data.canvas_size == self.model.canvas_size,
             f"data canvas_size {self.data.canvas_size} != model canvas_size {self.model.canvas_size}",
-        )
-        _check(
-            self.train.normal_likelihood_steps == 0 or self.model.likelihood == "bernoulli",
-            "--normal-likelihood-steps warms up a Bernoulli model (--likelihood bernoulli) "
-            "under the normal likelihood; this model's is already the normal",
         )
         _check(
             self.train.z_pres_baseline == "learned" or self.model.inference == "sequential",

@@ -668,6 +668,23 @@ def test_scenes3d_quick_mode_under_ten_minutes(tmp_path):
     assert (tmp_path / "report.md").is_file() and (tmp_path / "scenes3d.png").is_file()
 
 
+def test_many_objects_grid_switches_its_likelihood_at_the_recipes_fraction_of_its_steps():
+    """The grid's recipe scores under the normal for 15,000 of its 18,000 steps; a run the
+    experiment shortens switches to its own Bernoulli at the same fraction, never past its end."""
+    from airscene.experiments.many_objects import QUICK, Sizes, scheme_config
+
+    for steps, warm_up in (
+        (18_000, 15_000),
+        (Sizes().grid_steps, 6_667),
+        (QUICK.grid_steps, 1_250),
+    ):
+        run = scheme_config("grid", steps, seed=0)
+        assert run.model.likelihood == "bernoulli"
+        assert (run.train.steps, run.train.normal_likelihood_steps) == (steps, warm_up)
+    for scheme in ("AIR", "DAIR"):  # the sequential recipes have no warm-up
+        assert scheme_config(scheme, 3_000, seed=0).train.normal_likelihood_steps == 0
+
+
 def test_many_objects_experiment_wiring(tmp_path, monkeypatch, capsys):
     # Tiny runs: the plumbing (three schemes trained and measured per n, the transfer to 84 and
     # 160 px, the speeds, report, figures, JSON), not the accuracies.
