@@ -1,0 +1,89 @@
+"""How the grid's training step grows with the digits in a scene, with and without denormal
+floats flushed to zero: the cost target of issue 32 (flat within 20% from n = 1 to 9).
+
+    python benchmarks/grid_step_denormals.py [--model many-digits] [--steps 20] [--threads 1]
+
+For each n in {1, 9} and each setting of ``torch.set_flush_denormal``, the median of ``steps``
+training steps of the model's own recipe from its weights (``many_objects.step_seconds``, two
+warm-up steps first), on minibatches of n-digit training scenes; each cell is timed twice, the
+order reversed the second time. ``set_flush_denormal`` sets the calling thread only, so set
+after the intra-op threads exist, their work is still done with denormals; ``--flush-at-start``
+sets it before any of them exists (the threads then start with it) and times that alone. Writes
+``benchmarks/results/grid_step_denormals.json`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+from pathlib import Path
+
+import torch
+
+from airscene.checkpoint import load_model
+from airscene.data.scattered import SCATTERED_DIGITS
+from airscene.experiments.many_objects import step_seconds
+from airscene.provenance import git_revision, hardware
+
+HERE = Path(__file__).resolve().parent
+COUNTS = (1, 9)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="many-digits", help="a grid run, checkpoint or model")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per cell")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--flush-at-start",
+        action="store_true",
+        help="flush denormals before any intra-op thread starts, and time only that",
+    )
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "grid_step_denormals.json")
+    args = parser.parse_args()
+    if args.flush_at_start:
+        torch.set_flush_denormal(True)
+    torch.set_num_threads(args.threads)
+    model, checkpoint = load_model(args.model)
+    config = checkpoint.config
+    images = {
+        n: torch.from_numpy(
+            SCATTERED_DIGITS.load(
+                dataclasses.replace(config.data, counts=(n,)), "train", n=256
+            ).images
+        )
+        for n in COUNTS
+    }
+    timings: dict[str, dict[int, list[float]]] = {}
+    for flush in (True,) if args.flush_at_start else (False, True):
+        torch.set_flush_denormal(flush)
+        name = "flush at start" if args.flush_at_start else f"flush={flush} after the threads start"
+        cells = timings.setdefault(name, {n: [] for n in COUNTS})
+        for order in (COUNTS, COUNTS[::-1]):
+            for n in order:
+                cells[n].append(1000 * step_seconds(config, model, images[n], args.steps))
+        print(
+            f"{name}: "
+            + ", ".join(f"n={n} {min(ms):.1f}-{max(ms):.1f} ms" for n, ms in cells.items()),
+            flush=True,
+        )
+    torch.set_flush_denormal(False)
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "git_revision": git_revision(),
+        "hardware": hardware(),
+        "model": args.model,
+        "threads": args.threads,
+        "flush_at_start": args.flush_at_start,
+        "timed_steps": args.steps,
+        "step_ms": timings,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
