@@ -145,7 +145,8 @@ def _train(args: argparse.Namespace) -> int:
         preset = _train_preset(args)
         model = config_from_args(ModelConfig, args, base=preset.model)
         data = config_from_args(DataConfig, args, base=preset.data, rename=_DATA_RENAME)
-        train_config = config_from_args(TrainConfig, args, base=preset.train)
+        base = preset.train if args.steps is None else preset.train.over_steps(args.steps)
+        train_config = config_from_args(TrainConfig, args, base=base)
         config = RunConfig(data=data, model=model, train=train_config)
         if launched_by_torchrun() and not args.run_dir:
             raise AirsceneError(
@@ -934,10 +935,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Verbs that run a model; the others (models, data) do not import torch.
+_MODEL_VERBS = ("train", "eval", "sample", "show", "infer", "render3d", "experiment")
+
+
+def flush_denormals() -> None:
+    """Denormal floats flushed to zero in this process, before torch starts its threads (they
+    inherit the setting; set later, it reaches the calling thread only). A trained grid model's
+    activations fall into the denormal range, where the CPU computes slowly; flushed, its
+    training ends with the same weights bit for bit (benchmarks/README.md, "Denormal floats")."""
+    import torch
+
+    torch.set_flush_denormal(True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``airscene`` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verb in _MODEL_VERBS:
+        flush_denormals()
     try:
         return int(args.handler(args) or 0)
     except AirsceneError as error:

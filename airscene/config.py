@@ -744,7 +744,8 @@ class TrainConfig:
         "(sd likelihood-sigma), then under its own: the normal's gentle misfit while glimpses "
         "learn to draw, the Bernoulli's dear undrawn ink once they do; evaluations always score "
         "under its own (0: no warm-up; a normal model, or a run no longer than this, trains "
-        "under the normal throughout)",
+        "under the normal throughout; train --steps keeps a recipe's warm-up at its fraction "
+        "of the run)",
     )
     kl_warmup_steps: int = param(
         0,
@@ -826,6 +827,13 @@ class TrainConfig:
         _check(self.threads is None or self.threads >= 1, "threads must be >= 1")
         _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1")
         _check(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
+
+    def over_steps(self, steps: int) -> TrainConfig:
+        """This schedule for a run of ``steps`` steps, its normal-likelihood warm-up kept at
+        the same fraction of the run, so that a recipe's run made shorter still ends under its
+        model's own likelihood (the grid's: the last sixth under the Bernoulli)."""
+        warm_up = round(self.normal_likelihood_steps * steps / self.steps)
+        return dataclasses.replace(self, steps=steps, normal_likelihood_steps=warm_up)
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,13 @@ that scheme over AIR's own generative model:
   * q is one convolutional pass (``CellNetwork``) giving, per cell, q(z_pres) and q(u); the
     glimpse read at the drawn window is encoded to q(z_what) by the object model's encoder.
 
-Cells are independent given the image, in q as in p, so nothing is sequential: a step costs the
-same for 1 object or 30, and a model reads an image of any size at the scale it was trained on
-(the grid grows with the image). What keeps two cells from claiming one digit is the
-likelihood: the training objective (``airscene.objective.cellwise_objective``) scores each
-cell's z_pres exactly, both values, against the other cells as drawn, so a cell whose object
-the others already explain pays for drawing it twice.
+Cells are independent given the image, in q as in p, so nothing is sequential: a step does the
+same work for 1 object or 30, and a model reads an image of any size at the scale it was trained
+on (the grid grows with the image). What keeps two cells from claiming one digit is the
+objective (``airscene.objective.cellwise_objective``): it scores each cell's z_pres exactly,
+both values, against the other cells as drawn, so a cell whose object the others already
+explain pays for its object's prior and, under the normal likelihood, for drawing the ink twice
+(the Bernoulli's mean is clamped at 1, so ink drawn twice costs it little).
 
 An object is drawn into a patch around its cell (it cannot reach farther), so drawing every
 cell's object and scoring it costs a patch per cell, not a canvas per cell.
@@ -196,10 +197,10 @@ class GridAIR(nn.Module):
         Early in training, rho is annealed from 1/2 and the objects' KL warmed up, so glimpses
         learn to draw digits before an object must pay for itself (without both, every cell
         switches off in the first hundred steps). Pixels are scored under the Bernoulli
-        likelihood, but only for the last 3,000 of 18,000 steps (the first under the normal,
-        ``normal_likelihood_steps``): the normal's gentle misfit lets glimpses learn to draw,
-        the Bernoulli's dear undrawn ink then makes a thin digit beside another one worth its
-        own object. What each choice measured: results/many-objects/findings.md."""
+        likelihood for the last sixth of the run only (``normal_likelihood_steps``: the normal
+        before it): its dear undrawn ink makes a thin digit beside another worth its own
+        object once glimpses draw digits, while from the start it counted no better than the
+        normal. What each choice measured: results/many-objects/findings.md."""
         objects = run.model.objects
         if not isinstance(objects, GlimpseConfig):
             raise ConfigError(

@@ -128,8 +128,8 @@ def test_grid_trains_checkpoints_and_resumes(tmp_path):
 def test_a_bernoulli_model_warms_up_under_the_normal_likelihood(tmp_path):
     """--normal-likelihood-steps N: a Bernoulli model's first N steps are a normal model's
     steps exactly (the same losses), the ones after them its own; the run stays Bernoulli.
-    The grid's recipe is such a model (15,000 steps of warm-up); --likelihood normal over it
-    trains as the normal throughout."""
+    The grid's recipe is such a model (15,000 of 18,000 steps of warm-up): --steps keeps the
+    warm-up at that fraction of the run, and --likelihood normal over it trains as the normal."""
     tiny = ["--kind", "scattered-digits", "--inference", "grid", "--steps", "3",
             "--batch-size", "4", "--n-train", "16", "--n-test", "8", "--eval-every", "0",
             "--log-every", "1", "--encoder-hidden", "8", "--decoder-hidden", "8",
@@ -145,12 +145,12 @@ def test_a_bernoulli_model_warms_up_under_the_normal_likelihood(tmp_path):
     normal = losses("normal", "--likelihood", "normal", "--normal-likelihood-steps", "0")
     bernoulli = losses("bernoulli", "--normal-likelihood-steps", "0")
     warmed = losses("warmed", "--normal-likelihood-steps", "2")
-    recipe = losses("recipe")  # Bernoulli, its 3 steps inside the recipe's warm-up
+    recipe = losses("recipe")  # 3 steps: the warm-up round(15,000 * 3 / 18,000) = 2
     normal_over_recipe = losses("normal-over-recipe", "--likelihood", "normal")
     assert len(warmed) == 3
     assert warmed[:2] == normal[:2] and warmed[0] != bernoulli[0]
     assert warmed[2] != normal[2]  # step 3 is scored under the Bernoulli
-    assert recipe == normal == normal_over_recipe
+    assert recipe == warmed and normal_over_recipe == normal
     # Between steps (evaluations, the search) the model scores under its own, the Bernoulli.
     from airscene.checkpoint import read_checkpoint
     from airscene.train import Trainer, likelihood_at
@@ -166,7 +166,7 @@ def test_a_bernoulli_model_warms_up_under_the_normal_likelihood(tmp_path):
     assert config["train"]["normal_likelihood_steps"] == 2
     config = json.loads((tmp_path / "recipe" / "config.json").read_text())["config"]
     assert config["model"]["likelihood"] == "bernoulli"
-    assert (config["train"]["normal_likelihood_steps"], config["train"]["steps"]) == (15_000, 3)
+    assert (config["train"]["normal_likelihood_steps"], config["train"]["steps"]) == (2, 3)
 
 
 def test_infer_reads_a_large_image_whole_and_maps_boxes_to_its_pixels(tmp_path):

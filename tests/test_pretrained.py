@@ -37,6 +37,21 @@ def test_shipped_conv_dair_model_is_the_one_its_command_makes():
     assert checkpoint.step == int(flags[4]) == 30_000
 
 
+def test_shipped_many_digits_is_the_run_the_grid_recipe_makes():
+    # Trained with the recipe's values as flags before they were its own: the same run.
+    import dataclasses
+
+    from airscene.data.scattered import SCATTERED_DIGITS
+    from airscene.grid import GridAIR
+
+    checkpoint = read_checkpoint("many-digits")
+    recipe = GridAIR.recipe(SCATTERED_DIGITS.preset())
+    assert checkpoint.config.model == recipe.model and checkpoint.config.data == recipe.data
+    assert checkpoint.config.train == dataclasses.replace(recipe.train, seed=0)
+    assert checkpoint.config.model.likelihood == "bernoulli"
+    assert (checkpoint.step, checkpoint.config.train.normal_likelihood_steps) == (18_000, 15_000)
+
+
 def fresh_pngs(tmp_path):
     # test digits, and a scene seed the model never saw in training or evaluation
     scenes = load_scenes(DataConfig(seed=2026, n_test=200), "test")

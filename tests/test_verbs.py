@@ -83,3 +83,26 @@ def test_eval(shipped, tmp_path, capsys):
     result = json.loads(report.read_text())
     assert result["scenes"] == 12 and sum(map(sum, result["confusion"])) == 12
     assert result["count_accuracy"] >= 0.75, result
+
+
+def test_verbs_that_run_a_model_flush_denormal_floats_first(monkeypatch, capsys):
+    """Set before torch starts its threads, the flush reaches them all; verbs that run no
+    model (models, data) leave torch unimported and the process as it was."""
+    import torch
+
+    from airscene import cli
+
+    called = []
+    monkeypatch.setattr(cli, "flush_denormals", lambda: called.append(True))
+    assert cli.main(["models"]) == 0 and called == []
+    assert cli.main(["eval", "--model", "no-such-model"]) == 2 and called == [True]
+    capsys.readouterr()
+    monkeypatch.undo()
+    torch.set_flush_denormal(False)  # as a fresh process has it (earlier tests ran verbs)
+    denormal = torch.tensor([1e-40])
+    assert (denormal * 1.0).item() != 0.0
+    try:
+        cli.flush_denormals()
+        assert (denormal * 1.0).item() == 0.0
+    finally:
+        torch.set_flush_denormal(False)

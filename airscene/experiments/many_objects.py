@@ -72,15 +72,11 @@ def scheme_config(scheme: str, steps: int, seed: int, eval_scenes: int = 1_000) 
         preset = GridAIR.recipe(preset)
     elif scheme == "DAIR":
         preset = dataclasses.replace(preset, model=dataclasses.replace(preset.model, dair=True))
-    # The grid's switch to its own likelihood at the recipe's fraction of a shorter run.
-    warm_up = round(preset.train.normal_likelihood_steps * steps / preset.train.steps)
     train_config = dataclasses.replace(
-        preset.train,
-        steps=steps,
+        preset.train.over_steps(steps),
         seed=seed,
         eval_every=max(steps // 4, 1),
         eval_scenes=eval_scenes,
-        normal_likelihood_steps=warm_up,
     )
     return dataclasses.replace(preset, train=train_config)
 
