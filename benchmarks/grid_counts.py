@@ -8,7 +8,7 @@ no training and no sequential baseline: how the seeds of the grid's recipe compa
 For each model: held-out scenes of MNIST test digits at 48 px with n = 1, 3, 5, 7, 9 and at
 84 px with 10, 15, 20 digits (the model's own data config otherwise; ``--only-48``: 48 px only),
 counted at q's mode refined as the model's ``grid_refine_passes`` says; ``--with-160`` adds the
-many-objects report's 160 px canvases of 30-40 digits (``many_objects.measure_transfer``). Writes
+many-objects report's 160 px canvases of 30-40 digits (``many_objects.largest_canvas_row``). Writes
 ``benchmarks/results/grid_counts.json`` (or ``--out``).
 """
 
@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from airscene.checkpoint import load_model
-from airscene.experiments.many_objects import TRANSFER, transfer_scenes
+from airscene.experiments.many_objects import largest_canvas_row
 from airscene.experiments.runs import count_row
 from airscene.provenance import git_revision, hardware
 from airscene.registry import scene_family
@@ -45,11 +45,10 @@ def counts_of(model_name: str, scenes: int, cells=CELLS, with_160: bool = False)
             f"MAE {row['mean_abs_error']:.3f}, AP@0.5 {row['average_precision']:.3f}",
             flush=True,
         )
-    if with_160:  # the report's canvases of 30-40 digits, as many_objects.measure_transfer counts
-        side, counts = TRANSFER[1]
-        row = count_row(model, transfer_scenes(side, counts, scenes))
-        rows[f"{side}px n={counts[0]}-{counts[-1]}"] = row
-        print(f"{model_name} {side}px: count {100 * row['count_accuracy']:.1f}%", flush=True)
+    if with_160:  # the report's canvases of 30-40 digits, as the experiment counts them
+        name, row = largest_canvas_row(model, scenes)
+        rows[name] = row
+        print(f"{model_name} {name}: count {100 * row['count_accuracy']:.1f}%", flush=True)
     return rows
 
 

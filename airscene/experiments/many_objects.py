@@ -144,12 +144,20 @@ def measure_transfer(model: Any, sizes: Sizes, progress: bool) -> dict[str, Any]
             print(
                 f"  transfer {side}px n={n}: count {100 * row['count_accuracy']:.1f}%", flush=True
             )
-    side, counts = TRANSFER[1]
-    row = count_row(model, transfer_scenes(side, counts, sizes.transfer_scenes))
-    table[f"{side}px n={counts[0]}-{counts[-1]}"] = row
+    name, row = largest_canvas_row(model, sizes.transfer_scenes)
+    table[name] = row
     if progress:
-        print(f"  transfer {side}px: count {100 * row['count_accuracy']:.1f}%", flush=True)
+        print(f"  transfer {name.split()[0]}: count {100 * row['count_accuracy']:.1f}%", flush=True)
     return table
+
+
+def largest_canvas_row(model: Any, scenes: int) -> tuple[str, dict[str, Any]]:
+    """The grid model on ``scenes`` canvases of ``TRANSFER``'s largest size, each of a count
+    drawn from its range: the row's name in the report's table and its count row."""
+    side, counts = TRANSFER[1]
+    return f"{side}px n={counts[0]}-{counts[-1]}", count_row(
+        model, transfer_scenes(side, counts, scenes)
+    )
 
 
 def run_many_objects(
