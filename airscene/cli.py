@@ -943,7 +943,8 @@ def flush_denormals() -> None:
     """Denormal floats flushed to zero in this process, before torch starts its threads (they
     inherit the setting; set later, it reaches the calling thread only). A trained grid model's
     activations fall into the denormal range, where the CPU computes slowly; flushed, its
-    training ends with the same weights bit for bit (benchmarks/README.md, "Denormal floats")."""
+    training ends with the same weights bit for bit (benchmarks/README.md, "Denormal floats").
+    Public as ``airscene.flush_denormals`` for Python callers, who call it before any torch work."""
     import torch
 
     torch.set_flush_denormal(True)
