@@ -1,15 +1,19 @@
-"""How the grid's training step grows with the digits in a scene, with and without denormal
-floats flushed to zero: the cost target of issue 32 (flat within 20% from n = 1 to 9).
+"""A model's training step with and without denormal floats flushed to zero, at the fewest and
+the most objects its scenes hold: for the grid, how much of the step's growth with n (issue 32's
+cost target: flat within 20% from n = 1 to 9) is denormal arithmetic; for every shipped model,
+what the verbs' flush (``airscene.flush_denormals``) saves.
 
-    python benchmarks/grid_step_denormals.py [--model many-digits] [--steps 20] [--threads 1]
+    python benchmarks/step_denormals.py [--model many-digits] [--steps 20] [--threads 1]
+        [--flush-at-start]
 
-For each n in {1, 9} and each setting of ``torch.set_flush_denormal``, the median of ``steps``
+For each n of the fewest and the most objects the model's training scenes hold (``many-digits``:
+1 and 9; ``sprites``: 1 and 4) and each setting of ``torch.set_flush_denormal``, the median of ``steps``
 training steps of the model's own recipe from its weights (``many_objects.step_seconds``, two
-warm-up steps first), on minibatches of n-digit training scenes; each cell is timed twice, the
+warm-up steps first), on minibatches of training scenes of n objects; each cell is timed twice, the
 order reversed the second time. ``set_flush_denormal`` sets the calling thread only, so set
 after the intra-op threads exist, their work is still done with denormals; ``--flush-at-start``
 sets it before any of them exists (the threads then start with it) and times that alone. Writes
-``benchmarks/results/grid_step_denormals.json`` (or ``--out``).
+``benchmarks/results/step_denormals_MODEL[_at_start].json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -23,12 +27,11 @@ from pathlib import Path
 import torch
 
 from airscene.checkpoint import load_model
-from airscene.data.scattered import SCATTERED_DIGITS
 from airscene.experiments.many_objects import step_seconds
 from airscene.provenance import git_revision, hardware
+from airscene.registry import scene_family
 
 HERE = Path(__file__).resolve().parent
-COUNTS = (1, 9)
 
 
 def main() -> None:
@@ -41,27 +44,31 @@ def main() -> None:
         action="store_true",
         help="flush denormals before any intra-op thread starts, and time only that",
     )
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "grid_step_denormals.json")
+    parser.add_argument("--out", type=Path, help="the JSON written (default: see above)")
     args = parser.parse_args()
+    at_start = "_at_start" if args.flush_at_start else ""
+    out = args.out or HERE / "results" / f"step_denormals_{Path(args.model).name}{at_start}.json"
     if args.flush_at_start:
         torch.set_flush_denormal(True)
     torch.set_num_threads(args.threads)
     model, checkpoint = load_model(args.model)
     config = checkpoint.config
+    counts = (min(n for n in config.data.counts if n > 0), max(config.data.counts))
+    family = scene_family(config.data.kind)
     images = {
         n: torch.from_numpy(
-            SCATTERED_DIGITS.load(
-                dataclasses.replace(config.data, counts=(n,)), "train", n=256
+            family.load(
+                dataclasses.replace(config.data, counts=(n,), count_probs=None), "train", n=256
             ).images
         )
-        for n in COUNTS
+        for n in counts
     }
     timings: dict[str, dict[int, list[float]]] = {}
     for flush in (True,) if args.flush_at_start else (False, True):
         torch.set_flush_denormal(flush)
         name = "flush at start" if args.flush_at_start else f"flush={flush} after the threads start"
-        cells = timings.setdefault(name, {n: [] for n in COUNTS})
-        for order in (COUNTS, COUNTS[::-1]):
+        cells = timings.setdefault(name, {n: [] for n in counts})
+        for order in (counts, counts[::-1]):
             for n in order:
                 cells[n].append(1000 * step_seconds(config, model, images[n], args.steps))
         print(
@@ -80,9 +87,9 @@ def main() -> None:
         "timed_steps": args.steps,
         "step_ms": timings,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
