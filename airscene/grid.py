@@ -138,6 +138,7 @@ class GridAIR(nn.Module):
 
     estimator = "cellwise"  # each cell's z_pres summed out (``objective.cellwise_objective``)
     reads_any_size = True  # convolutional: the grid grows with the image
+    found_order = "grid cell, row by row"  # cells have no order of finding
     # The window's side may grow to exp(patch_sigmas sigma) of the prior's before a patch clips
     # it; the cell network's first convolution is this wide.
     patch_sigmas = 2.0

@@ -216,6 +216,7 @@ class AIR(nn.Module):
 
     estimator = "nvil"  # how training gets z_pres's gradient (``airscene.train.Trainer``)
     reads_any_size = False  # its core reads exactly canvas_size**2 pixels
+    found_order = "inference step"  # what orders its objects (figures colour boxes by it)
 
     def __init__(self, config: ModelConfig, objects: ObjectModel | None = None) -> None:
         super().__init__()

@@ -78,9 +78,11 @@ def inference_figure(
     path: str | Path,
     true_counts: np.ndarray | None = None,
     segmentation: np.ndarray | None = None,
+    found_order: str = "inference step",
 ) -> Path:
     """Images (top row) and reconstructions (second row) with the inferred boxes (B, N, 4),
-    coloured by inference step, and the inferred count against the truth; given the inferred
+    coloured by their index (the inference step, or what ``found_order`` names: the model's
+    own), and the inferred count against the truth; given the inferred
     ``segmentation`` (B, H, W: 0 background, t + 1 the object of step t), a third row of the
     masks in each step's colour."""
     count = len(images)
@@ -112,7 +114,7 @@ def inference_figure(
         box_colours=colours,
         captions=captions,
         columns=count,
-        title="AIR: inferred objects (box colour = inference step)",
+        title=f"AIR: inferred objects (box colour = {found_order})",
     )
 
 
@@ -147,6 +149,7 @@ def show_inference(model, images, path: str | Path, true_counts: np.ndarray | No
         path,
         true_counts=true_counts,
         segmentation=None if segmentation is None else segmentation.cpu().numpy(),
+        found_order=model.found_order,
     )
 
 

@@ -480,3 +480,19 @@ def test_grid_refuses_dair_and_data_parallel_shards():
         dataclasses.replace(run, train=dataclasses.replace(run.train, z_pres_baseline="stop"))
     with pytest.raises(AirsceneError, match="one process"):
         Trainer(run, torch.device("cpu"), shards=(0, 1))
+
+
+def test_figures_say_that_box_colours_follow_grid_cells_not_inference_steps(monkeypatch, tmp_path):
+    """The grid finds its objects all at once: a figure's box colours name their cells."""
+    from airscene import visualise
+
+    titles = []
+    monkeypatch.setattr(visualise, "scene_grid", lambda *a, title=None, **k: titles.append(title))
+    x = torch.rand(2, 48, 48, generator=torch.Generator().manual_seed(0)) ** 8
+    visualise.show_inference(grid_model(), x, tmp_path / "grid.png")
+    sequential = build_model(ModelConfig(canvas_size=48))
+    visualise.show_inference(sequential, x, tmp_path / "air.png")
+    assert titles == [
+        "AIR: inferred objects (box colour = grid cell, row by row)",
+        "AIR: inferred objects (box colour = inference step)",
+    ]
