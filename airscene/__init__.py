@@ -27,7 +27,7 @@ _EXPORTS = {
     "__version__": "airscene.provenance",
     "build_model": "airscene.model",
     "evaluate": "airscene.evaluate",
-    "flush_denormals": "airscene.cli",
+    "flush_denormals": "airscene.floats",
     "load": "airscene.pipeline",
     "load_mnist": "airscene.data",
     "load_model": "airscene.checkpoint",

@@ -36,6 +36,7 @@ from airscene.flags import (
     value_parser,
     whole_number,
 )
+from airscene.floats import flush_denormals
 from airscene.shipped import NAMES
 
 EXIT_USAGE = 2
@@ -937,17 +938,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Verbs that run a model; the others (models, data) do not import torch.
 _MODEL_VERBS = ("train", "eval", "sample", "show", "infer", "render3d", "experiment")
-
-
-def flush_denormals() -> None:
-    """Denormal floats flushed to zero in this process, before torch starts its threads (they
-    inherit the setting; set later, it reaches the calling thread only). A trained grid model's
-    activations fall into the denormal range, where the CPU computes slowly; flushed, its
-    training ends with the same weights bit for bit (benchmarks/README.md, "Denormal floats").
-    Public as ``airscene.flush_denormals`` for Python callers, who call it before any torch work."""
-    import torch
-
-    torch.set_flush_denormal(True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -478,7 +478,7 @@ class GlimpseObjects(ObjectModel):
 class DetectedObject:
     """One 2D object found in an image, in inference order (a record of ``airscene infer``)."""
 
-    step: int  # 0-based inference step that found it
+    step: int  # 0-based inference step that found it (a grid model: its cell, row by row)
     box: list[float]  # x0, y0, x1, y1 (end exclusive) of the object's drawn ink, in input pixels
     window: list[float]  # the attention window (glimpse) in input pixels
     presence: float  # q(z_pres = 1) at this step

@@ -7,13 +7,15 @@ what the verbs' flush (``airscene.flush_denormals``) saves.
         [--flush-at-start]
 
 For each n of the fewest and the most objects the model's training scenes hold (``many-digits``:
-1 and 9; ``sprites``: 1 and 4) and each setting of ``torch.set_flush_denormal``, the median of ``steps``
-training steps of the model's own recipe from its weights (``many_objects.step_seconds``, two
-warm-up steps first), on minibatches of training scenes of n objects; each cell is timed twice, the
-order reversed the second time. ``set_flush_denormal`` sets the calling thread only, so set
-after the intra-op threads exist, their work is still done with denormals; ``--flush-at-start``
-sets it before any of them exists (the threads then start with it) and times that alone. Writes
-``benchmarks/results/step_denormals_MODEL[_at_start].json`` (or ``--out``).
+1 and 9; ``sprites``: 1 and 4) and each setting of ``torch.set_flush_denormal``, the median of
+``steps`` training steps of the model's own recipe from its weights
+(``many_objects.step_seconds``, two warm-up steps first), on minibatches of training scenes of n
+objects; each cell is timed twice, the order reversed the second time. ``set_flush_denormal``
+sets the calling thread only, so set after the intra-op threads exist, their work is still done
+with denormals; ``--flush-at-start`` sets it before any of them exists (the threads then start
+with it) and times that alone. Writes
+``benchmarks/results/step_denormals/MODEL[_at_start].json`` (or ``--out``; the committed tables
+alternate the two kinds of process three times, written as ``MODEL_REP[_at_start].json``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="the JSON written (default: see above)")
     args = parser.parse_args()
     at_start = "_at_start" if args.flush_at_start else ""
-    out = args.out or HERE / "results" / f"step_denormals_{Path(args.model).name}{at_start}.json"
+    out = (
+        args.out or HERE / "results" / "step_denormals" / f"{Path(args.model).name}{at_start}.json"
+    )
     if args.flush_at_start:
         torch.set_flush_denormal(True)
     torch.set_num_threads(args.threads)

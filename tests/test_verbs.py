@@ -103,7 +103,8 @@ def test_verbs_that_run_a_model_flush_denormal_floats_first(monkeypatch, capsys)
     denormal = torch.tensor([1e-40])
     assert (denormal * 1.0).item() != 0.0
     try:
-        airscene.flush_denormals()  # the public name of the verbs' own call
+        assert airscene.flush_denormals is cli.flush_denormals  # the verbs' own call
+        airscene.flush_denormals()
         assert (denormal * 1.0).item() == 0.0
     finally:
         torch.set_flush_denormal(False)
