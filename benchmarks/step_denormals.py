@@ -30,6 +30,7 @@ import torch
 
 from airscene.checkpoint import load_model
 from airscene.experiments.many_objects import step_seconds
+from airscene.floats import flush_denormals
 from airscene.provenance import git_revision, hardware
 from airscene.registry import scene_family
 
@@ -38,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="many-digits", help="a grid run, checkpoint or model")
+    parser.add_argument("--model", default="many-digits", help="a run, checkpoint or shipped model")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per cell")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
@@ -53,7 +54,7 @@ def main() -> None:
         args.out or HERE / "results" / "step_denormals" / f"{Path(args.model).name}{at_start}.json"
     )
     if args.flush_at_start:
-        torch.set_flush_denormal(True)
+        flush_denormals()  # what the verbs call, before any thread exists
     torch.set_num_threads(args.threads)
     model, checkpoint = load_model(args.model)
     config = checkpoint.config

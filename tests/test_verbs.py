@@ -3,6 +3,8 @@ and ``eval`` of each model under ``airscene/pretrained/``. A model joins this ma
 shipped; none of these verbs may ask which kind of object model it holds."""
 
 import json
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -96,6 +98,18 @@ def test_verbs_that_run_a_model_flush_denormal_floats_first(monkeypatch, capsys)
     called = []
     monkeypatch.setattr(cli, "flush_denormals", lambda: called.append(True))
     assert cli.main(["models"]) == 0 and called == []
+    listed = subprocess.run(  # a fresh process: this one imported torch long ago
+        [
+            sys.executable,
+            "-c",
+            "import sys; from airscene.cli import main; main(['models']); "
+            "print('torch' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert listed.stdout.splitlines()[-1] == "False", listed.stdout
     assert cli.main(["eval", "--model", "no-such-model"]) == 2 and called == [True]
     capsys.readouterr()
     monkeypatch.undo()
